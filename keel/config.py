@@ -1,0 +1,102 @@
+"""keel's settings: the one place that reads the environment.
+
+Every ``KEEL_*`` variable is a field of :class:`Settings`. Other modules take a
+``Settings`` (or call :func:`get_settings`) instead of reading ``os.environ``, so a
+test can build a ``Settings`` by hand and a reviewer can see every knob in one file.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings", "ModelProvider", "PACKAGE_DIR"]
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+"""Where keel's bundled data (demo fixtures, policy packs) lives."""
+
+ModelProvider = Literal["local", "openai"]
+"""``local``: the deterministic offline provider. ``openai``: any OpenAI-compatible chat
+model through langchain-openai's structured output."""
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, read from ``KEEL_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore", frozen=True)
+
+    database_url: str | None = None
+    """``postgresql://…`` for the production store; unset means embedded SQLite in ``data_dir``."""
+    data_dir: Path = Path(".keel")
+    """Folder of the embedded store (SQLite files, the generated signing key)."""
+    model_provider: ModelProvider = "local"
+    """Which model provider the gateway tries first."""
+    model_fallbacks: list[ModelProvider] = Field(default_factory=lambda: ["local"])
+    """Providers tried in order when the first fails or returns invalid output."""
+    openai_model: str = "gpt-4o-mini"
+    """Model name for the ``openai`` provider."""
+    openai_base_url: str | None = None
+    """Base URL of an OpenAI-compatible endpoint (None: the library default)."""
+    openai_api_key: SecretStr | None = None
+    """Key for the ``openai`` provider; never logged."""
+    model_timeout_s: float = 20.0
+    """Timeout of one model call."""
+    plan_signing_key: SecretStr | None = None
+    """HMAC key that signs plans. Unset: a random key is generated once per data dir."""
+    policy_file: Path | None = None
+    """Policy pack (TOML). Unset: the bundled ``support-v1``."""
+    fixtures: Path | None = None
+    """Back-office fixtures loaded when no back office exists yet (demo, ``langgraph dev``)."""
+    now: datetime | None = None
+    """Clock override (ISO 8601). Unset: the wall clock."""
+    tool_timeout_s: float = 5.0
+    """Timeout around each tool call."""
+    tool_rate_per_minute: int = 600
+    """Per-tenant tool-call rate limit."""
+    log_level: str = "INFO"
+    """Level of keel's loggers."""
+
+    @field_validator("now")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        return v
+
+    @property
+    def is_postgres(self) -> bool:
+        """True when the production Postgres store is configured."""
+        return bool(self.database_url) and self.database_url.startswith(("postgres://", "postgresql://"))
+
+    def clock(self) -> datetime:
+        """The run's "now": the override if set, else the UTC wall clock."""
+        return self.now or datetime.now(timezone.utc)
+
+    def signing_key(self) -> bytes:
+        """The plan-signing key; generated and kept in ``data_dir`` if not configured."""
+        if self.plan_signing_key is not None:
+            return self.plan_signing_key.get_secret_value().encode()
+        path = self.data_dir / "signing.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+    def policy_path(self) -> Path:
+        """The policy pack file in force."""
+        return self.policy_file or (PACKAGE_DIR.parent / "guards" / "policies" / "support-v1.toml")
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,173 @@
+"""A small relational-database seam: SQLite (embedded default) or Postgres.
+
+Why not SQLAlchemy: keel's stores use a handful of plain statements that both engines
+understand; a ``?``-to-``%s`` placeholder rewrite and a transaction context manager are
+all the portability needed, and keeping the driver connections bare lets the same
+psycopg pool be shared with LangGraph's PostgresSaver.
+
+SQL written for this module uses ``?`` placeholders and the common subset of SQLite and
+PostgreSQL (``INSERT … ON CONFLICT``, ``TEXT``, ``INTEGER``/``BIGINT``).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+__all__ = ["Database", "Tx", "IntegrityError", "open_database"]
+
+_QMARK = re.compile(r"\?")
+
+
+class IntegrityError(Exception):
+    """A constraint was violated (unique key, foreign key); raised for both engines."""
+
+
+class Tx(Protocol):
+    """One open transaction."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; returns the affected row count."""
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        """First row as a dict, or None."""
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """All rows as dicts."""
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            return self._c.execute(sql, tuple(params)).rowcount
+        except sqlite3.IntegrityError as e:
+            raise IntegrityError(str(e)) from None
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        row = self._c.execute(sql, tuple(params)).fetchone()
+        return dict(row) if row is not None else None
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._c.execute(sql, tuple(params)).fetchall()]
+
+
+class _PgTx:
+    def __init__(self, conn: Any) -> None:
+        self._c = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        import psycopg
+
+        try:
+            cur = self._c.execute(_QMARK.sub("%s", sql.replace("%", "%%")), tuple(params))
+        except psycopg.errors.IntegrityError as e:
+            raise IntegrityError(str(e).splitlines()[0]) from None
+        return cur.rowcount
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        cur = self._c.execute(_QMARK.sub("%s", sql.replace("%", "%%")), tuple(params))
+        return cur.fetchone()
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self._c.execute(_QMARK.sub("%s", sql.replace("%", "%%")), tuple(params))
+        return list(cur.fetchall())
+
+
+class Database:
+    """A connection source for one SQLite file or one Postgres database.
+
+    ``transaction()`` yields a :class:`Tx`; it commits on success and rolls back on any
+    exception, so a store's write is all-or-nothing.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_postgres = url.startswith(("postgres://", "postgresql://"))
+        self._pool: Any = None
+        self._local = threading.local()
+        if self.is_postgres:
+            from psycopg.rows import dict_row
+            from psycopg_pool import ConnectionPool
+
+            self._pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=10,
+                kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+                open=True,
+            )
+        else:
+            path = url.removeprefix("sqlite:///")
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._path = path
+
+    @property
+    def pool(self) -> Any:
+        """The psycopg pool (Postgres only); shared with PostgresSaver."""
+        return self._pool
+
+    def _sqlite(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """An all-or-nothing unit of work."""
+        if self.is_postgres:
+            with self._pool.connection() as conn:
+                with conn.transaction():
+                    yield _PgTx(conn)
+        else:
+            conn = self._sqlite()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    def executescript(self, sql: str) -> None:
+        """Run DDL statements separated by ``;`` in one transaction."""
+        with self.transaction() as tx:
+            for stmt in (s.strip() for s in sql.split(";")):
+                if stmt:
+                    tx.execute(stmt)
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._pool is not None:
+            self._pool.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+_DATABASES: dict[str, Database] = {}
+_LOCK = threading.Lock()
+
+
+def open_database(url: str) -> Database:
+    """The process-wide :class:`Database` for ``url`` (one pool per URL)."""
+    with _LOCK:
+        db = _DATABASES.get(url)
+        if db is None:
+            db = _DATABASES[url] = Database(url)
+        return db

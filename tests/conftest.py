@@ -1,0 +1,36 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+PG_ADMIN_URL = os.environ.get("KEEL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+"""Server (and maintenance database) where each test run creates its own database."""
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a fresh Postgres database ``keel_t_<hex>`` for this test run, dropped at the end.
+
+    Skips when the server is unreachable, except in CI (``CI=true``), where that fails.
+    """
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI but unreachable: {type(e).__name__}")
+        pytest.skip("PostgreSQL server unreachable")
+    name = f"keel_t_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield urlunsplit(urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}"))
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -1,0 +1,295 @@
+"""The tool runner: the one door through which the agent touches the back office.
+
+Why a runner and not direct calls: every call must pass the same checks in the same order
+and fail the same way, whichever node makes it:
+
+1. unknown tool → ``unknown_tool``
+2. not in the specialist's allowlist → ``tool_not_allowed``
+3. arguments fail the input model → ``invalid_arguments`` (field names only, no values)
+4. tenant authorization: every query is scoped to ``ctx.tenant``, so another tenant's
+   records are simply not found; another customer's are refused (``not_owner``)
+5. a side-effecting tool without an idempotency key → ``idempotency_key_required``
+6. per-tenant token bucket → ``rate_limited``
+7. each attempt runs in a worker thread, in its own transaction, under a timeout
+   → ``timeout``; transient failures retry with exponential backoff and jitter, then
+   → ``transient_failure``
+
+Exactly-once side effects: the side effect and its ``tool_ledger`` row commit in the same
+transaction. A repeated key returns the first result (``replayed=True``) without acting
+again, across restarts and concurrent callers (the ledger's primary key decides the
+race); a repeated key with other arguments → ``idempotency_conflict``.
+
+Errors returned never carry a stack trace, SQL text, argument values or secrets.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
+
+from keel.db import IntegrityError, Tx
+from keel.types import StrictModel
+
+from .backoffice import BackOffice, iso_z
+from .contracts import ToolEnv, ToolError, TransientToolError
+from .registry import TOOLS, ToolSpec
+
+__all__ = [
+    "ToolContext",
+    "ToolResult",
+    "ToolRunner",
+    "TokenBucket",
+    "TransientToolError",
+    "FaultHook",
+    "args_hash",
+]
+
+logger = logging.getLogger("keel.tools")
+
+FaultHook = Callable[[str, int], None]
+"""``hook(tool_name, attempt)``, called in the worker before each attempt (tests inject
+faults: raise :class:`TransientToolError`, or sleep past the timeout)."""
+
+_TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (sqlite3.OperationalError, psycopg.OperationalError)
+
+
+class ToolContext(StrictModel):
+    """Who is calling, for which ticket, with what authority."""
+
+    tenant: str = Field(min_length=1, max_length=64)
+    """Tenant of the ticket (from the authenticated caller); scopes every query."""
+    customer_id: str = Field(min_length=1, max_length=64)
+    """The ticket's customer: the only owner whose records the tools may read or change."""
+    user_id: str = Field(min_length=1, max_length=128)
+    """The user on whose behalf the run acts (audit)."""
+    allowlist: frozenset[str]
+    """Tools the current specialist may call (from the policy pack)."""
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    """Required for side-effecting tools; the same key never acts twice."""
+    correlation_id: str = Field(default="", max_length=128)
+    """Ties log lines of one run together."""
+    now: AwareDatetime
+    """The run's clock, stamped on records the tools write."""
+
+
+class ToolResult(StrictModel):
+    """The outcome of one tool call, safe to store in graph state and show a reviewer."""
+
+    ok: bool
+    """The tool ran and returned ``output``."""
+    output: dict[str, Any] | None = None
+    """The validated output model as JSON-able data (None on error)."""
+    error_code: str | None = None
+    """Machine-readable reason on error (``not_found``, ``timeout``, …)."""
+    error: str | None = None
+    """Short, safe message on error."""
+    attempts: int = 0
+    """Attempts made (0 when refused before running; at most 1 + max_retries)."""
+    replayed: bool = False
+    """The result was recorded by an earlier call with the same idempotency key."""
+
+
+class TokenBucket:
+    """An in-process token bucket per key (tenant): ``rate_per_minute`` sustained, same burst."""
+
+    def __init__(self, rate_per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(rate_per_minute)
+        self.per_second = rate_per_minute / 60.0
+        self._clock = clock
+        self._state: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> bool:
+        """Take one token for ``key``; False when the bucket is empty."""
+        with self._lock:
+            now = self._clock()
+            tokens, last = self._state.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.per_second)
+            if tokens < 1.0:
+                self._state[key] = (tokens, now)
+                return False
+            self._state[key] = (tokens - 1.0, now)
+            return True
+
+
+def args_hash(tool: str, args: BaseModel) -> str:
+    """Hash of a tool name and its validated arguments (what a repeated key must match)."""
+    canonical = json.dumps([tool, args.model_dump(mode="json")], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class _Abandoned(Exception):
+    """The caller timed out: roll the attempt back instead of committing."""
+
+
+def _fail(code: str, message: str, attempts: int = 0) -> ToolResult:
+    return ToolResult(ok=False, error_code=code, error=message, attempts=attempts)
+
+
+def _invalid_fields(exc: ValidationError) -> str:
+    fields = sorted({str(e["loc"][0])[:64] if e["loc"] else "arguments" for e in exc.errors()})
+    return ", ".join(fields)
+
+
+class ToolRunner:
+    """Runs registered tools against a :class:`BackOffice` with the checks above."""
+
+    def __init__(
+        self,
+        backoffice: BackOffice,
+        timeout_s: float = 5.0,
+        rate_per_minute: float = 600,
+        max_retries: int = 2,
+        fault_hook: FaultHook | None = None,
+        *,
+        backoff_base_s: float = 0.05,
+        backoff_max_s: float = 1.0,
+        max_workers: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if backoffice.db.url.endswith(":memory:"):
+            raise ValueError("an in-memory SQLite database is per thread; the runner needs a file or Postgres")
+        self.backoffice = backoffice
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.fault_hook = fault_hook
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._limiter = TokenBucket(rate_per_minute, clock)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="keel-tool")
+
+    def close(self) -> None:
+        """Stop the worker threads (attempts still running finish in the background)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> ToolRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, name: str, args: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        """Run tool ``name`` with ``args`` for ``ctx``; never raises for a tool's failure."""
+        result = self._call(name, args, ctx)
+        logger.debug(
+            "tool call",
+            extra={"tool": name, "tenant": ctx.tenant, "correlation_id": ctx.correlation_id, "ok": result.ok,
+                   "error_code": result.error_code, "attempts": result.attempts, "replayed": result.replayed},
+        )
+        return result
+
+    def _call(self, name: str, args: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        spec = TOOLS.get(name)
+        if spec is None:
+            return _fail("unknown_tool", "unknown tool")
+        if name not in ctx.allowlist:
+            return _fail("tool_not_allowed", f"tool {name} is not allowed for this step")
+        try:
+            validated = spec.input_model.model_validate(args)
+        except ValidationError as e:
+            return _fail("invalid_arguments", f"invalid arguments: {_invalid_fields(e)}")
+        if spec.side_effect and not ctx.idempotency_key:
+            return _fail("idempotency_key_required", f"tool {name} needs an idempotency key")
+        if not self._limiter.acquire(ctx.tenant):
+            return _fail("rate_limited", "tool rate limit reached for this tenant; try again later")
+
+        env = ToolEnv(ctx.tenant, ctx.customer_id, ctx.now, ctx.idempotency_key if spec.side_effect else None)
+        digest = args_hash(name, validated)
+        attempt = 0
+        while True:
+            attempt += 1
+            abandoned = threading.Event()
+            try:
+                future = self._pool.submit(self._attempt, spec, validated, env, digest, attempt, abandoned)
+            except RuntimeError:
+                return _fail("unavailable", "tool runner is shut down", attempt - 1)
+            done, _ = concurrent.futures.wait([future], timeout=self.timeout_s)
+            if not done:
+                abandoned.set()
+                future.cancel()
+                return _fail("timeout", f"tool {name} timed out after {self.timeout_s:g}s", attempt)
+            try:
+                return future.result().model_copy(update={"attempts": attempt})
+            except TransientToolError:
+                if attempt > self.max_retries:
+                    return _fail("transient_failure", f"tool {name} failed after {attempt} attempts", attempt)
+                time.sleep(self._backoff(attempt))
+            except Exception:
+                logger.exception("tool %s failed unexpectedly (correlation_id=%s)", name, ctx.correlation_id)
+                return _fail("internal_error", f"tool {name} failed unexpectedly", attempt)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with "equal jitter": half fixed, half random."""
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    def _attempt(
+        self, spec: ToolSpec, args: BaseModel, env: ToolEnv, digest: str, attempt: int, abandoned: threading.Event
+    ) -> ToolResult:
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(spec.name, attempt)
+            return self._run_once(spec, args, env, digest, abandoned)
+        except _TRANSIENT_DB_ERRORS:
+            raise TransientToolError("database temporarily unavailable") from None
+
+    def _run_once(
+        self, spec: ToolSpec, args: BaseModel, env: ToolEnv, digest: str, abandoned: threading.Event
+    ) -> ToolResult:
+        db = self.backoffice.db
+        try:
+            with db.transaction() as tx:
+                if spec.side_effect:
+                    prior = _ledger_get(tx, env.idempotency_key)
+                    if prior is not None:
+                        return _from_ledger(prior, env.tenant, spec.name, digest)
+                try:
+                    output = spec.fn(self.backoffice, tx, env, args)
+                    if not isinstance(output, spec.output_model):
+                        raise TypeError(f"{spec.name} returned {type(output).__name__}")
+                    result = ToolResult(ok=True, output=output.model_dump(mode="json"))
+                except ToolError as e:
+                    result = ToolResult(ok=False, error_code=e.code, error=e.message)
+                if abandoned.is_set():
+                    raise _Abandoned()
+                if spec.side_effect:
+                    _ledger_put(tx, env, spec.name, digest, result)
+                return result
+        except IntegrityError:
+            if not spec.side_effect:
+                raise TransientToolError("conflicting write") from None
+            with db.transaction() as tx:  # another caller with the same key committed first
+                prior = _ledger_get(tx, env.idempotency_key)
+            if prior is None:
+                raise TransientToolError("conflicting write") from None
+            return _from_ledger(prior, env.tenant, spec.name, digest)
+
+
+def _ledger_get(tx: Tx, key: str | None) -> dict[str, Any] | None:
+    return tx.fetchone("SELECT * FROM tool_ledger WHERE idempotency_key = ?", (key,))
+
+
+def _ledger_put(tx: Tx, env: ToolEnv, tool: str, digest: str, result: ToolResult) -> None:
+    stored = result.model_dump(include={"ok", "output", "error_code", "error"})
+    tx.execute(
+        "INSERT INTO tool_ledger (idempotency_key, tenant, tool, args_hash, result_json, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (env.idempotency_key, env.tenant, tool, digest, json.dumps(stored), iso_z(env.now)),
+    )
+
+
+def _from_ledger(row: dict[str, Any], tenant: str, tool: str, digest: str) -> ToolResult:
+    if (row["tenant"], row["tool"], row["args_hash"]) != (tenant, tool, digest):
+        return _fail("idempotency_conflict", "idempotency key was already used for a different call")
+    return ToolResult(**json.loads(row["result_json"]), replayed=True)
