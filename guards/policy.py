@@ -1,0 +1,700 @@
+"""The support policy as data, and the deterministic engine that applies it.
+
+A model only *proposes* actions; this module decides their fate. The rules' numbers
+(thresholds, windows, identity levels, allowlists) live in a TOML policy pack that an
+operator can edit without a deploy, while the rule *logic* stays here, small and
+tested at every edge. Every rule the engine evaluates is recorded as a
+:class:`~keel.types.PolicyCheck`, so a reviewer sees why, not just what.
+
+Rule order per action (the first failing rule decides, later rules are not evaluated,
+so a record the customer does not own is never described to them):
+
+1. ``tool.known`` / ``route.allowlist``: the tool exists and the route may use it.
+2. ``args``: the arguments the rule needs are present and well-typed.
+3. ``ownership``: every order, subscription or customer named belongs to the ticket's
+   customer in the ticket's tenant (missing record: ``not_found``).
+4. the tool's own rule (refund window/amount tiers, order status, identity level, …).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, NoReturn, Sequence
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from keel.types import (
+    READ_TOOLS,
+    ROUTES,
+    SIDE_EFFECT_TOOLS,
+    ActionDecision,
+    Decision,
+    PolicyCheck,
+    ProposedAction,
+    Route,
+    StrictModel,
+)
+
+__all__ = [
+    "ReasonCode",
+    "OrderStatus",
+    "ReviewerRole",
+    "DEFAULT_POLICY_PATH",
+    "PolicyError",
+    "RouterPolicy",
+    "RoutePolicy",
+    "RefundPolicy",
+    "WindowPolicy",
+    "StatusPolicy",
+    "FixedDecisionPolicy",
+    "SubscriptionCancelPolicy",
+    "AccessRule",
+    "AccessPolicy",
+    "BudgetPolicy",
+    "ApprovalPolicy",
+    "PolicyPack",
+    "load_policy",
+    "PolicyFacts",
+    "PlanDecision",
+    "PolicyEngine",
+    "check_reviewer",
+    "check_edit",
+    "apply_edit",
+    "parse_ts",
+]
+
+ReasonCode = Literal[
+    "tool_not_allowed",
+    "invalid_args",
+    "not_owner",
+    "not_found",
+    "outside_refund_window",
+    "amount_exceeds_refundable",
+    "amount_over_agent_limit",
+    "not_cancellable",
+    "already_shipped",
+    "identity_not_verified",
+    "suspected_prompt_injection",
+    "budget_exceeded",
+    "not_approver",
+    "wrong_tenant",
+    "separation_of_duties",
+    "edit_not_allowed",
+    "edit_raises_amount",
+]
+"""Every reason code this module emits.
+
+- ``tool_not_allowed``: unknown tool, or not in the route's allowlist.
+- ``invalid_args``: an argument the rule needs is missing or malformed.
+- ``not_owner`` / ``not_found``: ownership rule (record of someone else / no such record).
+- ``outside_refund_window``: not delivered, or delivered longer ago than the window.
+- ``amount_exceeds_refundable``: more than total − already refunded.
+- ``amount_over_agent_limit``: refund above the approval ceiling (escalate).
+- ``not_cancellable`` / ``already_shipped``: order status forbids cancel / address change.
+- ``identity_not_verified``: customer identity level below the access rule's minimum.
+- ``suspected_prompt_injection``: flagged ticket asks for a side effect.
+- ``budget_exceeded``: plan larger than the per-run tool-call budget.
+- ``not_approver`` / ``wrong_tenant`` / ``separation_of_duties``: reviewer checks.
+- ``edit_not_allowed`` / ``edit_raises_amount``: reviewer edit checks.
+"""
+
+OrderStatus = Literal["placed", "paid", "shipped", "delivered"]
+"""An order's lifecycle status in the back office."""
+
+ReviewerRole = Literal["requester", "approver", "admin"]
+"""Roles of keel's API keys (an approver role list in the pack names who may review)."""
+
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parent / "policies" / "support-v1.toml"
+"""The bundled ``support-v1`` pack."""
+
+_KNOWN_TOOLS: frozenset[str] = SIDE_EFFECT_TOOLS | READ_TOOLS
+_Fixed = Literal["execute", "approve", "escalate", "deny"]
+_SEVERITY: dict[str, int] = {"execute": 0, "approve": 1, "escalate": 2, "deny": 3}
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------- the pack
+
+
+class RouterPolicy(StrictModel):
+    """How sure the router must be before a specialist takes the ticket."""
+
+    min_confidence: float = Field(ge=0.0, le=1.0)
+
+
+class RoutePolicy(StrictModel):
+    """One route's tool allowlist."""
+
+    tools: list[str] = Field(default_factory=list)
+
+    @field_validator("tools")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - _KNOWN_TOOLS)
+        if unknown:
+            raise ValueError(f"unknown tools {unknown}")
+        return v
+
+
+class RefundPolicy(StrictModel):
+    """Refund tiers (cents) and the delivery window (days, inclusive)."""
+
+    auto_max_cents: int = Field(ge=0)
+    approve_max_cents: int = Field(ge=0)
+    window_days: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RefundPolicy":
+        if self.auto_max_cents > self.approve_max_cents:
+            raise ValueError("auto_max_cents must not exceed approve_max_cents")
+        return self
+
+
+class WindowPolicy(StrictModel):
+    """A delivery window in days (inclusive)."""
+
+    window_days: int = Field(ge=0)
+
+
+class StatusPolicy(StrictModel):
+    """Order statuses in which an order-changing action is allowed."""
+
+    allowed_statuses: list[OrderStatus]
+
+
+class FixedDecisionPolicy(StrictModel):
+    """A tool whose decision does not depend on the facts beyond ownership."""
+
+    decision: _Fixed
+
+
+class SubscriptionCancelPolicy(StrictModel):
+    """Decision for a subscription cancel, by when it takes effect."""
+
+    period_end: _Fixed
+    immediate: _Fixed
+
+
+class AccessRule(StrictModel):
+    """Identity level an access action needs, and its decision when met."""
+
+    min_identity_level: int = Field(ge=0)
+    decision: Literal["execute", "approve"]
+
+
+class AccessPolicy(StrictModel):
+    """One rule per account-access tool (all four are required: no silent default)."""
+
+    send_password_reset: AccessRule
+    unlock_account: AccessRule
+    reset_mfa: AccessRule
+    change_email: AccessRule
+
+
+class BudgetPolicy(StrictModel):
+    """Per-run caps and the per-tenant daily model-token budget."""
+
+    max_tool_calls: int = Field(ge=1)
+    wall_clock_s: float = Field(gt=0)
+    max_retries: int = Field(ge=0)
+    tenant_daily_tokens: int = Field(ge=0)
+
+
+class ApprovalPolicy(StrictModel):
+    """Who may review a paused plan and what a reviewer may change."""
+
+    approver_roles: list[str] = Field(default_factory=lambda: ["approver"], min_length=1)
+    separation_of_duties: bool = True
+    edits_only_downward: bool = True
+
+
+class PolicyPack(StrictModel):
+    """A validated policy pack. ``sha256`` is the digest of the file it was loaded from."""
+
+    version: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    router: RouterPolicy
+    routes: dict[Route, RoutePolicy]
+    refund: RefundPolicy
+    reship: WindowPolicy
+    cancel_order: StatusPolicy
+    update_shipping_address: StatusPolicy
+    track_shipment: FixedDecisionPolicy
+    cancel_subscription: SubscriptionCancelPolicy
+    access: AccessPolicy
+    budgets: BudgetPolicy
+    approvals: ApprovalPolicy
+    sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+
+    @model_validator(mode="after")
+    def _all_routes(self) -> "PolicyPack":
+        missing = [r for r in ROUTES if r not in self.routes]
+        if missing:
+            raise ValueError(f"routes missing {missing}")
+        if self.routes["unknown"].tools:
+            raise ValueError("routes.unknown must allow no tools (unknown tickets escalate)")
+        return self
+
+    @classmethod
+    def from_toml(cls, text: str | bytes, source: str = "<string>") -> "PolicyPack":
+        """Parse and validate TOML text; ``sha256`` is computed over the exact bytes."""
+        raw = text.encode() if isinstance(text, str) else text
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise PolicyError(f"{source}: not valid TOML: {e}") from None
+        if "sha256" in data:
+            raise PolicyError(f"{source}: 'sha256' is computed on load and may not be set")
+        try:
+            return cls.model_validate({**data, "sha256": hashlib.sha256(raw).hexdigest()})
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()
+            )
+            raise PolicyError(f"{source}: invalid policy: {problems}") from None
+
+    def allowlist(self, route: Route) -> list[str]:
+        """Tools the route may use."""
+        return self.routes[route].tools
+
+
+def load_policy(path: str | Path = DEFAULT_POLICY_PATH) -> PolicyPack:
+    """Load and validate a policy pack file; raises :class:`PolicyError` naming the file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise PolicyError(f"{p}: cannot read policy file: {e.strerror or e}") from None
+    return PolicyPack.from_toml(raw, source=str(p))
+
+
+# --------------------------------------------------------------------------- facts
+
+
+def parse_ts(value: str | datetime | None) -> datetime | None:
+    """An ISO 8601 timestamp (``Z`` accepted) as an aware datetime; naive means UTC."""
+    if value is None or value == "":
+        return None
+    dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+
+
+class PolicyFacts(StrictModel):
+    """What the engine knows about the ticket's world, read from the back office.
+
+    Records are shaped like the fixtures' JSON. ``orders`` and ``subscriptions`` may hold
+    other customers' records too: the ownership rule is what tells them apart.
+    """
+
+    tenant: str
+    """The ticket's tenant."""
+    customer_id: str
+    """The ticket's customer; every record an action names must be theirs."""
+    now: datetime
+    """The run's clock (naive means UTC)."""
+    customer: dict[str, Any] | None = None
+    """The ticket customer's record (identity_level, account{locked, mfa_enabled})."""
+    orders: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Orders by id (customer_id, status, total_cents, refunded_cents, delivered_at)."""
+    subscriptions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Subscriptions by id (customer_id, period_end, status)."""
+
+    @field_validator("now")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        return v if v.tzinfo is not None else v.replace(tzinfo=timezone.utc)
+
+    @classmethod
+    def from_fixtures(cls, fixtures: Mapping[str, Any], customer_id: str, now: datetime) -> "PolicyFacts":
+        """Facts for one customer from a fixtures-shaped back office (tests, demo)."""
+        customers = {c["id"]: c for c in fixtures.get("customers", [])}
+        return cls(
+            tenant=fixtures["tenant"],
+            customer_id=customer_id,
+            now=now,
+            customer=customers.get(customer_id),
+            orders={o["id"]: o for o in fixtures.get("orders", [])},
+            subscriptions={s["id"]: s for s in fixtures.get("subscriptions", [])},
+        )
+
+
+class PlanDecision(StrictModel):
+    """The verdict on a whole plan: the strictest action decision, plus plan-level rules."""
+
+    overall: Decision
+    """deny > escalate > approve > execute; an empty plan executes (nothing to do)."""
+    per_action: list[ActionDecision] = Field(default_factory=list)
+    """One decision per proposed action, in plan order."""
+    reason_codes: list[str] = Field(default_factory=list)
+    """Plan-level codes first, then each action's codes, without duplicates."""
+    policy_version: str = ""
+    """Version of the pack that decided."""
+    policy_sha256: str = ""
+    """Digest of the pack file that decided (audit trail)."""
+
+
+# --------------------------------------------------------------------------- engine helpers
+
+
+class _Stop(Exception):
+    """Internal: a rule decided the action; carries the decision."""
+
+    def __init__(self, decision: Decision, code: str) -> None:
+        self.decision = decision
+        self.code = code
+
+
+class _Recorder:
+    """Collects checks; ``fail`` stops evaluation with the given decision."""
+
+    def __init__(self) -> None:
+        self.checks: list[PolicyCheck] = []
+
+    def ok(self, rule: str, detail: str = "") -> None:
+        self.checks.append(PolicyCheck(rule=rule, result="pass", detail=detail))
+
+    def fail(self, rule: str, code: str, detail: str, decision: Decision = "deny") -> NoReturn:
+        self.checks.append(PolicyCheck(rule=rule, result="fail", reason_code=code, detail=detail))
+        raise _Stop(decision, code)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need_str(rec: _Recorder, args: Mapping[str, Any], *names: str) -> None:
+    for n in names:
+        v = args.get(n)
+        if not isinstance(v, str) or not v.strip():
+            rec.fail("args", "invalid_args", f"argument {n!r} must be a non-empty string")
+
+
+def _delivered_within(order: Mapping[str, Any], now: datetime, days: int) -> tuple[bool, str]:
+    """Delivered, and now − delivered_at ≤ ``days`` (inclusive at the exact instant)."""
+    if order.get("status") != "delivered":
+        return False, f"status is {order.get('status')!r}, not 'delivered'"
+    try:
+        delivered = parse_ts(order.get("delivered_at"))
+    except (TypeError, ValueError):
+        delivered = None
+    if delivered is None:
+        return False, "no valid delivered_at"
+    age = now - delivered
+    limit = timedelta(days=days)
+    verdict = "≤" if age <= limit else ">"
+    return age <= limit, f"delivered {age} ago {verdict} {days} days"
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class PolicyEngine:
+    """Applies a :class:`PolicyPack` to proposed actions. Pure: no I/O, no clock."""
+
+    def __init__(self, pack: PolicyPack) -> None:
+        self.pack = pack
+        self._rules: dict[str, Callable[[_Recorder, ProposedAction, PolicyFacts], Decision]] = {
+            "issue_refund": self._refund,
+            "cancel_order": self._cancel_order,
+            "update_shipping_address": self._update_address,
+            "track_shipment": self._track,
+            "reship_order": self._reship,
+            "send_password_reset": self._access,
+            "unlock_account": self._access,
+            "reset_mfa": self._access,
+            "change_email": self._access,
+            "cancel_subscription": self._cancel_subscription,
+        }
+
+    # ---- one action
+
+    def evaluate(self, action: ProposedAction, facts: PolicyFacts, route: Route | None = None) -> ActionDecision:
+        """Decide one action. With ``route`` given, the route's allowlist is enforced too."""
+        rec = _Recorder()
+        try:
+            self._tool_allowed(rec, action.tool, route)
+            self._ownership(rec, action, facts)
+            rule = self._rules.get(action.tool, self._read)
+            decision = rule(rec, action, facts)
+        except _Stop as stop:
+            return ActionDecision(decision=stop.decision, reason_codes=[stop.code], checks=rec.checks)
+        return ActionDecision(decision=decision, reason_codes=[], checks=rec.checks)
+
+    def _tool_allowed(self, rec: _Recorder, tool: str, route: Route | None) -> None:
+        if tool not in _KNOWN_TOOLS:
+            rec.fail("tool.known", "tool_not_allowed", f"unknown tool {tool!r}")
+        rec.ok("tool.known", f"{tool!r} is a known tool")
+        if route is None:
+            return
+        allowed = self.pack.allowlist(route)
+        if tool not in allowed:
+            rec.fail("route.allowlist", "tool_not_allowed", f"{tool!r} not allowed on route {route!r}")
+        rec.ok("route.allowlist", f"{tool!r} allowed on route {route!r}")
+
+    def _ownership(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> None:
+        """Every record named must exist and belong to the ticket's customer and tenant."""
+        args = action.args
+        named: list[str] = []
+        for key, table in (("order_id", facts.orders), ("subscription_id", facts.subscriptions)):
+            if key not in args:
+                continue
+            _need_str(rec, args, key)
+            rid = args[key]
+            record = table.get(rid)
+            if record is None:
+                rec.fail("ownership", "not_found", f"{key} {rid!r} does not exist")
+            if record.get("customer_id") != facts.customer_id or record.get("tenant", facts.tenant) != facts.tenant:
+                rec.fail("ownership", "not_owner", f"{key} {rid!r} does not belong to the ticket's customer")
+            named.append(rid)
+        if "customer_id" in args:
+            _need_str(rec, args, "customer_id")
+            if args["customer_id"] != facts.customer_id:
+                rec.fail("ownership", "not_owner", f"customer_id {args['customer_id']!r} is not the ticket's customer")
+            if facts.customer is None:
+                rec.fail("ownership", "not_found", f"customer {facts.customer_id!r} does not exist")
+            if facts.customer.get("tenant", facts.tenant) != facts.tenant:
+                rec.fail("ownership", "not_owner", "customer record belongs to another tenant")
+            named.append(args["customer_id"])
+        rec.ok("ownership", f"owned: {', '.join(named)}" if named else "no records named")
+
+    # ---- per-tool rules (each returns the decision when every check passed)
+
+    def _refund(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        args = action.args
+        _need_str(rec, args, "order_id")
+        amount = args.get("amount_cents")
+        if not _is_int(amount) or amount <= 0:
+            rec.fail("args", "invalid_args", "amount_cents must be a positive integer")
+        rec.ok("args", f"amount_cents={amount}")
+        order = facts.orders[args["order_id"]]
+        p = self.pack.refund
+        inside, why = _delivered_within(order, facts.now, p.window_days)
+        if not inside:
+            rec.fail("refund.window", "outside_refund_window", why)
+        rec.ok("refund.window", why)
+        refundable = int(order.get("total_cents", 0)) - int(order.get("refunded_cents", 0))
+        if amount > refundable:
+            rec.fail("refund.refundable", "amount_exceeds_refundable", f"{amount} > refundable {refundable}")
+        rec.ok("refund.refundable", f"{amount} ≤ refundable {refundable}")
+        if amount <= p.auto_max_cents:
+            rec.ok("refund.tier", f"{amount} ≤ {p.auto_max_cents}: execute")
+            return "execute"
+        if amount <= p.approve_max_cents:
+            rec.ok("refund.tier", f"{p.auto_max_cents} < {amount} ≤ {p.approve_max_cents}: approve")
+            return "approve"
+        rec.fail(
+            "refund.tier", "amount_over_agent_limit", f"{amount} > {p.approve_max_cents}: escalate", decision="escalate"
+        )
+
+    def _status_rule(
+        self, rec: _Recorder, args: Mapping[str, Any], facts: PolicyFacts, rule: str, allowed: list[str], code: str
+    ) -> Decision:
+        _need_str(rec, args, "order_id")
+        status = facts.orders[args["order_id"]].get("status")
+        if status not in allowed:
+            rec.fail(rule, code, f"status {status!r} not in {allowed}")
+        rec.ok(rule, f"status {status!r} in {allowed}")
+        return "execute"
+
+    def _cancel_order(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        args = action.args
+        allowed = list(self.pack.cancel_order.allowed_statuses)
+        return self._status_rule(rec, args, facts, "cancel_order.status", allowed, "not_cancellable")
+
+    def _update_address(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        args = action.args
+        _need_str(rec, args, "new_address")
+        allowed = list(self.pack.update_shipping_address.allowed_statuses)
+        return self._status_rule(rec, args, facts, "update_shipping_address.status", allowed, "already_shipped")
+
+    def _track(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        args = action.args
+        _need_str(rec, args, "order_id")
+        decision = self.pack.track_shipment.decision
+        rec.ok("track_shipment", f"read only: {decision}")
+        return decision
+
+    def _reship(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        args = action.args
+        _need_str(rec, args, "order_id")
+        days = self.pack.reship.window_days
+        inside, why = _delivered_within(facts.orders[args["order_id"]], facts.now, days)
+        if not inside:
+            rec.fail("reship.window", "outside_refund_window", why)
+        rec.ok("reship.window", f"{why}: approve")
+        return "approve"
+
+    def _access(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        args = action.args
+        _need_str(rec, args, "customer_id")
+        tool = action.tool
+        if tool == "change_email":
+            _need_str(rec, args, "new_email")
+        rule: AccessRule = getattr(self.pack.access, tool)
+        level = (facts.customer or {}).get("identity_level", 0)
+        level = level if _is_int(level) else 0
+        if level < rule.min_identity_level:
+            rec.fail(
+                f"access.{tool}",
+                "identity_not_verified",
+                f"identity_level {level} < {rule.min_identity_level}",
+                decision="escalate",
+            )
+        rec.ok(f"access.{tool}", f"identity_level {level} ≥ {rule.min_identity_level}: {rule.decision}")
+        return rule.decision
+
+    def _cancel_subscription(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        args = action.args
+        _need_str(rec, args, "subscription_id")
+        at = args.get("at")
+        if at not in ("period_end", "immediate"):
+            rec.fail("args", "invalid_args", "at must be 'period_end' or 'immediate'")
+        decision: Decision = getattr(self.pack.cancel_subscription, at)
+        rec.ok("cancel_subscription.timing", f"at {at}: {decision}")
+        return decision
+
+    def _read(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        args = action.args
+        rec.ok("read", "read only, owned records: execute")
+        return "execute"
+
+    # ---- a whole plan
+
+    def evaluate_plan(
+        self,
+        actions: Sequence[ProposedAction],
+        facts: PolicyFacts,
+        route: Route | None,
+        injection_flagged: bool = False,
+    ) -> PlanDecision:
+        """Decide a plan: each action, then plan-level rules (size budget, injection).
+
+        A flagged ticket may still read, but every side-effecting action is escalated:
+        text in a ticket never raises an action's authority.
+        """
+        per_action: list[ActionDecision] = []
+        for action in actions:
+            d = self.evaluate(action, facts, route)
+            if injection_flagged and action.tool in SIDE_EFFECT_TOOLS:
+                d = _escalate_for_injection(d)
+            per_action.append(d)
+
+        plan_codes: list[str] = []
+        overall: Decision = "execute"
+        if injection_flagged and any(a.tool in SIDE_EFFECT_TOOLS for a in actions):
+            plan_codes.append("suspected_prompt_injection")
+            overall = "escalate"
+        if len(actions) > self.pack.budgets.max_tool_calls:
+            plan_codes.append("budget_exceeded")
+            overall = _stricter(overall, "escalate")
+        for d in per_action:
+            overall = _stricter(overall, d.decision)
+
+        codes: list[str] = []
+        for c in plan_codes + [c for d in per_action for c in d.reason_codes]:
+            if c not in codes:
+                codes.append(c)
+        return PlanDecision(
+            overall=overall,
+            per_action=per_action,
+            reason_codes=codes,
+            policy_version=self.pack.version,
+            policy_sha256=self.pack.sha256,
+        )
+
+    # ---- approvals (delegating to the pure functions with this pack's settings)
+
+    def check_reviewer(
+        self, requester: str, reviewer: str, reviewer_role: str, reviewer_tenant: str, run_tenant: str
+    ) -> list[str]:
+        """See :func:`check_reviewer`; uses this pack's approval settings."""
+        return check_reviewer(requester, reviewer, reviewer_role, reviewer_tenant, run_tenant, self.pack.approvals)
+
+    def check_edit(self, original: ProposedAction, edited_args: Mapping[str, Any]) -> list[str]:
+        """See :func:`check_edit`; uses this pack's approval settings."""
+        return check_edit(original, edited_args, self.pack.approvals)
+
+
+def _stricter(a: Decision, b: Decision) -> Decision:
+    return a if _SEVERITY[a] >= _SEVERITY[b] else b
+
+
+def _escalate_for_injection(d: ActionDecision) -> ActionDecision:
+    check = PolicyCheck(
+        rule="injection",
+        result="fail",
+        reason_code="suspected_prompt_injection",
+        detail="ticket flagged as suspected prompt injection: side effects need a human",
+    )
+    codes = ["suspected_prompt_injection"] + [c for c in d.reason_codes if c != "suspected_prompt_injection"]
+    return ActionDecision(decision=_stricter(d.decision, "escalate"), reason_codes=codes, checks=[*d.checks, check])
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+def check_reviewer(
+    requester: str,
+    reviewer: str,
+    reviewer_role: str,
+    reviewer_tenant: str,
+    run_tenant: str,
+    approvals: ApprovalPolicy | None = None,
+) -> list[str]:
+    """Reason codes why ``reviewer`` may not approve or reject this run (empty: may).
+
+    ``not_approver``: role not in the pack's approver roles. ``wrong_tenant``: reviewer of
+    another tenant. ``separation_of_duties``: the reviewer started the run (or is unnamed).
+    """
+    policy = approvals or ApprovalPolicy()
+    codes: list[str] = []
+    if reviewer_role not in policy.approver_roles:
+        codes.append("not_approver")
+    if not reviewer_tenant or reviewer_tenant != run_tenant:
+        codes.append("wrong_tenant")
+    if policy.separation_of_duties and (not reviewer or reviewer == requester):
+        codes.append("separation_of_duties")
+    return codes
+
+
+def check_edit(
+    original: ProposedAction, edited_args: Mapping[str, Any], approvals: ApprovalPolicy | None = None
+) -> list[str]:
+    """Reason codes why a reviewer's edit is refused (empty: allowed).
+
+    ``edited_args`` holds the changed arguments (a full argument dict works too). Only
+    amounts (``*_cents`` integers) may change, and only downward to a positive value; a
+    new key, a changed tool (``tool`` key) or any other changed field is
+    ``edit_not_allowed``; a larger amount is ``edit_raises_amount``. The edited action
+    must still be re-evaluated by the engine: a smaller amount can change its tier.
+    """
+    policy = approvals or ApprovalPolicy()
+    codes: list[str] = []
+
+    def add(code: str) -> None:
+        if code not in codes:
+            codes.append(code)
+
+    for key, new in edited_args.items():
+        if key not in original.args:
+            add("edit_not_allowed")
+            continue
+        old = original.args[key]
+        if new == old and type(new) is type(old):
+            continue
+        if not (key.endswith("_cents") and _is_int(old) and _is_int(new)) or new <= 0:
+            add("edit_not_allowed")
+        elif new > old and policy.edits_only_downward:
+            add("edit_raises_amount")
+    return codes
+
+
+def apply_edit(original: ProposedAction, edited_args: Mapping[str, Any]) -> ProposedAction:
+    """The action with the reviewer's changes merged in (call :func:`check_edit` first)."""
+    return ProposedAction(tool=original.tool, args={**original.args, **edited_args})
