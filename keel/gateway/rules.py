@@ -1,0 +1,685 @@
+"""Deterministic reading of ticket text: intents, question-vs-request, and extraction.
+
+This is the offline "model" behind :class:`~keel.gateway.local.LocalProvider`. It is plain
+phrase scoring, not learning, so that keel runs and its tests pass with no network and
+give the same answer every time. The design choices, each for a reason:
+
+- Scoring is per *sentence*, so a how-to question in one sentence ("how do I reset my
+  password?") does not turn a request in another into an action, and vice versa.
+- A phrase preceded by a negation ("I don't want a replacement") does not count.
+- A question suppresses the side-effect operations it mentions unless it is really a
+  request ("can you…", "please", "can I get…"); read-only operations about a specific
+  record ("is my order O-1 on its way?") stay, because answering them is harmless.
+- Only *firm* matches (weight ≥ 2) can make a ticket multi-intent; a stray weak word in
+  another route is noise, not a second request. A complaint ("it never arrived") next to
+  an explicit request in another route is that request's reason, not a second intent.
+- Within a route, a side effect outranks a read ("it never arrived, resend it").
+- Confidence comes from match strength (0.93 for one clear phrase), so only tickets with
+  nothing to go on fall below the policy's 0.6 threshold.
+
+Ticket text is data: nothing here executes or obeys it; it is only matched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from keel.gateway.base import OPERATION_ROUTE, ROUTE_OPERATIONS
+from keel.types import Extraction, Operation, Route, TriageResult
+
+__all__ = [
+    "OpHit",
+    "Analysis",
+    "analyze",
+    "triage_text",
+    "extract_text",
+    "extract_operation",
+    "find_order_ids",
+    "find_subscription_ids",
+    "find_amount_cents",
+    "is_full_refund",
+    "find_timing",
+    "find_new_email",
+    "find_new_address",
+    "reship_reason",
+    "READ_ONLY_OPERATIONS",
+]
+
+_F = re.IGNORECASE
+
+# --------------------------------------------------------------------------- patterns
+_MFA = r"(?:two[- ]?factor|2fa|mfa|multi[- ]?factor|authenticator|2[- ]?step|two[- ]step|one[- ]time codes?|verification codes?)"
+_SUB_WORDS = r"(?:subscription|membership|plan|auto-?renew\w*|renewal)"
+_ORDER_WORDS = r"(?:order|purchase|shipment|package|parcel|O-\d+)"
+_NOT_EMAIL = r"(?:(?!e-?mail)[^.?!\n])"
+
+_OP_PATTERNS: list[tuple[Operation, str, int]] = [
+    # billing: refunds
+    ("refund", r"\brefund", 2),
+    ("refund", r"\bmoney back\b", 2),
+    ("refund", r"\breimburs", 2),
+    ("refund", r"\b(?:pay|paid) me back\b", 2),
+    ("refund", r"\b(?:want|get|give me|return) (?:my|the) money\b", 2),
+    ("refund", r"(?:\d|\bdollars?|\bbucks|\bcents)\s+back\b", 2),
+    ("refund", r"\bcredit (?:it |me )?back\b", 1),
+    ("refund", r"\bmoney (?:returned|refunded)\b", 2),
+    ("refund", r"\brevers\w* (?:the |that |this |my )?(?:charge|payment|transaction)", 2),
+    # billing: subscriptions (the word "cancel" is resolved separately)
+    ("cancel_subscription", r"\b(?:don'?t|do not|doesn'?t|does not|won'?t) want (?:it|my \w+|the \w+|this \w+) to renew\b", 2),
+    ("cancel_subscription", r"\bstop (?:it |my \w+ |the \w+ )?(?:from )?(?:auto-?)?renew", 2),
+    ("cancel_subscription", r"\bturn off (?:the )?auto-?renew", 2),
+    ("cancel_subscription", r"\b(?:end|stop|terminate|discontinue) (?:my|the) (?:\w+ )?(?:subscription|membership)\b", 2),
+    ("cancel_subscription", r"\bunsubscribe\b(?![^.?!\n]*\b(?:e-?mails?|newsletters?|marketing|messages|texts)\b)", 1),
+    # billing: read-only questions about payments
+    ("billing_question", r"\b(?:charg|bill)(?:ed|ing|e)? (?:me |us )?(?:twice|two times|2 times|double)\b", 2),
+    ("billing_question", r"\bdouble[- ]?(?:charged|charge|billed|billing)\b", 2),
+    ("billing_question", r"\bduplicate (?:charges?|payments?|transactions?)\b", 2),
+    ("billing_question", r"\breceipts?\b", 2),
+    ("billing_question", r"\binvoices?\b", 1),
+    ("billing_question", r"\b(?:unrecognized|unknown|strange|unexpected|extra) (?:charges?|payments?)\b", 2),
+    ("billing_question", r"\bpayment history\b", 2),
+    ("billing_question", r"\bwhy was i (?:charged|billed)\b", 2),
+    # orders: tracking
+    ("track_order", r"\bwhere(?:'s|s)?\b[^.?!\n]{0,30}\b" + _ORDER_WORDS, 2),
+    ("track_order", r"\btrack(?:ing)?\b", 1),
+    ("track_order", r"\bstatus of (?:my |the |this )?" + _ORDER_WORDS, 2),
+    ("track_order", r"\b(?:order|shipping|delivery|shipment) status\b", 2),
+    ("track_order", r"\bwhen (?:will|is|does|should) (?:my |the |this )?(?:order|package|parcel|shipment|delivery|O-\d+|it|stuff)\b[^.?!\n]{0,30}\b(?:arrive|come|get here|be delivered|be here|ship)", 2),
+    ("track_order", r"\b(?:any )?(?:update|news) on (?:my |the )?" + _ORDER_WORDS, 2),
+    # orders: cancel an order (see also the "cancel" resolver)
+    ("cancel_order", r"\bordered (?:it |this |that )?by mistake\b", 1),
+    # orders: address change
+    ("change_address", r"\b(?:change|update|correct|fix|edit|modify|amend)\w*\b" + _NOT_EMAIL + r"{0,30}\baddress\b", 2),
+    ("change_address", r"\b(?:ship|send|deliver|redirect|reroute|re-route)\w*\b" + _NOT_EMAIL + r"{0,40}\bto:?\s+\d", 2),
+    ("change_address", r"\bwrong (?:shipping |delivery )?address\b", 2),
+    ("change_address", r"\bnew (?:shipping |delivery |mailing |home )?address\b", 1),
+    ("change_address", r"\b(?:i'?m|i am|we'?re|we are) moving\b", 1),
+    # orders: reship a damaged or missing item
+    ("reship", r"\breplacement\b", 2),
+    ("reship", r"\breplace (?:it|them|this|that|the \w+|my \w+)\b", 2),
+    ("reship", r"\bsend (?:me |us )?(?:a |an |the )?(?:new|another|replacement|second)\b(?! (?:password|reset|link|code|email|e-mail|verification|receipt|invoice))", 2),
+    ("reship", r"\b(?:re-?ship|re-?send)\b(?! (?:the |my |a )?(?:password |reset |verification )?(?:link|email|e-mail|code|receipt|invoice))", 2),
+    ("reship", r"\bship (?:me |us )?(?:another|a new|a replacement)\b", 2),
+    ("reship", r"\bsend (?:it|them) again\b", 1),
+    ("reship", r"\b(?:new|another|replacement) (?:one|ones|item|items|unit|pair)\b[^.?!\n]{0,15}\b(?:sent|shipped|send|ship)\b", 2),
+    ("reship", r"\bexchange (?:it|them|this|that|the \w+)\b", 1),
+    # access
+    ("password_reset", r"\b(?:reset|change|recover|new)\w*\b[^.?!\n]{0,20}\bpassword\b", 2),
+    ("password_reset", r"\bpassword\b[^.?!\n]{0,20}\breset\b", 2),
+    ("password_reset", r"\bforg[eo]t\w*\b[^.?!\n]{0,15}\bpassword\b", 2),
+    ("password_reset", r"\b(?:can'?t|cannot|can not|don'?t) remember\b[^.?!\n]{0,15}\bpassword\b", 2),
+    ("password_reset", r"\breset (?:link|email)\b", 2),
+    ("password_reset", r"\b(?:can'?t|cannot|can not|unable to) (?:log|sign) ?in\b", 1),
+    ("mfa_reset", r"\b(?:reset|remove|disable|turn off|switch off|clear|deactivate|bypass|re-?set)\w*\b[^.?!\n]{0,30}" + _MFA, 2),
+    ("mfa_reset", _MFA + r"[^.?!\n]{0,40}\b(?:reset|removed?|disabled?|turned off|turn (?:it |this |that )?off|switch (?:it |this |that )?off|cleared?)\b", 2),
+    ("mfa_reset", r"\blost\b[^.?!\n]{0,30}\b(?:phone|device|authenticator|backup codes)\b", 1),
+    ("mfa_reset", r"\b(?:can'?t|cannot|can not|unable to|don'?t) (?:get|receive|access|have)\b[^.?!\n]{0,20}\b(?:codes?|authenticator)\b", 2),
+    ("change_email", r"\b(?:change|update|switch|replace|correct)\w*\b[^.?!\n]{0,30}\be-?mail\b", 2),
+    ("change_email", r"\bnew e-?mail\b", 2),
+    ("change_email", r"\be-?mail\b[^?!\n]{0,40}\bto:?\s+[\w.+-]+@", 2),
+    ("unlock_account", r"\bunlock", 2),
+    ("unlock_account", r"\blocked out\b", 2),
+    ("unlock_account", r"\b(?:it'?s|it is|is|got|been|was|gets) (?:still |now |been )?(?:locked|blocked|frozen)\b", 2),
+    ("unlock_account", r"\baccount\b[^.?!\n]{0,20}\b(?:locked|blocked|frozen|suspended|disabled)\b", 2),
+    ("unlock_account", r"\b(?:locked|blocked|frozen)\b[^.?!\n]{0,10}\baccount\b", 2),
+]
+_DESCRIPTIVE_PATTERNS: list[tuple[Operation, str, int]] = [
+    # complaints that an order is late: a tracking request on their own, but only the
+    # reason for another request ("never arrived, I want my money back") next to one
+    ("track_order", r"\b(?:has ?n[o']t|have ?n[o']t|did ?n[o']t|did not|has not|have not|never|still not|not yet|yet to)\s+(?:arrived?|come|came|been delivered|shown up|showed up|turned up|received|got(?:ten)? it)\b", 2),
+    ("track_order", r"\bsupposed to (?:be here|arrive|have arrived|be delivered)", 2),
+    ("track_order", r"\bstill waiting (?:for|on)\b", 1),
+    ("track_order", r"\bon (?:its|it's|the) way\b", 1),
+]
+_COMPILED = [(op, re.compile(p, _F), w, False) for op, p, w in _OP_PATTERNS] + [
+    (op, re.compile(p, _F), w, True) for op, p, w in _DESCRIPTIVE_PATTERNS
+]
+
+_REFUND_STATUS = re.compile(
+    r"\b(?:my |the |a |this )?refund\b[^.?!\n]{0,25}\b(?:has ?n[o']t|have ?n[o']t|did ?n[o']t|not|never|still)\b[^.?!\n]{0,20}"
+    r"\b(?:arrived?|shown up|showed up|come through|came through|appeared|landed|been (?:processed|received|credited|paid))|"
+    r"\bwhere(?:'s| is)\b[^.?!\n]{0,15}\brefund\b|\b(?:status of|update on|news on|track) (?:my |the )?refund\b|"
+    r"\brefund status\b|\bwhen will (?:i (?:get|receive|see) )?(?:my |the )?refund\b",
+    _F,
+)
+"""Asking where a refund is: a read-only billing question, not a request for another refund."""
+
+_CANCEL = re.compile(r"\bcancel\w*", _F)
+_SUB_TARGET = re.compile(r"\b" + _SUB_WORDS + r"\b|\bS-\d+\b|\b(?:pro|basic|team) plan\b", _F)
+_ORDER_TARGET = re.compile(r"\b(?:order|purchase|shipment)s?\b|\bO-\d+\b", _F)
+_PRONOUN_TARGET = re.compile(r"^\W*(?:it|this|that|them)\b", _F)
+
+_NEGATION_BEFORE = re.compile(
+    r"\b(?:don'?t|do not|doesn'?t|does not|not|no|never|without|instead of|rather than|"
+    r"no need to|nor)\b(?:\s+\w+){0,3}\s*$",
+    _F,
+)
+
+_REQUEST = re.compile(
+    r"\b(?:please|pls|plz|kindly)\b|\b(?:can|could|would|will) (?:you|u)\b|\bfor me\b|\bsend me\b|"
+    r"\bi (?:want|need) you\b|\bi'?d like you\b|\b(?:can|could|may) (?:i|we) (?:get|have|receive)\b|"
+    r"\bi (?:want|need|demand)\b(?! to know)|\bi'?d like\b(?! to know)|\bi would like\b(?! to know)",
+    _F,
+)
+_PROCEDURAL = re.compile(
+    r"\bhow (?:do|does|can|could|should|would|to|long|much|many|soon|often)\b|"
+    r"\bwhat (?:should|do|can) (?:i|we) do\b",
+    _F,
+)
+_INFO_START = re.compile(
+    r"^\W*(?:(?:hi|hello|hey|so|also|and|quick question)\W+)*"
+    r"(?:what|what's|which|who|do|does|is|are|can|could|will|would|should|may|am|did)\b",
+    _F,
+)
+_INFO_PHRASE = re.compile(
+    r"\b(?:i'?d like|i want|i would like) to know\b|\bwonder(?:ing)?\b|"
+    r"\btell me (?:about|how|what|if|whether|why|when)\b|\b(?:info|information|details) (?:on|about|regarding)\b|"
+    r"\bexplain\b|\bcurious\b",
+    _F,
+)
+_SPECIFIC = re.compile(
+    r"\b[OS]-\d+\b|\bmy (?:\w+ )?(?:order|package|parcel|shipment|delivery|purchase)\b", _F
+)
+_SPECIFIC_ID = re.compile(r"\b[OS]-\d+\b", _F)
+READ_ONLY_OPERATIONS: frozenset[Operation] = frozenset({"track_order", "billing_question", "question"})
+"""Operations whose tools only read; harmless to carry out when unsure."""
+
+_NOT_A_PRODUCT = re.compile(r"\b(?:link|password|code|e-?mail|receipt|invoice)s?\b", _F)
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"[a-z][a-z']*", _F)
+
+_COMMON_WORDS = frozenset(
+    """a about above after again against all also am an and any anything are around as at back
+    be because been before being below between both but by can can't cannot could couldn't did didn't
+    do does doesn't doing don't down during each even ever every few for from further get gets getting
+    got had hadn't has hasn't have haven't having he her here hers herself him himself his how i i'd
+    i'll i'm i've if in into is isn't it it's its itself just know last let like ll made make many may
+    me might more most much must my myself need needs never new next no nor not now of off on once one
+    only or other our ours out over own please pls put really right same see she should so some still
+    such sure than thank thanks that that's the their theirs them themselves then there these they this
+    those through to too two under until up us use used very want wanted was wasn't way we week were
+    weren't what what's when where where's which while who why will with won't would wouldn't yes yet
+    you you'd you're your yours yourself hi hello hey dear regards
+    account address amount app arrive arrived authentication back bill billing birthday box broke broken
+    buy bought card cards cancel cancelled canceled change charge charged check code codes cost customer
+    damaged day days delivered delivery deliver did email e-mail end express fit forgot free gift help
+    issue item items label link locked login long lost mail missing money month morning moved moving
+    number order ordered orders package packaging paid parcel password pay payment phone plan plans
+    policy price problem product purchase question receipt refund refunds replace replacement reset
+    return returns send sent service ship shipped shipping shop sign size standard status store
+    subscription support take takes time today track tracking two-factor unlock update wrong work
+    working year years""".split()
+)
+"""Everyday and support words: a ticket with almost none of them is gibberish."""
+
+
+# --------------------------------------------------------------------------- analysis
+@dataclass(frozen=True)
+class OpHit:
+    """One phrase that points at an operation."""
+
+    op: Operation
+    weight: int
+    start: int
+    """Offset in the analysed text, for ordering intents by appearance."""
+    sentence: tuple[int, int] = (0, 0)
+    """Offsets of the sentence it was found in (to find the order id it is about)."""
+    descriptive: bool = False
+    """A complaint ("it never arrived") rather than an explicit request."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the rules found in a text."""
+
+    kept: tuple[OpHit, ...]
+    """Hits that count as requests."""
+    suppressed: tuple[OpHit, ...]
+    """Hits inside questions about how things work (no action asked)."""
+    question: Literal["procedural", "info", "phrase", None]
+    """Strongest question form found anywhere, or None."""
+    vocab_ratio: float
+    words: int
+
+    def scores(self, *, suppressed: bool = False, descriptive: bool = True) -> dict[Operation, int]:
+        """Summed weight per operation (each pattern counted once per sentence)."""
+        out: dict[Operation, int] = {}
+        for h in self.suppressed if suppressed else self.kept:
+            if descriptive or not h.descriptive:
+                out[h.op] = out.get(h.op, 0) + h.weight
+        return out
+
+    def first_seen(self, *, suppressed: bool = False) -> dict[Operation, int]:
+        """Offset where each operation first appears."""
+        out: dict[Operation, int] = {}
+        for h in self.suppressed if suppressed else self.kept:
+            out[h.op] = min(out.get(h.op, h.start), h.start)
+        return out
+
+
+def _negated(text: str, start: int) -> bool:
+    """True when the words just before ``start`` negate the phrase ("don't want a …")."""
+    window = text[max(0, start - 30) : start]
+    window = re.split(r"[,;:.!?]", window)[-1]
+    return bool(_NEGATION_BEFORE.search(window))
+
+
+def _sentences(text: str) -> list[tuple[int, str]]:
+    """Sentences with their offsets (splits on end punctuation followed by space, and newlines)."""
+    out: list[tuple[int, str]] = []
+    pos = 0
+    for part in _SENTENCE_SPLIT.split(text):
+        idx = text.find(part, pos)
+        if part.strip():
+            out.append((idx, part))
+        pos = idx + len(part)
+    return out
+
+
+def _cancel_hits(text: str, offset: int, sentence: str, whole: str) -> list[OpHit]:
+    """Resolve each "cancel…" to a subscription or an order by its nearest target noun.
+
+    Looks after the verb first ("cancel my plan"), then, for a pronoun or nothing, back
+    through the whole text ("I placed O-1 by mistake, please cancel it").
+    """
+    hits: list[OpHit] = []
+    for m in _CANCEL.finditer(sentence):
+        if _negated(sentence, m.start()):
+            continue
+        after = sentence[m.end() : m.end() + 40]
+        op: Operation | None = None
+        if not _PRONOUN_TARGET.search(after):
+            s, o = _SUB_TARGET.search(after), _ORDER_TARGET.search(after)
+            if s and (not o or s.start() < o.start()):
+                op = "cancel_subscription"
+            elif o:
+                op = "cancel_order"
+        if op is None:
+            before = whole[: offset + m.start()]
+            s_all = [x.end() for x in _SUB_TARGET.finditer(before)]
+            o_all = [x.end() for x in _ORDER_TARGET.finditer(before)]
+            if s_all or o_all:
+                op = "cancel_subscription" if max(s_all or [-1]) > max(o_all or [-1]) else "cancel_order"
+            else:
+                rest = whole[offset + m.end() :]
+                s, o = _SUB_TARGET.search(rest), _ORDER_TARGET.search(rest)
+                if s and (not o or s.start() < o.start()):
+                    op = "cancel_subscription"
+                elif o:
+                    op = "cancel_order"
+        if op is not None:
+            hits.append(OpHit(op, 2, offset + m.start(), (offset, offset + len(sentence))))
+    return hits
+
+
+def _suppress(op: Operation, sentence: str, procedural: bool) -> bool:
+    """Whether a hit in a question sentence is a question about the topic, not a request."""
+    if _REQUEST.search(sentence):
+        return False
+    if op in READ_ONLY_OPERATIONS and _SPECIFIC.search(sentence):
+        return False
+    if not procedural and _SPECIFIC_ID.search(sentence):
+        return False
+    return True
+
+
+def analyze(text: str) -> Analysis:
+    """Find every operation the text asks for, and whether it is a question instead."""
+    kept: list[OpHit] = []
+    suppressed: list[OpHit] = []
+    question: Literal["procedural", "info", "phrase", None] = None
+    rank = {None: 0, "phrase": 1, "info": 2, "procedural": 3}
+    for offset, sentence in _sentences(text):
+        procedural = bool(_PROCEDURAL.search(sentence))
+        info = bool(_INFO_START.search(sentence)) or sentence.rstrip().endswith("?")
+        form: Literal["procedural", "info", "phrase", None] = (
+            "procedural" if procedural else "info" if info else "phrase" if _INFO_PHRASE.search(sentence) else None
+        )
+        if rank[form] > rank[question]:
+            question = form
+        hits: list[OpHit] = []
+        seen: set[str] = set()
+        span = (offset, offset + len(sentence))
+        for op, rx, weight, descriptive in _COMPILED:
+            for m in rx.finditer(sentence):
+                if rx.pattern in seen or _negated(sentence, m.start()):
+                    continue
+                seen.add(rx.pattern)
+                hits.append(OpHit(op, weight, offset + m.start(), span, descriptive))
+        hits.extend(_cancel_hits(text, offset, sentence, text))
+        for m in _REFUND_STATUS.finditer(sentence):
+            lo, hi = offset + m.start(), offset + m.end()
+            hits = [h for h in hits if not (h.op in {"refund", "track_order"} and lo <= h.start < hi)]
+            hits.append(OpHit("billing_question", 2, lo, span))
+        if _NOT_A_PRODUCT.search(text) and not (_DAMAGE.search(text) or _MISSING.search(text)):
+            hits = [h for h in hits if h.op != "reship"]  # "send a new one" of a reset link
+        for h in hits:
+            is_question = procedural or bool(_INFO_START.search(sentence))
+            if is_question and _suppress(h.op, sentence, procedural):
+                suppressed.append(h)
+            else:
+                kept.append(h)
+    words = _WORD.findall(text.lower())
+    known = sum(1 for w in words if w in _COMMON_WORDS or w.rstrip("s") in _COMMON_WORDS)
+    ratio = known / len(words) if words else 0.0
+    return Analysis(tuple(kept), tuple(suppressed), question, ratio, len(words))
+
+
+# --------------------------------------------------------------------------- triage
+def _confidence(score: int, has_id: bool) -> float:
+    """Map match strength to a calibrated-looking confidence (2 → 0.93, 1 → 0.74)."""
+    value = 0.55 + 0.19 * score + (0.02 if has_id else 0.0)
+    return round(min(0.97, value), 2)
+
+
+def _route_scores(scores: dict[Operation, int]) -> dict[Route, int]:
+    """Best operation score per route."""
+    out: dict[Route, int] = {}
+    for op, score in scores.items():
+        route = OPERATION_ROUTE[op]
+        out[route] = max(out.get(route, 0), score)
+    return out
+
+
+def triage_text(subject: str, body: str) -> TriageResult:
+    """Route a ticket: one firm route, ``knowledge`` for a question, or ``unknown``.
+
+    The subject is consulted only when the body asks for nothing, since subjects are
+    often generic ("Two things", "Live chat").
+    """
+    analysis = analyze(body)
+    if not analysis.kept and analysis.question is None and subject.strip():
+        combined = analyze(f"{subject}\n{body}")
+        if combined.kept:
+            analysis = Analysis(combined.kept, analysis.suppressed, None, analysis.vocab_ratio, analysis.words)
+    scores = analysis.scores()
+    route_score = _route_scores(scores)
+    firm = [r for r, s in route_score.items() if s >= 2]
+    if len(firm) >= 2:
+        explicit = [r for r, s in _route_scores(analysis.scores(descriptive=False)).items() if s >= 2]
+        if len(explicit) == 1:  # "never arrived, I want my money back": one request
+            scores = {op: s for op, s in scores.items() if OPERATION_ROUTE[op] == explicit[0]}
+            route_score = _route_scores(scores)
+            firm = explicit
+    first = analysis.first_seen()
+    ordered_ops = sorted(scores, key=lambda op: first[op])
+    has_id = bool(_SPECIFIC_ID.search(body))
+    if len(firm) >= 2:
+        intents = [op for op in ordered_ops if scores[op] >= 2]
+        second = sorted(route_score[r] for r in firm)[-2]
+        return TriageResult(
+            route="unknown",
+            confidence=_confidence(second, has_id),
+            reason_codes=["multiple_intents"],
+            intents=intents,
+        )
+    if len(firm) == 1:
+        route = firm[0]
+        intents = [op for op in ordered_ops if OPERATION_ROUTE[op] == route]
+        return TriageResult(route=route, confidence=_confidence(route_score[route], has_id), intents=intents)
+    if len(route_score) == 1:
+        route = next(iter(route_score))
+        return TriageResult(route=route, confidence=_confidence(1, has_id), intents=ordered_ops)
+    wordy = analysis.words >= 3 and analysis.vocab_ratio >= 0.5
+    if not route_score and analysis.question and wordy:
+        base = {"procedural": 0.9, "info": 0.82, "phrase": 0.75}[analysis.question]
+        bump = 0.03 if analysis.suppressed else 0.0
+        return TriageResult(route="knowledge", confidence=round(base + bump, 2), intents=["question"])
+    if route_score:  # several weak, conflicting hints
+        confidence = 0.5
+    elif wordy:
+        confidence = 0.45
+    else:
+        confidence = round(0.1 + 0.3 * analysis.vocab_ratio, 2)
+    return TriageResult(route="unknown", confidence=confidence, reason_codes=["low_confidence"], intents=[])
+
+
+# --------------------------------------------------------------------------- extraction
+_ORDER_ID = re.compile(r"\bO-\d+\b", _F)
+_SUB_ID = re.compile(r"\bS-\d+\b", _F)
+_MONEY = [
+    (re.compile(r"(?:US)?\$\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2}))?(?!\d)", _F), "dollars"),
+    (re.compile(r"\b(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2}))?\s?(?:dollars?|usd|bucks)\b", _F), "dollars"),
+    (re.compile(r"\busd\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2}))?(?!\d)", _F), "dollars"),
+    (re.compile(r"\b(\d{1,3}(?:,\d{3})+|\d+)\s?(?:cents?|¢)()", _F), "cents"),
+]
+_REFUND_WORD = re.compile(r"\brefund|\bback\b|\bcredit|\breimburs", _F)
+_FULL = re.compile(
+    r"\bfull refund\b|\brefund (?:it |this |that |the order |the \w+ |me |order \S+ )?(?:in full|fully|completely|entirely)\b|"
+    r"\bin full\b|\bfully refund|\bmoney back\b|\breimburse me\b|"
+    r"\brefund (?:the |my )?(?:rest|remainder|remaining|balance)\b|\b(?:rest|remainder) of (?:the|my|this) (?:order|money|refund|amount|purchase)\b|"
+    r"\b(?:whole|entire|total|full) (?:order|amount|purchase|price)\b|\brefund (?:everything|it all|all of it)\b|"
+    r"\b(?:all|everything) (?:of it )?back\b",
+    _F,
+)
+_IMMEDIATE = re.compile(
+    r"\bimmediate(?:ly)?\b|\beffective (?:today|now|immediately)\b|\bright (?:away|now)\b|\bas of today\b|"
+    r"\basap\b|\bstarting (?:today|now)\b|\bstraight away\b|\bthis instant\b",
+    _F,
+)
+_PERIOD_END = re.compile(
+    r"\bend of (?:the |my |this )?(?:current )?(?:billing |subscription )?(?:period|cycle|month|term|year)\b|"
+    r"\b(?:don'?t|do not|doesn'?t|does not|won'?t) want (?:it|my \w+|the \w+|this \w+) to renew\b|"
+    r"\bwhen (?:it|my \w+|the \w+) (?:renews|expires|ends)\b|\bnot (?:to )?renew\b|"
+    r"\bstop (?:it |my \w+ |the \w+ )?(?:from )?(?:auto-?)?renew|\bturn off (?:the )?auto-?renew|\bat renewal\b|"
+    r"\bafter (?:the |this )?(?:current )?(?:billing )?(?:period|cycle|month)\b|\buntil (?:the )?(?:end|renewal)\b|"
+    r"\bperiod end\b",
+    _F,
+)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_ADDRESS_CUE = re.compile(
+    r"\baddress\b|\b(?:ship|send|deliver|redirect|reroute|re-route|mail)\w*\b|\bmoving\b", _F
+)
+_TO = re.compile(r"\bto:?\s+", _F)
+_ADDRESS_START = re.compile(r"^(?:\d|flat\b|apt\b|apartment\b|unit\b|suite\b|p\.?\s?o\.?\s?box\b)", _F)
+_NOT_ADDRESS_START = re.compile(
+    r"^(?:change|update|be|have|ship|send|get|my new|the new|a new|me\b|you\b|us\b)", _F
+)
+_ABBREV = frozenset({"st", "ave", "apt", "rd", "dr", "blvd", "ln", "no", "ct", "mt", "ft", "hwy", "pkwy", "sq", "n", "s", "e", "w"})
+_TRAILING = re.compile(
+    r"(?:[\s,;:.!?]+|\binstead\b|\bplease\b|\bthanks?(?: you)?\b|\bthank you\b|\bif possible\b)+$", _F
+)
+_DAMAGE = re.compile(r"\b(?:damag\w*|broke\w*|crack\w*|shatter\w*|dent\w*|smash\w*|torn|ripped|defect\w*|faulty)\b", _F)
+_MISSING = re.compile(r"\b(?:missing|never (?:arrived|came|got)|not in the box|lost in (?:the )?(?:mail|post|transit))\b", _F)
+
+
+def find_order_ids(text: str) -> list[str]:
+    """Order ids (``O-123``) in order of appearance, normalised to upper case, no repeats."""
+    return list(dict.fromkeys(m.group(0).upper() for m in _ORDER_ID.finditer(text)))
+
+
+def find_subscription_ids(text: str) -> list[str]:
+    """Subscription ids (``S-123``) in order of appearance, upper case, no repeats."""
+    return list(dict.fromkeys(m.group(0).upper() for m in _SUB_ID.finditer(text)))
+
+
+def _to_cents(whole: str, frac: str | None, unit: str) -> int:
+    number = int(whole.replace(",", ""))
+    if unit == "cents":
+        return number
+    frac = (frac or "").ljust(2, "0")[:2]
+    return number * 100 + int(frac or 0)
+
+
+def find_amount_cents(text: str) -> int | None:
+    """The stated amount in cents ("$20", "$75.50", "20 dollars", "2000 cents").
+
+    With several amounts, the one nearest a refund word wins ("I paid $120, refund $40"),
+    ties going to the later one.
+    """
+    found: list[tuple[int, int, int]] = []  # (start, end, cents)
+    taken: list[tuple[int, int]] = []
+    for rx, unit in _MONEY:
+        for m in rx.finditer(text):
+            if any(m.start() < e and s < m.end() for s, e in taken):
+                continue
+            taken.append((m.start(), m.end()))
+            found.append((m.start(), m.end(), _to_cents(m.group(1), m.group(2), unit)))
+    if not found:
+        return None
+    if len(found) == 1:
+        return found[0][2]
+    cues = [m.start() for m in _REFUND_WORD.finditer(text)]
+    if not cues:
+        return sorted(found)[-1][2]
+
+    def distance(item: tuple[int, int, int]) -> tuple[int, int]:
+        s, e, _ = item
+        return (min(min(abs(c - s), abs(c - e)) for c in cues), -s)
+
+    return min(found, key=distance)[2]
+
+
+def is_full_refund(text: str) -> bool:
+    """True when the customer asks for everything still refundable."""
+    return any(not _negated(text, m.start()) for m in _FULL.finditer(text))
+
+
+def find_timing(text: str) -> Literal["period_end", "immediate"]:
+    """When a subscription cancel takes effect; ``period_end`` unless clearly immediate.
+
+    A negated cue does not count ("effective today, not at the end of the month"). With
+    both, the later one wins, as customers correct themselves as they write.
+    """
+    cues: list[tuple[int, Literal["period_end", "immediate"]]] = []
+    for rx, kind in ((_IMMEDIATE, "immediate"), (_PERIOD_END, "period_end")):
+        for m in rx.finditer(text):
+            own_negation = kind == "period_end" and re.match(r"(?:don|do not|doesn|does not|won|not)", m.group(0), _F)
+            if own_negation or not _negated(text, m.start()):
+                cues.append((m.start(), kind))  # type: ignore[arg-type]
+    if not cues:
+        return "period_end"
+    return sorted(cues)[-1][1]
+
+
+def find_new_email(text: str) -> str | None:
+    """The requested new email: the one after "to", else the last one written."""
+    emails = list(_EMAIL.finditer(text))
+    if not emails:
+        return None
+    for m in emails:
+        if re.search(r"\bto:?\s*$", text[max(0, m.start() - 6) : m.start()], _F):
+            return m.group(0)
+    return emails[-1].group(0)
+
+
+def _cut_sentence(rest: str) -> str:
+    """The address part of ``rest``: up to a newline, ?/!, or a full stop ending a sentence."""
+    end = len(rest)
+    for m in re.finditer(r"[\n?!]|\.(?=\s+[A-Z])|\.\s*$", rest):
+        if m.group(0) == ".":
+            prev = re.findall(r"(\w+)$", rest[: m.start()])
+            if prev and prev[0].lower() in _ABBREV and m.end() < len(rest.rstrip()):
+                continue
+        end = m.start()
+        break
+    return rest[:end]
+
+
+def find_new_address(text: str) -> str | None:
+    """The new shipping address: the text after "to" that follows an address cue.
+
+    Prefers a "to" followed by something that looks like a street ("48 Harbour Road",
+    "Apt 3 …"); trims a trailing "instead", "please", "?" or ".".
+    """
+    cue = _ADDRESS_CUE.search(text)
+    if cue is None:
+        return None
+    candidates = [m for m in _TO.finditer(text) if m.start() >= cue.start()]
+    chosen = next((m for m in candidates if _ADDRESS_START.search(text[m.end() :])), None)
+    if chosen is None:
+        rest_ok = [m for m in candidates if not _NOT_ADDRESS_START.search(text[m.end() :])]
+        chosen = rest_ok[-1] if rest_ok else None
+    if chosen is None:
+        return None
+    address = _cut_sentence(text[chosen.end() :])
+    address = _TRAILING.sub("", address.strip()).strip()
+    return address or None
+
+
+def reship_reason(text: str) -> str:
+    """``missing`` or ``damaged``: why an item is reshipped (damaged unless said missing)."""
+    if _MISSING.search(text) and not _DAMAGE.search(text):
+        return "missing"
+    return "damaged"
+
+
+def extract_operation(subject: str, body: str, route: Route) -> Operation:
+    """The main operation of ``route`` the ticket asks for.
+
+    The first firmly asked (score ≥ 2) side-effect operation wins ("it never arrived,
+    please resend it" is a reship), then the first firm read-only one, else the
+    highest-scoring one; a question's hits are used only when the route has no request. Raises ``ValueError`` when the route has nothing to do
+    with the text (and is not one with a harmless default).
+    """
+    if route == "knowledge":
+        return "question"
+    ops = ROUTE_OPERATIONS[route]
+    for text in (body, f"{subject}\n{body}"):
+        analysis = analyze(text)
+        for suppressed in (False, True):
+            scores = {op: s for op, s in analysis.scores(suppressed=suppressed).items() if op in ops}
+            if scores:
+                first = analysis.first_seen(suppressed=suppressed)
+                firm = sorted((op for op in scores if scores[op] >= 2), key=lambda op: (op in READ_ONLY_OPERATIONS, first[op]))
+                if firm:
+                    return firm[0]
+                return max(scores, key=lambda op: (scores[op], -first[op]))
+    defaults: dict[Route, Operation] = {"billing": "billing_question", "orders": "track_order"}
+    if route in defaults:
+        return defaults[route]
+    raise ValueError(f"no operation of route {route!r} found in the ticket")
+
+
+def extract_text(subject: str, body: str, route: Route, operation: Operation | None = None) -> Extraction:
+    """Typed facts for one operation of ``route`` (the main one unless ``operation`` is given)."""
+    op = operation or extract_operation(subject, body, route)
+    orders = _order_ids_for(op, body) or find_order_ids(subject)
+    subs = find_subscription_ids(body) or find_subscription_ids(subject)
+    fields: dict[str, object] = {"operation": op}
+    if op in {"refund", "track_order", "cancel_order", "change_address", "reship", "billing_question"}:
+        fields["order_id"] = orders[0] if orders else None
+    if op == "cancel_subscription":
+        fields["subscription_id"] = subs[0] if subs else None
+        fields["timing"] = find_timing(body)
+    if op == "refund":
+        amount = find_amount_cents(body)
+        if amount is None:
+            amount = find_amount_cents(subject)
+        fields["amount_cents"] = amount
+        fields["full_refund"] = amount is None and (is_full_refund(body) or is_full_refund(subject))
+    if op == "change_email":
+        fields["new_email"] = find_new_email(body)
+    if op == "change_address":
+        fields["new_address"] = find_new_address(body)
+    if op == "question":
+        fields["query"] = _query(subject, body)
+    return Extraction.model_validate(fields)
+
+
+def _order_ids_for(op: Operation, body: str) -> list[str]:
+    """Order ids, the one the operation is about first.
+
+    With several orders in one ticket ("cancel O-1 and change the address of O-2"), the
+    id in the operation's own sentence wins: after the phrase first, then before it.
+    """
+    ids = find_order_ids(body)
+    if len(ids) <= 1:
+        return ids
+    analysis = analyze(body)
+    for hit in sorted((h for h in (*analysis.kept, *analysis.suppressed) if h.op == op), key=lambda h: h.start):
+        lo, hi = hit.sentence
+        after = find_order_ids(body[hit.start : hi])
+        before = find_order_ids(body[lo : hit.start])
+        pick = after[:1] or before[-1:]
+        if pick:
+            return pick + [i for i in ids if i != pick[0]]
+    return ids
+
+
+def _query(subject: str, body: str) -> str:
+    """Search query for a question: the body, whitespace collapsed, bounded in length."""
+    text = " ".join(body.split()) or " ".join(subject.split())
+    return text[:500]
