@@ -175,6 +175,7 @@ _PHRASES: dict[str, list[str]] = {
         r" i (?:am|m) (?:your|the acme|an acme|the keel|the system|a system|the site|the support|a support|the store) (?:\w+ )?(?:admin|administrator|developer|supervisor|lead|operator|engineer|creator|manager|owner)",
         r" i (?:am|m) your (?:developer|creator|admin|administrator|operator|supervisor|manager|boss|owner)",
         r" (?:this|the following) (?:message |request |instruction )?(?:is|comes) (?:an? )?(?:official|authori[sz]ed|privileged) (?:instruction|order|directive|request|command) from",
+        r" (?:the |your |keel s )?(?:policy engine|rules engine|policy check|compliance team|risk team|fraud team) (?:has |have )?(?:already |just )?(?:approved|authori[sz]ed|cleared|validated|signed off)",
         # other languages
         r" (?:ahora eres|eres ahora|tu es maintenant|tu es desormais|vous etes maintenant|vous etes desormais|du bist (?:jetzt|nun|ab sofort)|sie sind (?:jetzt|nun|ab sofort)|agora voce e|voce agora e|voce e agora|ora sei) ",
     ],
@@ -185,6 +186,7 @@ _PHRASES: dict[str, list[str]] = {
         r" (?:bypass\w*|circumvent\w*|get around|work around|skip\w*|override|overriding|disable|disabling) (?:all |any |the |your |these |those |its )?(?:\w+ )?(?:checks?|verification|validation|approvals?|approval (?:step|process|flow)|escalation|safeguards?|guardrails?|filters?|polic(?:y|ies) checks?|rules|security checks?|fraud checks?)\b",
         r" (?:do not|don t|dont|never|no) (?:escalate|escalating|escalation|ask for approval|request approval|flag this|flag it|send (?:this|it) (?:to|for) (?:a human|review|approval))",
         r" (?:needs?|requires?|require) no (?:checks?|approval|verification|review|escalation)",
+        r" (?:execute|run|process|apply|perform) (?:it|this|them|that|the (?:action|call|refund|request)) (?:as is|verbatim|exactly as (?:written|given|shown|stated)|without changes)",
         r" (?:checks?|approvals?|verification|escalation) (?:is|are) (?:not needed|not required|unnecessary|disabled|off|waived)",
         # other languages
         r" (?:sin|sans|ohne|sem|senza) (?:ninguna |aucune |aucun |jegliche |nenhuma |alcuna )?(?:verificacion\w*|comprobacion\w*|controles|aprobacion|revision|escalar|verification|controle|approbation|validation|escalade|prufung|uberprufung|kontrolle|genehmigung|freigabe|eskalation|verificacao|checagem|aprovacao|revisao|verifiche|controlli|approvazione) ",
@@ -234,6 +236,8 @@ _MARKERS: list[str] = [
     r"<\|\s*(?:im_start|im_end|system|endoftext)\s*\|>",
     r"\b(?:begin|end) (?:of )?(?:system|admin|developer) (?:prompt|message|instructions?|override)\b",
     r"\b(?:new|updated) (?:system )?(?:instructions|rules|directives|prompt)\s*:",
+    # a forged tool call or decision record pasted into the ticket
+    r"[\"']\s*(?:tool|tool_call|decision|approved_by|approval|plan_hash|reviewer)\s*[\"']\s*:",
 ]
 
 _COMPILED: dict[str, list[re.Pattern[str]]] = {k: [re.compile(p) for p in v] for k, v in _PHRASES.items()}
