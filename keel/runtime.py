@@ -1,0 +1,237 @@
+"""The process's wiring: stores, checkpointer, tools, guards and gateway from one Settings.
+
+Graph nodes, the CLI, the API and workers all reach the outside world through a
+:class:`Runtime`. One runtime exists per process and settings (``get_runtime``), so one
+psycopg pool serves the back office, the audit log and LangGraph's PostgresSaver.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from keel.audit import AuditLog
+from keel.config import PACKAGE_DIR, Settings, get_settings
+from keel.db import Database, open_database
+from keel.principals import PrincipalStore
+from keel.threads import ThreadIndex
+
+__all__ = ["Runtime", "get_runtime", "reset_runtime", "DEMO_FIXTURES", "DEMO_TICKETS", "DEMO_NOW"]
+
+log = logging.getLogger("keel.runtime")
+
+DEMO_FIXTURES = PACKAGE_DIR / "demo" / "fixtures.json"
+"""The bundled demo back office (loaded when no back office exists yet)."""
+DEMO_NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+"""The bundled demo data's "today"."""
+DEMO_TICKETS = PACKAGE_DIR / "demo" / "tickets.jsonl"
+"""The bundled demo tickets."""
+
+
+class Runtime:
+    """Everything a run needs besides its state, built lazily from :class:`Settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._graphs: dict[str, Any] = {}
+        self._fixtures_checked = False
+
+    # -- stores -------------------------------------------------------------------
+    @cached_property
+    def db_url(self) -> str:
+        """URL of keel's own database (back office, ledger, audit, keys, queue)."""
+        if self.settings.database_url:
+            return self.settings.database_url
+        return f"sqlite:///{(self.settings.data_dir / 'keel.db').resolve()}"
+
+    @cached_property
+    def db(self) -> Database:
+        """keel's database, with every store's tables created."""
+        db = open_database(self.db_url)
+        from guards.budgets import TenantTokenBudget
+        from tools.backoffice import BackOffice
+
+        for store in (BackOffice(db), AuditLog(db), PrincipalStore(db), ThreadIndex(db)):
+            store.setup()
+        TenantTokenBudget(db, 0).setup()
+        return db
+
+    @cached_property
+    def backoffice(self):
+        """The sandbox business systems."""
+        from tools.backoffice import BackOffice
+
+        return BackOffice(self.db)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        """The hash-chained audit log."""
+        return AuditLog(self.db)
+
+    @cached_property
+    def principals(self) -> PrincipalStore:
+        """Users, roles and API keys."""
+        return PrincipalStore(self.db)
+
+    @cached_property
+    def threads(self) -> ThreadIndex:
+        """Run status by tenant (pending approvals, escalations)."""
+        return ThreadIndex(self.db)
+
+    # -- guards, tools, models --------------------------------------------------------
+    @cached_property
+    def policy(self):
+        """The policy pack in force (``support-v1`` unless ``KEEL_POLICY_FILE`` says otherwise)."""
+        from guards.policy import load_policy
+
+        return load_policy(self.settings.policy_path())
+
+    @cached_property
+    def engine(self):
+        """Deterministic policy evaluation."""
+        from guards.policy import PolicyEngine
+
+        return PolicyEngine(self.policy)
+
+    @cached_property
+    def caps(self):
+        """Per-run caps (tool calls, wall clock, retries) from the policy pack."""
+        from guards.budgets import RunCaps
+
+        return RunCaps.from_pack(self.policy)
+
+    @cached_property
+    def tokens(self):
+        """Per-tenant daily model-token budget."""
+        from guards.budgets import TenantTokenBudget
+
+        return TenantTokenBudget(self.db, self.policy.budgets.tenant_daily_tokens)
+
+    @cached_property
+    def tools(self):
+        """The tool runner (allowlists, authorization, ledger, rate limit, timeout, retries)."""
+        from tools.runner import ToolRunner
+
+        return ToolRunner(
+            self.backoffice,
+            timeout_s=self.settings.tool_timeout_s,
+            rate_per_minute=self.settings.tool_rate_per_minute,
+            max_retries=self.policy.budgets.max_retries,
+        )
+
+    @cached_property
+    def gateway(self):
+        """The model gateway (local deterministic provider unless configured otherwise)."""
+        from keel.gateway import gateway_from_settings
+
+        return gateway_from_settings(self.settings)
+
+    def now(self) -> datetime:
+        """The run clock: ``KEEL_NOW`` if set; the demo data's day on the embedded demo.
+
+        The bundled demo fixtures are dated around :data:`DEMO_NOW`; without a clock
+        override an embedded store serving them (``langgraph dev``, ``keel serve``) runs
+        on that day so their refund windows mean what the demo says.
+        """
+        if self.settings.now is None and self.settings.fixtures is None and not self.settings.is_postgres:
+            return DEMO_NOW
+        return self.settings.clock()
+
+    def signing_key(self) -> bytes:
+        """Plan-signing key."""
+        return self.settings.signing_key()
+
+    # -- fixtures -----------------------------------------------------------------------
+    def ensure_fixtures(self) -> None:
+        """Load ``KEEL_FIXTURES`` (or the demo fixtures) if that tenant has no back office yet."""
+        from tools.fixtures import parse_fixtures_text
+
+        path = self.settings.fixtures or DEMO_FIXTURES
+        parsed = parse_fixtures_text(Path(path).read_text())
+        if parsed.fixtures is None:
+            raise ValueError(f"{path}: " + "; ".join(f"line {e.line}: {e.message}" for e in parsed.errors))
+        if not self.backoffice.has_tenant(parsed.fixtures.tenant):
+            self.backoffice.load_fixtures(parsed.fixtures)
+
+    def ensure_fixtures_once(self) -> None:
+        """:meth:`ensure_fixtures` on first call only (graphs served without keel's CLI)."""
+        if not self._fixtures_checked:
+            with self._lock:
+                if not self._fixtures_checked:
+                    self.ensure_fixtures()
+                    self._fixtures_checked = True
+
+    # -- checkpoints and graphs -----------------------------------------------------
+    @cached_property
+    def checkpointer(self):
+        """SqliteSaver by default, PostgresSaver on Postgres; ``setup()`` done once."""
+        if self.db.is_postgres:
+            from langgraph.checkpoint.postgres import PostgresSaver
+
+            saver = PostgresSaver(self.db.pool)
+        else:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            path = (self.settings.data_dir / "checkpoints.db").resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            saver = SqliteSaver(conn)
+        saver.setup()
+        return saver
+
+    def graph(self, graph_id: str = "support"):
+        """The compiled graph ``graph_id`` bound to this runtime and its checkpointer."""
+        with self._lock:
+            g = self._graphs.get(graph_id)
+            if g is None:
+                from graphs import GRAPH_BUILDERS
+
+                try:
+                    builder = GRAPH_BUILDERS[graph_id]
+                except KeyError:
+                    raise KeyError(f"unknown graph {graph_id!r}") from None
+                g = self._graphs[graph_id] = builder(runtime=self).compile(checkpointer=self.checkpointer)
+            return g
+
+    def close(self) -> None:
+        """Release connections (tests, CLI exit)."""
+        if "checkpointer" in self.__dict__ and not self.db.is_postgres:
+            self.checkpointer.conn.close()
+        if "db" in self.__dict__:
+            self.db.close()
+            from keel import db as _dbmod
+
+            _dbmod._DATABASES.pop(self.db_url, None)
+
+
+_RUNTIMES: dict[int, Runtime] = {}
+_RLOCK = threading.Lock()
+_CURRENT: Runtime | None = None
+
+
+def get_runtime(settings: Settings | None = None) -> Runtime:
+    """The process-wide runtime (built from the environment on first use)."""
+    global _CURRENT
+    with _RLOCK:
+        if settings is None:
+            if _CURRENT is None:
+                _CURRENT = Runtime(get_settings())
+            return _CURRENT
+        _CURRENT = Runtime(settings)
+        return _CURRENT
+
+
+def reset_runtime() -> None:
+    """Forget the process-wide runtime (tests)."""
+    global _CURRENT
+    with _RLOCK:
+        if _CURRENT is not None:
+            _CURRENT.close()
+        _CURRENT = None

@@ -1,0 +1,103 @@
+"""Human approval: the run pauses with ``interrupt()`` until a reviewer decides.
+
+LangGraph re-runs this node from its first line on every resume, so everything before
+``interrupt()`` is pure (it only builds the request from state). A refused resume
+(stale hash, the requester approving their own run, an upward edit) does not end the
+run: the node asks again, with the error in the new interrupt's value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from langgraph.types import interrupt
+
+from graphs.state import SupportState
+from keel.approvals import ApprovalError, apply_edits, check_resume, decided_at
+from keel.plan import Plan, SignedPlan, sign_plan
+from nodes.common import audit, escalation, output_actions, record_status, traced
+from nodes.policy_check import policy_facts
+
+if TYPE_CHECKING:
+    from keel.runtime import Runtime
+
+__all__ = ["await_approval", "approval_request"]
+
+
+def approval_request(state: SupportState) -> dict[str, Any]:
+    """The interrupt's value: plan, hash, policy checks and evidence (batch contract)."""
+    signed = SignedPlan.model_validate(state["plan"])
+    per = (state.get("policy") or {}).get("per_action") or []
+    checks = [
+        {"action_index": i, "tool": signed.plan.actions[i].tool, **c}
+        for i, d in enumerate(per)
+        for c in d.get("checks", [])
+    ]
+    return {
+        "type": "plan_approval",
+        "thread_id": state.get("thread_id"),
+        "tenant": signed.plan.tenant,
+        "ticket_id": signed.plan.ticket_id,
+        "customer_id": signed.plan.customer_id,
+        "requester": state.get("requester"),
+        "route": state.get("route"),
+        "plan": output_actions(state, ["pending_approval"] * len(signed.plan.actions)),
+        "plan_hash": signed.hash,
+        "policy_version": signed.plan.policy_version,
+        "policy_checks": checks,
+        "evidence": state.get("evidence") or [],
+        "resume": {"decision": "approve | reject", "plan_hash": signed.hash, "reviewer": "USER_ID", "reason": "TEXT",
+                   "edits": "[{index, args}] (optional, only downward)"},
+    }
+
+
+@traced("await_approval")
+def await_approval(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+    """Wait for a valid decision, then approve (possibly an edited plan) or reject."""
+    request = approval_request(state)
+    role_of = lambda tenant, user: (p.role if (p := rt.principals.get(tenant, user)) else None)  # noqa: E731
+    error: dict[str, str] | None = None
+    while True:
+        value = interrupt(request if error is None else {**request, "error": error})
+        try:
+            decision = check_resume(value, request, role_of)
+            break
+        except ApprovalError as e:
+            error = {"code": e.code, "message": e.message}
+
+    approval = {
+        "decision": decision.decision,
+        "reviewer": decision.reviewer,
+        "reviewer_role": decision.reviewer_role,
+        "reason": decision.reason,
+        "plan_hash": request["plan_hash"],
+        "edited": bool(decision.edits),
+        "at": decided_at(),
+    }
+    if decision.decision == "reject":
+        audit(rt, state, "approval", approval, actor=decision.reviewer)
+        return {"approval": approval, "status": "rejected", "reason_codes": ["rejected_by_reviewer"],
+                "actions": output_actions(state)}
+
+    signed = SignedPlan.model_validate(state["plan"])
+    update: dict[str, Any] = {"status": "running"}
+    if decision.edits:
+        edited = Plan.model_validate({**signed.plan.model_dump(), "actions": apply_edits(signed.plan.actions, decision.edits)})
+        signed = sign_plan(edited, rt.signing_key())
+        new_state = {**state, "plan": signed.model_dump(mode="json")}
+        verdict = rt.engine.evaluate_plan(
+            signed.plan.actions, policy_facts(rt, state), route=state["route"],
+            injection_flagged=bool((state.get("screen") or {}).get("flagged")),
+        )
+        update.update(plan=signed.model_dump(mode="json"), policy=verdict.model_dump(mode="json"))
+        new_state.update(update)
+        audit(rt, new_state, "policy_decision", {"plan_hash": signed.hash, "revalidated_after_edit": True,
+                                                 **verdict.model_dump(mode="json")}, actor="policy")
+        if verdict.overall in ("escalate", "deny"):
+            approval["plan_hash"] = signed.hash
+            audit(rt, new_state, "approval", approval, actor=decision.reviewer)
+            return {**update, "approval": approval, "actions": output_actions(new_state), **escalation(*verdict.reason_codes)}
+        approval["plan_hash"] = signed.hash
+    audit(rt, state, "approval", approval, actor=decision.reviewer)
+    record_status(rt, state, "running", plan_hash=approval["plan_hash"])
+    return {**update, "approval": approval}

@@ -1,0 +1,120 @@
+"""Small helpers shared by the support nodes: audit, tool context, escalation updates."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import wraps
+from typing import TYPE_CHECKING, Any, Callable
+
+from graphs.state import OutputAction, SupportState
+from keel.types import Ticket
+
+if TYPE_CHECKING:
+    from keel.runtime import Runtime
+
+__all__ = ["ticket_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status"]
+
+log = logging.getLogger("keel.nodes")
+
+
+def ticket_of(state: SupportState) -> Ticket:
+    """The run's ticket as a typed value."""
+    return Ticket.model_validate(state["ticket"])
+
+
+def allowlist(rt: "Runtime", route: str) -> frozenset[str]:
+    """The specialist's tool allowlist from the policy pack (empty for unknown routes)."""
+    spec = rt.policy.routes.get(route)
+    return frozenset(spec.tools) if spec is not None else frozenset()
+
+
+def audit(rt: "Runtime", state: SupportState, kind: str, data: dict[str, Any], actor: str = "system") -> None:
+    """Append an audit row for this run."""
+    ticket = state.get("ticket") or {}
+    rt.audit.append(
+        str(ticket.get("tenant", "unknown")),
+        kind,  # type: ignore[arg-type]
+        actor=actor,
+        data=data,
+        thread_id=state.get("thread_id"),
+        correlation_id=state.get("correlation_id"),
+    )
+
+
+def record_status(rt: "Runtime", state: SupportState, status: str, plan_hash: str | None = None) -> None:
+    """Keep the run index in step with the run's status."""
+    ticket = state.get("ticket") or {}
+    if not state.get("thread_id"):
+        return
+    rt.threads.record(
+        state["thread_id"],
+        tenant=str(ticket.get("tenant", "unknown")),
+        status=status,
+        ticket_id=ticket.get("id"),
+        requester=state.get("requester"),
+        route=state.get("route"),
+        plan_hash=plan_hash,
+    )
+
+
+def tool_context(rt: "Runtime", state: SupportState, idempotency_key: str | None = None):
+    """The tool runner's view of this run: tenant, customer, caller, allowlist, key."""
+    from tools.runner import ToolContext
+
+    ticket = state["ticket"]
+    return ToolContext(
+        tenant=ticket["tenant"],
+        customer_id=ticket["customer_id"],
+        user_id=state.get("requester", "anonymous"),
+        allowlist=allowlist(rt, state.get("route", "unknown")),
+        idempotency_key=idempotency_key,
+        correlation_id=state.get("correlation_id", ""),
+        now=rt.now(),
+    )
+
+
+def escalation(*reason_codes: str, **extra: Any) -> dict[str, Any]:
+    """State update that sends the run to ESCALATE_TO_HUMAN with these reasons."""
+    codes: list[str] = []
+    for c in reason_codes:
+        if c and c not in codes:
+            codes.append(c)
+    return {"status": "escalated", "reason_codes": codes, **extra}
+
+
+def output_actions(state: SupportState, states: list[str] | None = None) -> list[OutputAction]:
+    """The plan's actions with their policy decision and run state (batch contract)."""
+    plan = (state.get("plan") or {}).get("plan") or {}
+    actions = plan.get("actions") or []
+    per = ((state.get("policy") or {}).get("per_action")) or []
+    out: list[OutputAction] = []
+    for i, a in enumerate(actions):
+        decision = per[i]["decision"] if i < len(per) else None
+        st = states[i] if states and i < len(states) else "not_run"
+        out.append({"tool": a["tool"], "args": a["args"], "decision": decision, "state": st})
+    return out
+
+
+def traced(name: str) -> Callable:
+    """Log each node's start, end and duration with the run's correlation id."""
+
+    def deco(fn: Callable) -> Callable:
+        @wraps(fn)
+        def wrapper(state: SupportState, *args: Any, **kwargs: Any) -> Any:
+            cid = state.get("correlation_id", "-")
+            t0 = time.perf_counter()
+            try:
+                result = fn(state, *args, **kwargs)
+            except Exception as e:  # GraphInterrupt is an Exception too: log it plainly
+                kind = type(e).__name__
+                log.info("node=%s cid=%s outcome=%s ms=%.1f", name, cid, kind, (time.perf_counter() - t0) * 1000)
+                raise
+            ms = (time.perf_counter() - t0) * 1000
+            status = (result or {}).get("status", "-") if isinstance(result, dict) else "-"
+            log.info("node=%s cid=%s status=%s ms=%.1f", name, cid, status, ms)
+            return result
+
+        return wrapper
+
+    return deco

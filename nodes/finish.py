@@ -1,0 +1,43 @@
+"""COMPLETE and ESCALATE_TO_HUMAN: the two ends of a run; both leave an audit row."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from graphs.state import SupportState
+from nodes.common import audit, record_status, traced
+
+if TYPE_CHECKING:
+    from keel.runtime import Runtime
+
+__all__ = ["complete", "escalate_to_human"]
+
+
+def _summary(state: SupportState, status: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "route": state.get("route"),
+        "reason_codes": state.get("reason_codes") or [],
+        "actions": [{"tool": a["tool"], "decision": a["decision"], "state": a["state"]} for a in state.get("actions") or []],
+    }
+
+
+@traced("complete")
+def complete(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+    """A completed (or reviewer-rejected) run."""
+    status = "rejected" if state.get("status") == "rejected" else "completed"
+    audit(rt, state, "run_finished", _summary(state, status))
+    record_status(rt, state, status)
+    update: dict[str, Any] = {"status": status}
+    if status == "completed":
+        update["reason_codes"] = []
+    return update
+
+
+@traced("escalate_to_human")
+def escalate_to_human(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+    """Hand the run to a human with its reason codes; nothing further runs."""
+    codes = state.get("reason_codes") or ["escalated"]
+    audit(rt, state, "run_finished", {**_summary(state, "escalated"), "reason_codes": codes})
+    record_status(rt, state, "escalated")
+    return {"status": "escalated", "reason_codes": codes}

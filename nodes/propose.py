@@ -1,0 +1,97 @@
+"""PROPOSE_ACTION: the specialist's plan, validated and signed; or a knowledge answer.
+
+The planner (a model behind the gateway) proposes tool calls; code checks each against
+the tool's input contract and the specialist's allowlist and turns the result into a
+signed :class:`keel.plan.Plan`. The policy decides later whether anything runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from graphs.state import SupportState
+from keel.plan import Plan, sign_plan
+from keel.types import ProposedAction
+from nodes.common import allowlist, audit, escalation, ticket_of, traced
+
+if TYPE_CHECKING:
+    from keel.runtime import Runtime
+
+__all__ = ["propose_action", "CITATION_RATIO"]
+
+CITATION_RATIO = 0.9
+"""Articles scoring at least this fraction of the best one are cited with it."""
+
+
+def _knowledge(state: SupportState) -> dict[str, Any]:
+    articles = (state.get("context") or {}).get("articles") or []
+    search = [{"tool": "search_kb", "args": {"query": (state.get("extraction") or {}).get("query") or ""},
+               "decision": None, "state": "executed"}]
+    if not articles:
+        return {"actions": search, **escalation("no_answer_found")}
+    top = max(float(a.get("score", 0.0)) for a in articles)
+    cited = [a for a in articles if float(a.get("score", 0.0)) >= CITATION_RATIO * top]
+    answer = "\n\n".join(f"{a['title']} ({a['id']}): {a.get('snippet', '')}" for a in cited)
+    return {"actions": search, "answer": answer, "citations": [a["id"] for a in cited], "status": "completed"}
+
+
+@traced("propose_action")
+def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+    """Plan the actions (or answer a knowledge question)."""
+    if state["route"] == "knowledge":
+        return _knowledge(state)
+
+    from keel.gateway import PlanningInput
+    from tools.registry import TOOLS
+
+    ticket = ticket_of(state)
+    context = state.get("context") or {}
+    tools = allowlist(rt, state["route"])
+    try:
+        proposal = rt.gateway.plan(
+            PlanningInput(
+                ticket=ticket,
+                route=state["route"],
+                extraction=state["extraction"],
+                allowlist=sorted(tools),
+                customer=context.get("customer"),
+                orders=context.get("orders") or [],
+                subscriptions=context.get("subscriptions") or [],
+                named_orders={k: v for k, v in (context.get("named_orders") or {}).items() if v is not None},
+            )
+        )
+    except Exception as e:
+        audit(rt, state, "model_call", {"task": "plan", "error": type(e).__name__})
+        return escalation("model_unavailable")
+    if not proposal.actions:
+        return escalation("no_action_identified", evidence=[*state.get("evidence", []), {"planner": proposal.rationale}])
+
+    actions: list[ProposedAction] = []
+    for a in proposal.actions:
+        spec = TOOLS.get(a.tool)
+        if spec is None:
+            return escalation("invalid_plan")
+        try:
+            args = spec.input_model.model_validate(a.args).model_dump(mode="json", exclude_none=True)
+        except ValidationError:
+            return escalation("invalid_plan")
+        actions.append(ProposedAction(tool=a.tool, args=args))
+
+    signed = sign_plan(
+        Plan(
+            tenant=ticket.tenant,
+            customer_id=ticket.customer_id,
+            ticket_id=ticket.id,
+            thread_id=state.get("thread_id", ""),
+            route=state["route"],
+            policy_version=rt.policy.version,
+            actions=actions,
+        ),
+        rt.signing_key(),
+    )
+    audit(rt, state, "plan_proposed", {"plan_hash": signed.hash, "actions": [a.model_dump() for a in actions],
+                                      "rationale": proposal.rationale, "outside_allowlist": [a.tool for a in actions if a.tool not in tools]},
+          actor="planner")
+    return {"plan": signed.model_dump(mode="json")}

@@ -1,0 +1,98 @@
+"""TRIAGE: the supervisor. Validates the ticket, screens it, and routes it to a specialist.
+
+The model proposes a route with a confidence; the policy's threshold and the
+injection screen decide what that means. Nothing here acts on the customer's systems.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.runnables import RunnableConfig
+from pydantic import ValidationError
+
+from graphs.state import SupportState
+from guards.budgets import new_budget
+from guards.injection import screen
+from keel.types import Operation, Ticket
+from nodes.common import audit, escalation, record_status, traced
+
+if TYPE_CHECKING:
+    from keel.runtime import Runtime
+
+__all__ = ["triage", "SIDE_EFFECT_OPERATIONS"]
+
+SIDE_EFFECT_OPERATIONS: frozenset[Operation] = frozenset(
+    {
+        "refund",
+        "cancel_subscription",
+        "cancel_order",
+        "change_address",
+        "reship",
+        "password_reset",
+        "mfa_reset",
+        "change_email",
+        "unlock_account",
+    }
+)
+"""Operations whose plan would change a business system."""
+
+
+@traced("triage")
+def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dict[str, Any]:
+    """Route the ticket: ``{route, confidence, reason_codes}``, or escalate."""
+    conf = (config or {}).get("configurable", {})
+    base: dict[str, Any] = {
+        "thread_id": str(conf.get("thread_id", "")),
+        "requester": str(conf.get("requester") or conf.get("user_id") or "anonymous"),
+        "correlation_id": str(conf.get("correlation_id") or uuid.uuid4().hex),
+        "status": "running",
+        "actions": [],
+        "reason_codes": [],
+        "answer": None,
+        "citations": [],
+        "budget": new_budget(datetime.now(timezone.utc)),
+    }
+    try:
+        ticket = Ticket.model_validate(state.get("ticket"))
+    except ValidationError as e:
+        fields = sorted({".".join(str(p) for p in err["loc"]) or "ticket" for err in e.errors()})
+        return {**base, "route": "unknown", "confidence": 0.0, **escalation("invalid_ticket"), "evidence": [{"invalid_fields": fields}]}
+
+    state = {**state, **base, "ticket": ticket.model_dump()}
+    record_status(rt, state, "running")
+    shot = screen(f"{ticket.subject}\n{ticket.body}")
+    try:
+        result = rt.gateway.triage(ticket)
+    except Exception as e:  # ModelError and friends: never trust, never crash the run
+        audit(rt, state, "route_decision", {"error": type(e).__name__})
+        return {**base, "ticket": ticket.model_dump(), "route": "unknown", "confidence": 0.0, **escalation("model_unavailable")}
+
+    route, reasons = result.route, list(result.reason_codes)
+    if route != "unknown" and result.confidence < rt.policy.router.min_confidence:
+        route, reasons = "unknown", reasons + ["low_confidence"]
+    if route == "unknown" and not reasons:
+        reasons = ["low_confidence"]
+    update = {
+        **base,
+        "ticket": ticket.model_dump(),
+        "triage": result.model_dump(),
+        "screen": shot.model_dump(),
+        "route": route,
+        "confidence": round(float(result.confidence), 4),
+    }
+    audit(
+        rt,
+        {**state, **update},
+        "route_decision",
+        {"route": route, "confidence": update["confidence"], "reason_codes": reasons, "intents": list(result.intents),
+         "injection": shot.model_dump()},
+        actor="router",
+    )
+    if route == "unknown":
+        return {**update, **escalation(*reasons)}
+    if shot.flagged and (not result.intents or any(op in SIDE_EFFECT_OPERATIONS for op in result.intents)):
+        return {**update, **escalation("suspected_prompt_injection")}
+    return update
