@@ -13,7 +13,9 @@ from keel.types import Ticket
 if TYPE_CHECKING:
     from keel.runtime import Runtime
 
-__all__ = ["ticket_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status"]
+__all__ = [
+    "TokenBudgetExceeded",
+    "model_hook","ticket_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status"]
 
 log = logging.getLogger("keel.nodes")
 
@@ -72,6 +74,28 @@ def tool_context(rt: "Runtime", state: SupportState, idempotency_key: str | None
         correlation_id=state.get("correlation_id", ""),
         now=rt.now(),
     )
+
+
+class TokenBudgetExceeded(Exception):
+    """The tenant's daily model-token budget is spent: the run escalates ``budget_exceeded``."""
+
+
+def model_hook(rt: "Runtime", state: SupportState) -> Callable[[Any], None]:
+    """The gateway hook for one node: audits each model call and charges the tenant.
+
+    Refuses up front when the tenant's day is already spent. A call's tokens are charged
+    after it returns (they are spent either way), so one call may overdraw the day; the
+    next model call of that tenant is then refused.
+    """
+    tenant = str(state["ticket"]["tenant"])
+    if rt.tokens.remaining(tenant, rt.now()) <= 0:
+        raise TokenBudgetExceeded()
+
+    def on_call(call: Any) -> None:
+        audit(rt, state, "model_call", call.model_dump(mode="json"), actor=f"model:{call.provider}")
+        rt.tokens.charge(tenant, call.tokens, rt.now(), allow_overdraft=True)
+
+    return on_call
 
 
 def escalation(*reason_codes: str, **extra: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from graphs.state import SupportState
 from guards.budgets import charge_tool_call, check
 from guards.injection import screen
-from nodes.common import allowlist, audit, escalation, ticket_of, tool_context, traced
+from nodes.common import TokenBudgetExceeded, allowlist, audit, escalation, model_hook, ticket_of, tool_context, traced
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -32,7 +32,9 @@ def retrieve_context(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     route = state["route"]
     tools = allowlist(rt, route)
     try:
-        extraction = rt.gateway.extract(ticket, route)
+        extraction = rt.gateway.extract(ticket, route, on_call=model_hook(rt, state))
+    except TokenBudgetExceeded:
+        return escalation("budget_exceeded")
     except Exception as e:
         audit(rt, state, "model_call", {"task": "extract", "error": type(e).__name__})
         return escalation("model_unavailable")

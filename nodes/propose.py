@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from graphs.state import SupportState
 from keel.plan import Plan, sign_plan
 from keel.types import ProposedAction
-from nodes.common import allowlist, audit, escalation, ticket_of, traced
+from nodes.common import TokenBudgetExceeded, allowlist, audit, escalation, model_hook, ticket_of, traced
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -60,8 +60,11 @@ def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
                 orders=context.get("orders") or [],
                 subscriptions=context.get("subscriptions") or [],
                 named_orders={k: v for k, v in (context.get("named_orders") or {}).items() if v is not None},
-            )
+            ),
+            on_call=model_hook(rt, state),
         )
+    except TokenBudgetExceeded:
+        return escalation("budget_exceeded")
     except Exception as e:
         audit(rt, state, "model_call", {"task": "plan", "error": type(e).__name__})
         return escalation("model_unavailable")

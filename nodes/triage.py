@@ -17,7 +17,7 @@ from graphs.state import SupportState
 from guards.budgets import new_budget
 from guards.injection import screen
 from keel.types import Operation, Ticket
-from nodes.common import audit, escalation, record_status, traced
+from nodes.common import TokenBudgetExceeded, audit, escalation, model_hook, record_status, traced
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -65,7 +65,9 @@ def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dic
     record_status(rt, state, "running")
     shot = screen(f"{ticket.subject}\n{ticket.body}")
     try:
-        result = rt.gateway.triage(ticket)
+        result = rt.gateway.triage(ticket, on_call=model_hook(rt, state))
+    except TokenBudgetExceeded:
+        return {**base, "ticket": ticket.model_dump(), "route": "unknown", "confidence": 0.0, **escalation("budget_exceeded")}
     except Exception as e:  # ModelError and friends: never trust, never crash the run
         audit(rt, state, "route_decision", {"error": type(e).__name__})
         return {**base, "ticket": ticket.model_dump(), "route": "unknown", "confidence": 0.0, **escalation("model_unavailable")}

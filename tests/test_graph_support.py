@@ -198,3 +198,23 @@ def test_audit_chain_records_the_run(rt):
     for k in ("route_decision", "plan_proposed", "policy_decision", "tool_call", "verification", "run_finished"):
         assert k in kinds
     assert rt.audit.verify("acme").ok
+
+
+def test_tenant_token_budget_escalates_when_spent(rt):
+    run(rt, "T-1", thread="first")
+    spent = rt.tokens.used("acme", NOW)
+    assert spent > 0  # every model call is charged to the tenant
+    assert [r for r in rt.audit.list("acme", "first") if r.kind == "model_call"]
+    rt.tokens.charge("acme", rt.tokens.remaining("acme", NOW), NOW)
+    state, _ = run(rt, "T-5", thread="second")
+    assert state["status"] == "escalated" and state["reason_codes"] == ["budget_exceeded"]
+    assert rt.backoffice.get_order("acme", "O-5009")["status"] == "placed"
+
+
+def test_tool_call_cap_escalates(rt, monkeypatch):
+    from guards.budgets import RunCaps
+
+    monkeypatch.setattr(type(rt), "caps", property(lambda self: RunCaps(max_tool_calls=1, wall_clock_s=30, max_retries=2)))
+    state, _ = run(rt, "T-1")
+    assert state["status"] == "escalated" and state["reason_codes"] == ["budget_exceeded"]
+    assert refunds(rt) == 0
