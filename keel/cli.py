@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -110,6 +111,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rt = _runtime(now=settings.now or DEMO_NOW)
     err = Console(stderr=True)
     out = Console()
+    if not out.is_terminal:
+        out = Console(width=140)  # piped or captured: don't squeeze the table into 80 columns
+    prog = sys.argv[0] if sys.argv[0].endswith("/keel") else "keel"
+    prog = os.path.relpath(prog) if os.path.isabs(prog) and prog.startswith(os.getcwd()) else prog
     try:
         tenant, errors = _load_fixtures(rt, settings.fixtures or DEMO_FIXTURES)
         if tenant is None:
@@ -144,9 +149,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             out.print("\nRuns waiting for a human approval:")
             for r in waiting:
                 out.print(f"  {r['ticket_id']}: thread {r['thread_id']}")
-            out.print("\nReview them with [bold]keel approvals[/], then approve or reject one, e.g.:")
-            out.print(f"  keel approve {waiting[0]['thread_id']} --as demo-approver")
-            out.print(f"  keel reject {waiting[0]['thread_id']} --as demo-approver --reason 'not eligible'")
+            out.print(f"\nReview them with [bold]{prog} approvals[/], then approve or reject one, e.g.:")
+            out.print(f"  {prog} approve {waiting[0]['thread_id']} --as demo-approver")
+            out.print(f"  {prog} reject {waiting[0]['thread_id']} --as demo-approver --reason 'not eligible'")
         return 0
     finally:
         rt.close()
