@@ -26,6 +26,7 @@ __all__ = [
     "PolicyCheck",
     "ActionDecision",
     "ROUTES",
+    "SIDE_EFFECT_OPERATIONS",
     "SIDE_EFFECT_TOOLS",
     "READ_TOOLS",
 ]
@@ -67,6 +68,21 @@ Operation = Literal[
 """What a ticket asks for, as extracted by the model. ``question``: a how-to or policy
 question that needs no action on the account. ``billing_question``: receipts, double
 charges and payment lookups (read only)."""
+
+SIDE_EFFECT_OPERATIONS: frozenset[Operation] = frozenset(
+    {
+        "refund",
+        "cancel_subscription",
+        "cancel_order",
+        "change_address",
+        "reship",
+        "password_reset",
+        "mfa_reset",
+        "change_email",
+        "unlock_account",
+    }
+)
+"""Operations whose plan would change a business system (the rest only read or answer)."""
 
 SIDE_EFFECT_TOOLS: frozenset[str] = frozenset(
     {

@@ -16,28 +16,13 @@ from pydantic import ValidationError
 from graphs.state import SupportState
 from guards.budgets import new_budget
 from guards.injection import screen
-from keel.types import Operation, Ticket
+from keel.types import SIDE_EFFECT_OPERATIONS, Ticket
 from nodes.common import TokenBudgetExceeded, audit, escalation, model_hook, record_status, traced
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
 
-__all__ = ["triage", "SIDE_EFFECT_OPERATIONS"]
-
-SIDE_EFFECT_OPERATIONS: frozenset[Operation] = frozenset(
-    {
-        "refund",
-        "cancel_subscription",
-        "cancel_order",
-        "change_address",
-        "reship",
-        "password_reset",
-        "mfa_reset",
-        "change_email",
-        "unlock_account",
-    }
-)
-"""Operations whose plan would change a business system."""
+__all__ = ["triage"]
 
 
 @traced("triage")
