@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     """Timeout around each tool call."""
     tool_rate_per_minute: int = 600
     """Per-tenant tool-call rate limit."""
+    api_rate_per_minute: float = 1200
+    """Requests per minute per API key (``keel serve``)."""
+    api_max_body_bytes: int = 1_048_576
+    """Largest request body ``keel serve`` accepts (413 above)."""
+    worker_lease_s: float = 30.0
+    """How long a worker's claim on a run lasts without a heartbeat."""
     log_level: str = "INFO"
     """Level of keel's loggers."""
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from keel.audit import AuditLog
 from keel.config import PACKAGE_DIR, Settings, get_settings
@@ -24,6 +26,8 @@ from keel.threads import ThreadIndex
 __all__ = ["Runtime", "get_runtime", "reset_runtime", "DEMO_FIXTURES", "DEMO_TICKETS", "DEMO_NOW"]
 
 log = logging.getLogger("keel.runtime")
+
+_SETUP_LOCK = 0x6B65656C  # "keel": advisory-lock key for schema set-up
 
 DEMO_FIXTURES = PACKAGE_DIR / "demo" / "fixtures.json"
 """The bundled demo back office (loaded when no back office exists yet)."""
@@ -41,6 +45,7 @@ class Runtime:
         self._lock = threading.RLock()
         self._graphs: dict[str, Any] = {}
         self._fixtures_checked = False
+        self._setup_depth = 0
 
     # -- stores -------------------------------------------------------------------
     @cached_property
@@ -50,16 +55,46 @@ class Runtime:
             return self.settings.database_url
         return f"sqlite:///{(self.settings.data_dir / 'keel.db').resolve()}"
 
+    @contextmanager
+    def setup_lock(self) -> Iterator[None]:
+        """Serialize schema set-up across processes (Postgres); re-entrant within one runtime.
+
+        ``CREATE TABLE IF NOT EXISTS`` and PostgresSaver's migrations race when two
+        processes start on a fresh database. The lock is a session advisory lock taken by
+        polling ``pg_try_advisory_lock``: a session blocked in ``pg_advisory_lock`` would
+        hold a snapshot that PostgresSaver's ``CREATE INDEX CONCURRENTLY`` waits on forever.
+        """
+        with self._lock:
+            if self._setup_depth or not self.settings.is_postgres:
+                self._setup_depth += 1
+                try:
+                    yield
+                finally:
+                    self._setup_depth -= 1
+                return
+            import psycopg
+
+            with psycopg.connect(self.db_url, autocommit=True) as conn:
+                while not conn.execute("SELECT pg_try_advisory_lock(%s)", (_SETUP_LOCK,)).fetchone()[0]:
+                    time.sleep(0.05)
+                self._setup_depth += 1
+                try:
+                    yield
+                finally:
+                    self._setup_depth -= 1
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+
     @cached_property
     def db(self) -> Database:
         """keel's database, with every store's tables created."""
-        db = open_database(self.db_url)
         from guards.budgets import TenantTokenBudget
         from tools.backoffice import BackOffice
 
-        for store in (BackOffice(db), AuditLog(db), PrincipalStore(db), ThreadIndex(db)):
-            store.setup()
-        TenantTokenBudget(db, 0).setup()
+        db = open_database(self.db_url)
+        with self.setup_lock():
+            for store in (BackOffice(db), AuditLog(db), PrincipalStore(db), ThreadIndex(db)):
+                store.setup()
+            TenantTokenBudget(db, 0).setup()
         return db
 
     @cached_property
@@ -183,7 +218,8 @@ class Runtime:
             conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             saver = SqliteSaver(conn)
-        saver.setup()
+        with self.setup_lock():
+            saver.setup()
         return saver
 
     def graph(self, graph_id: str = "support"):

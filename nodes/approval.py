@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.types import interrupt
 
 from graphs.state import SupportState
@@ -52,7 +53,7 @@ def approval_request(state: SupportState) -> dict[str, Any]:
 
 
 @traced("await_approval")
-def await_approval(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+def await_approval(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dict[str, Any]:
     """Wait for a valid decision, then approve (possibly an edited plan) or reject."""
     request = approval_request(state)
     role_of = lambda tenant, user: (p.role if (p := rt.principals.get(tenant, user)) else None)  # noqa: E731
@@ -65,6 +66,11 @@ def await_approval(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         except ApprovalError as e:
             error = {"code": e.code, "message": e.message}
 
+    # the rest of the run belongs to the request that resumed it: its correlation id
+    # tags every later log line and audit row
+    cid = ((config or {}).get("configurable") or {}).get("correlation_id")
+    if cid:
+        state = {**state, "correlation_id": str(cid)}
     approval = {
         "decision": decision.decision,
         "reviewer": decision.reviewer,
@@ -77,10 +83,10 @@ def await_approval(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     if decision.decision == "reject":
         audit(rt, state, "approval", approval, actor=decision.reviewer)
         return {"approval": approval, "status": "rejected", "reason_codes": ["rejected_by_reviewer"],
-                "actions": output_actions(state)}
+                "actions": output_actions(state), "correlation_id": state.get("correlation_id")}
 
     signed = SignedPlan.model_validate(state["plan"])
-    update: dict[str, Any] = {"status": "running"}
+    update: dict[str, Any] = {"status": "running", "correlation_id": state.get("correlation_id")}
     if decision.edits:
         edited = Plan.model_validate({**signed.plan.model_dump(), "actions": apply_edits(signed.plan.actions, decision.edits)})
         signed = sign_plan(edited, rt.signing_key())

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from graphs.state import SupportState
 from guards.budgets import charge_tool_call, check
-from keel.plan import PlanIntegrityError, idempotency_key, verify_plan
+from keel.plan import PlanIntegrityError, SignedPlan, idempotency_key, verify_plan
 from keel.types import SIDE_EFFECT_TOOLS
 from nodes.common import audit, escalation, output_actions, tool_context, traced
+from nodes.policy_check import policy_facts
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -32,6 +33,29 @@ class ToolFailure(RuntimeError):
     from running twice.
     """
 
+    transient = True
+    """Workers retry a run that failed with this (backoff and jitter, then dead letter)."""
+
+
+_SEVERITY = {"execute": 0, "approve": 1, "escalate": 2, "deny": 3}
+
+
+def _approved(rt: "Runtime", state: SupportState, signed: SignedPlan) -> bool:
+    """An approval of exactly this plan: in state, and recorded by the approval node.
+
+    The approval in state is only a checkpoint value; the approval node also writes an
+    ``approval`` row to the tenant's hash-chained audit log before the run moves on, so
+    an approval forged in the checkpoint store (naming the right hash) is not enough.
+    """
+    approval = state.get("approval") or {}
+    if approval.get("decision") != "approve" or approval.get("plan_hash") != signed.hash:
+        return False
+    threads = {t for t in (state.get("thread_id"), signed.plan.thread_id) if t}
+    return any(
+        row.kind == "approval" and row.data.get("decision") == "approve" and row.data.get("plan_hash") == signed.hash
+        for t in threads for row in rt.audit.list(signed.plan.tenant, t)
+    )
+
 
 @traced("execute_action")
 def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
@@ -43,15 +67,23 @@ def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         return {"actions": output_actions(state), **escalation("plan_integrity")}
     policy = state.get("policy") or {}
     per = policy.get("per_action") or []
-    if len(per) != len(signed.plan.actions):
+    ticket = state.get("ticket") or {}
+    if len(per) != len(signed.plan.actions) or (ticket.get("tenant"), ticket.get("customer_id")) != (
+        signed.plan.tenant, signed.plan.customer_id):
         return {"actions": output_actions(state), **escalation("plan_integrity")}
-    if policy.get("overall") == "approve":
-        approval = state.get("approval") or {}
-        if approval.get("decision") != "approve" or approval.get("plan_hash") != signed.hash:
-            audit(rt, state, "policy_decision", {"refused": "approval_missing", "plan_hash": signed.hash}, actor="executor")
-            return {"actions": output_actions(state), **escalation("approval_missing")}
-    elif policy.get("overall") != "execute":
-        return {"actions": output_actions(state), **escalation("plan_not_validated")}
+    # the verdict in state is not signed: decide again from the signed plan and keep the
+    # stricter of the two, so an edited verdict can neither skip an approval nor a denial
+    fresh = rt.engine.evaluate_plan(signed.plan.actions, policy_facts(rt, state), route=signed.plan.route,
+                                    injection_flagged=bool((state.get("screen") or {}).get("flagged")))
+    decisions = [max(str(per[i].get("decision")), d.decision, key=lambda x: _SEVERITY.get(x, 99))
+                 for i, d in enumerate(fresh.per_action)]
+    overall = max([policy.get("overall"), fresh.overall, *decisions], key=lambda x: _SEVERITY.get(x, 99))
+    if overall in ("deny", "escalate") or overall not in _SEVERITY:
+        audit(rt, state, "policy_decision", {"refused": "plan_not_validated", "plan_hash": signed.hash}, actor="executor")
+        return {"actions": output_actions(state), **escalation(*(fresh.reason_codes or ["plan_not_validated"]))}
+    if overall == "approve" and not _approved(rt, state, signed):
+        audit(rt, state, "policy_decision", {"refused": "approval_missing", "plan_hash": signed.hash}, actor="executor")
+        return {"actions": output_actions(state), **escalation("approval_missing")}
 
     budget = dict(state.get("budget") or {})
     if state.get("approval"):
@@ -61,7 +93,7 @@ def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     states: list[str] = []
     for i, action in enumerate(signed.plan.actions):
-        if per[i]["decision"] not in ("execute", "approve"):
+        if decisions[i] not in ("execute", "approve"):
             states.append("not_run")
             continue
         key = idempotency_key(signed.plan.thread_id or state.get("thread_id", ""), signed.hash, i) \

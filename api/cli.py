@@ -1,0 +1,218 @@
+"""``keel serve``, ``keel worker`` and ``keel keys``: registered into keel's argparse CLI.
+
+``keel serve`` honours ``KEEL_DATA_DIR``, ``KEEL_DATABASE_URL``, ``KEEL_FIXTURES`` and
+``KEEL_NOW`` (through :class:`keel.config.Settings`). Without a database URL it is the
+embedded default: SQLite in the data dir, an in-process worker, the demo fixtures
+loaded, and a hint on how to create a key. With Postgres it only serves; run
+``keel worker`` processes (any number) to execute runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+__all__ = ["register", "main"]
+
+log = logging.getLogger("keel.api")
+
+
+def _runtime() -> Any:
+    from keel.runtime import get_runtime
+
+    return get_runtime()
+
+
+def _logging() -> None:
+    from api.deps import CorrelationFilter
+
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    for h in root.handlers:
+        if not any(isinstance(f, CorrelationFilter) for f in h.filters):
+            h.addFilter(CorrelationFilter())
+            h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [cid=%(correlation_id)s] %(message)s"))
+
+
+"""Advisory-lock key serializing the first-start schema setup of concurrent processes."""
+
+
+def _warm_up(rt: Any, modules: list[str] | None) -> Any:
+    """Create every store's tables, the checkpointer's and the queue's, and compile the
+    graphs, once, before serving. On Postgres this happens under an advisory lock:
+    ``CREATE TABLE IF NOT EXISTS`` and PostgresSaver's migrations are not safe when two
+    processes run them at the same moment on a fresh database."""
+    from api.queue import RunQueue
+    from api.services import graph_ids
+
+    def setup() -> Any:
+        _imports(rt, modules)
+        rt.db  # noqa: B018 - builds every store's tables
+        queue = RunQueue(rt.db).setup()
+        rt.checkpointer  # noqa: B018
+        for g in graph_ids():
+            rt.graph(g)
+        return queue
+
+    with rt.setup_lock():
+        return setup()
+
+
+def _imports(rt: Any, modules: list[str] | None) -> None:
+    """Import extension modules; a module's ``keel_install(runtime)`` is called (graphs, instrumentation)."""
+    for name in modules or []:
+        mod = importlib.import_module(name)
+        hook = getattr(mod, "keel_install", None)
+        if callable(hook):
+            hook(rt)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP API (uvicorn)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    _logging()
+    rt = _runtime()
+    _warm_up(rt, args.imports)
+    embedded = not rt.settings.is_postgres if args.embedded_worker is None else args.embedded_worker
+    if not rt.settings.is_postgres:
+        rt.ensure_fixtures()
+    app = create_app(
+        rt,
+        embedded_worker=embedded,
+        rate_per_minute=args.rate_per_minute or rt.settings.api_rate_per_minute,
+        max_body_bytes=args.max_body_bytes or rt.settings.api_max_body_bytes,
+        worker_concurrency=args.concurrency,
+        worker_kwargs={"lease_s": args.lease_seconds or rt.settings.worker_lease_s},
+    )
+    where = "Postgres" if rt.settings.is_postgres else f"SQLite in {rt.settings.data_dir}"
+    print(f"keel serve: http://{args.host}:{args.port} on {where}; "
+          f"{'in-process worker' if embedded else 'runs are executed by `keel worker` processes'}", flush=True)
+    if not rt.settings.is_postgres:
+        tenant = _demo_tenant(rt)
+        print("Create an API key (printed alone on the last line), then call the API with it:\n"
+              f"  keel keys create --tenant {tenant} --role requester --user alice\n"
+              f"  keel keys create --tenant {tenant} --role approver --user bob\n"
+              f"  curl -H 'x-api-key: KEY' http://{args.host}:{args.port}/assistants/search -d '{{}}'",
+              flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def _demo_tenant(rt: Any) -> str:
+    import json
+    from pathlib import Path
+
+    from keel.runtime import DEMO_FIXTURES
+
+    try:
+        return json.loads(Path(rt.settings.fixtures or DEMO_FIXTURES).read_text())["tenant"]
+    except Exception:
+        return "TENANT"
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Execute queued runs until SIGTERM/SIGINT."""
+    from api.worker import run_workers
+
+    _logging()
+    rt = _runtime()
+    queue = _warm_up(rt, args.imports)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("worker: signal %d, finishing the current run", signum)
+        stop.set()
+        queue.notify()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threads = run_workers(rt, queue, concurrency=args.concurrency, stop=stop, lease_s=args.lease_seconds or rt.settings.worker_lease_s,
+                          poll_s=args.poll_seconds, backoff_base=args.backoff_base, backoff_cap=args.backoff_cap)
+    print(f"keel worker: {args.concurrency} worker thread(s) on "
+          f"{'Postgres' if rt.settings.is_postgres else rt.settings.data_dir}", flush=True)
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(timeout=0.5)
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Create an API key; the key alone is the last line of standard output."""
+    rt = _runtime()
+    key = rt.principals.create_key(args.tenant, args.user, args.role)
+    rt.audit.append(args.tenant, "admin", actor="cli", data={"event": "key_created", "user": args.user, "role": args.role})
+    print(f"created a {args.role} key for {args.user} in tenant {args.tenant} (shown once; stored hashed):")
+    print(key, flush=True)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke an API key."""
+    rt = _runtime()
+    if not rt.principals.revoke(args.key):
+        print("keel keys revoke: no such key", file=sys.stderr)
+        return 1
+    print("revoked")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``serve``, ``worker`` and ``keys`` to keel's subcommands."""
+    s = sub.add_parser("serve", help="run the HTTP API (embedded worker on SQLite)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8123)
+    s.add_argument("--embedded-worker", dest="embedded_worker", action="store_true", default=None,
+                   help="execute runs in this process (default on SQLite)")
+    s.add_argument("--no-embedded-worker", dest="embedded_worker", action="store_false",
+                   help="only serve; `keel worker` executes runs (default on Postgres)")
+    s.add_argument("--concurrency", type=int, default=1, help="embedded worker threads")
+    s.add_argument("--rate-per-minute", type=float, default=None, help="requests per minute per API key")
+    s.add_argument("--max-body-bytes", type=int, default=None, help="largest request body")
+    s.add_argument("--lease-seconds", type=float, default=None, help="embedded worker's lease")
+    s.add_argument("--log-level", default="warning", help="uvicorn's log level")
+    s.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   help="import MODULE first; its keel_install(runtime) is called (extra graphs, instrumentation)")
+    s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="execute queued runs (run any number of these)")
+    w.add_argument("--concurrency", type=int, default=1, help="worker threads in this process")
+    w.add_argument("--lease-seconds", type=float, default=None, help="lease; a dead worker's runs resume after it")
+    w.add_argument("--poll-seconds", type=float, default=0.1, help="idle poll interval")
+    w.add_argument("--backoff-base", type=float, default=1.0, help="first retry delay after a transient failure")
+    w.add_argument("--backoff-cap", type=float, default=60.0, help="longest retry delay")
+    w.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   help="import MODULE first; its keel_install(runtime) is called")
+    w.set_defaults(func=cmd_worker)
+
+    k = sub.add_parser("keys", help="manage API keys")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key (printed alone on the last line)")
+    kc.add_argument("--tenant", required=True)
+    kc.add_argument("--role", required=True, choices=["requester", "approver", "admin"])
+    kc.add_argument("--user", required=True)
+    kc.set_defaults(func=cmd_keys_create)
+    kr = ksub.add_parser("revoke", help="revoke a key")
+    kr.add_argument("key")
+    kr.set_defaults(func=cmd_keys_revoke)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m api.cli``: the same commands without keel's other subcommands."""
+    p = argparse.ArgumentParser(prog="keel")
+    sub = p.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = p.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

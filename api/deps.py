@@ -1,0 +1,195 @@
+"""Request-scoped dependencies: runtime, queue, the authenticated principal, correlation ids.
+
+* Auth: an API key in ``x-api-key`` (what ``langgraph_sdk.get_client(url, api_key=KEY)``
+  sends) or ``Authorization: Bearer KEY``, looked up hashed in keel's principal store.
+  A principal is bound to one tenant and one role; every route filters by its tenant,
+  so another tenant's thread looks exactly like a missing one (404).
+* Rate limit: a token bucket per key in this process (so N servers allow up to N times
+  the rate; put a shared limiter in front for a hard global cap).
+* Correlation id: ``X-Request-ID`` if sane, else generated; echoed on the response,
+  stored on runs (and from there in checkpoint metadata, audit rows and traces) and
+  added to every log line through :class:`CorrelationFilter`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fastapi import Depends, HTTPException, Request
+
+from keel.principals import Principal
+
+__all__ = [
+    "correlation_var",
+    "CorrelationFilter",
+    "configure_logging",
+    "ApiState",
+    "RateLimiter",
+    "get_state",
+    "get_runtime",
+    "get_queue",
+    "get_principal",
+    "require_roles",
+    "correlation_id",
+    "new_correlation_id",
+    "sane_request_id",
+]
+
+correlation_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("keel_correlation_id", default=None)
+"""The correlation id of the request or run being handled in this context."""
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def new_correlation_id() -> str:
+    """A fresh correlation id."""
+    return uuid.uuid4().hex
+
+
+def sane_request_id(value: str | None) -> str:
+    """The client's ``X-Request-ID`` if it is a short token, else a fresh id."""
+    if value and _REQUEST_ID.match(value):
+        return value
+    return new_correlation_id()
+
+
+class CorrelationFilter(logging.Filter):
+    """Puts ``correlation_id`` on every record (``-`` outside a request or run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "correlation_id", None):
+            record.correlation_id = correlation_var.get() or "-"
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Log lines with time, level, logger and correlation id (idempotent)."""
+    root = logging.getLogger()
+    if any(getattr(h, "_keel", False) for h in root.handlers):
+        return
+    h = logging.StreamHandler()
+    h._keel = True  # type: ignore[attr-defined]
+    h.addFilter(CorrelationFilter())
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [cid=%(correlation_id)s] %(message)s"))
+    root.addHandler(h)
+    root.setLevel(getattr(logging, str(level).upper(), logging.INFO))
+
+
+class RateLimiter:
+    """Token buckets keyed by API-key digest: ``per_minute`` sustained, ``burst`` at once."""
+
+    def __init__(self, per_minute: float, burst: int | None = None) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(burst if burst is not None else max(1, int(per_minute)))
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """Spend one token; 0.0 if allowed, else seconds until one is available."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+@dataclass
+class ApiState:
+    """What the app factory hangs on ``app.state.keel``."""
+
+    runtime: Any
+    queue: Any
+    limiter: RateLimiter
+    max_body_bytes: int
+    wait_poll_s: float = 0.05
+    graphs: list[str] = field(default_factory=list)
+    auth_ttl_s: float = 5.0
+    _auth_cache: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
+    _auth_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def authenticate(self, key: str) -> Principal | None:
+        """Principal of a key, cached for ``auth_ttl_s`` (a revoked key stops working within it)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        now = time.monotonic()
+        with self._auth_lock:
+            hit = self._auth_cache.get(digest)
+            if hit and hit[0] > now:
+                return hit[1]
+        p = self.runtime.principals.authenticate(key)
+        with self._auth_lock:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[digest] = (now + self.auth_ttl_s, p)
+        return p
+
+
+def get_state(request: Request) -> ApiState:
+    """The app's :class:`ApiState`."""
+    return request.app.state.keel
+
+
+def get_runtime(request: Request) -> Any:
+    """The process runtime (stores, graphs, checkpointer)."""
+    return request.app.state.keel.runtime
+
+
+def get_queue(request: Request) -> Any:
+    """The run queue."""
+    return request.app.state.keel.queue
+
+
+def correlation_id(request: Request) -> str:
+    """This request's correlation id (set by the middleware)."""
+    return getattr(request.state, "correlation_id", None) or correlation_var.get() or new_correlation_id()
+
+
+def _key_from(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    auth = request.headers.get("authorization") or ""
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def get_principal(request: Request) -> Principal:
+    """The authenticated caller (401 without a valid key, 429 over the rate limit)."""
+    st = get_state(request)
+    key = _key_from(request)
+    if not key:
+        raise HTTPException(401, "missing API key: send x-api-key or Authorization: Bearer", headers={"WWW-Authenticate": "Bearer"})
+    principal = st.authenticate(key) if len(key) <= 200 else None
+    if principal is None:
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    wait = st.limiter.take(hashlib.sha256(key.encode()).hexdigest())
+    if wait > 0:
+        raise HTTPException(429, "rate limit exceeded for this key", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+    request.state.principal = principal
+    return principal
+
+
+def require_roles(*roles: str) -> Callable[..., Principal]:
+    """A dependency that admits only callers with one of ``roles`` (403 otherwise)."""
+
+    def dep(principal: Principal = Depends(get_principal)) -> Principal:
+        if principal.role not in roles:
+            raise HTTPException(403, f"requires role {' or '.join(roles)}")
+        return principal
+
+    return dep

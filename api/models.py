@@ -1,0 +1,267 @@
+"""Request and response bodies. Unknown fields are rejected (422 with the field named).
+
+Request models accept every field the official ``langgraph-sdk`` sends, so its client
+works unchanged; fields keel does not implement are accepted only with their neutral
+values and otherwise refused with a reason rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from keel.types import Ticket
+
+__all__ = [
+    "Body",
+    "AssistantSearch",
+    "ThreadCreate",
+    "ThreadPatch",
+    "ThreadSearch",
+    "ThreadCount",
+    "StateCheckpointRequest",
+    "HistoryRequest",
+    "RunCreate",
+    "ApproveBody",
+    "RejectBody",
+    "EditBody",
+    "ReplayBody",
+    "TicketCreate",
+    "ErrorOut",
+]
+
+StreamModeName = Literal[
+    "values", "updates", "messages", "messages-tuple", "events", "debug", "custom", "tasks", "checkpoints", "tools",
+    "lifecycle",
+]
+SUPPORTED_STREAM_MODES = ("values", "updates")
+
+
+class Body(BaseModel):
+    """Base of request bodies: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(BaseModel):
+    """Every error response."""
+
+    detail: Any
+    """What is wrong (a message, or the list of invalid fields)."""
+    code: str | None = None
+    """Machine-readable reason."""
+    request_id: str | None = None
+    """The correlation id to quote."""
+
+
+class AssistantSearch(Body):
+    metadata: dict[str, Any] | None = None
+    graph_id: str | None = Field(default=None, max_length=128)
+    name: str | None = Field(default=None, max_length=128)
+    limit: int = Field(default=10, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+    sort_by: Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"] | None = None
+    sort_order: Literal["asc", "desc"] | None = None
+    select: list[str] | None = None
+
+
+class ThreadCreate(Body):
+    thread_id: str | None = Field(default=None, min_length=1, max_length=128)
+    metadata: dict[str, Any] | None = None
+    if_exists: Literal["raise", "do_nothing"] | None = None
+    supersteps: list[dict[str, Any]] | None = None
+    ttl: dict[str, Any] | None = None
+
+    @field_validator("supersteps")
+    @classmethod
+    def _no_supersteps(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("supersteps are not supported: threads start from a run's input")
+        return v
+
+    @field_validator("thread_id")
+    @classmethod
+    def _uuid(cls, v: str | None) -> str | None:
+        return _check_uuid(v)
+
+
+def _check_uuid(v: str | None) -> str | None:
+    if v is None:
+        return v
+    import uuid
+
+    try:
+        return str(uuid.UUID(v))
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+
+
+class ThreadPatch(Body):
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    ttl: dict[str, Any] | None = None
+
+
+class ThreadSearch(Body):
+    metadata: dict[str, Any] | None = None
+    values: dict[str, Any] | None = None
+    ids: list[str] | None = Field(default=None, max_length=1000)
+    status: Literal["idle", "busy", "interrupted", "error"] | None = None
+    limit: int = Field(default=10, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+    sort_by: Literal["thread_id", "status", "created_at", "updated_at"] | None = None
+    sort_order: Literal["asc", "desc"] | None = None
+    select: list[str] | None = None
+    extract: dict[str, str] | None = None
+
+    @field_validator("values", "extract")
+    @classmethod
+    def _unsupported(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("filtering on values and extract are not supported; filter on metadata or status")
+        return v
+
+
+class ThreadCount(Body):
+    metadata: dict[str, Any] | None = None
+    values: dict[str, Any] | None = None
+    status: Literal["idle", "busy", "interrupted", "error"] | None = None
+
+
+class CheckpointRef(Body):
+    thread_id: str | None = None
+    checkpoint_ns: str | None = ""
+    checkpoint_id: str | None = None
+    checkpoint_map: dict[str, Any] | None = None
+
+
+class StateCheckpointRequest(Body):
+    checkpoint: CheckpointRef
+    subgraphs: bool = False
+    select: list[str] | None = None
+
+
+class HistoryRequest(Body):
+    limit: int = Field(default=10, ge=1, le=1000)
+    before: str | CheckpointRef | None = None
+    metadata: dict[str, Any] | None = None
+    checkpoint: CheckpointRef | None = None
+    select: list[str] | None = None
+
+
+class RunCreate(Body):
+    """``POST /threads/{id}/runs``, ``/runs/wait`` and ``/runs/stream`` (langgraph-sdk's payload)."""
+
+    assistant_id: str = Field(min_length=1, max_length=128)
+    input: dict[str, Any] | None = None
+    command: dict[str, Any] | None = None
+    stream_mode: StreamModeName | list[StreamModeName] | None = None
+    stream_subgraphs: bool | None = None
+    stream_resumable: bool | None = None
+    metadata: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    checkpoint: CheckpointRef | None = None
+    checkpoint_id: str | None = None
+    checkpoint_during: bool | None = None
+    interrupt_before: Literal["*"] | list[str] | None = None
+    interrupt_after: Literal["*"] | list[str] | None = None
+    feedback_keys: list[str] | None = None
+    webhook: str | None = None
+    multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] | None = None
+    if_not_exists: Literal["reject", "create"] | None = None
+    on_disconnect: Literal["cancel", "continue"] | None = None
+    on_completion: Literal["delete", "keep"] | None = None
+    after_seconds: float | None = Field(default=None, ge=0, le=86_400)
+    durability: Literal["sync", "async", "exit"] | None = None
+    strict_resume: bool | None = None
+    langsmith_tracer: dict[str, Any] | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            unknown = set(v) - {"resume", "update", "goto"}
+            if unknown:
+                raise ValueError(f"unknown command keys: {', '.join(sorted(unknown))}")
+            if not v:
+                raise ValueError("empty command")
+        return v
+
+    @field_validator("webhook")
+    @classmethod
+    def _no_webhook(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("webhooks are not supported; poll the run or join it")
+        return v
+
+    @field_validator("stream_subgraphs")
+    @classmethod
+    def _no_subgraphs(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("streaming subgraphs is not supported")
+        return v
+
+    def modes(self, default: list[str]) -> list[str]:
+        """The requested stream modes (only ``values`` and ``updates`` are produced)."""
+        if self.stream_mode is None:
+            return default
+        modes = [self.stream_mode] if isinstance(self.stream_mode, str) else list(self.stream_mode)
+        bad = [m for m in modes if m not in SUPPORTED_STREAM_MODES]
+        if bad:
+            from api.services import http_error
+
+            raise http_error(422, "unsupported_stream_mode", f"stream modes {bad} are not supported; use values or updates")
+        return modes
+
+
+class _Decision(Body):
+    plan_hash: str = Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")
+    """Hash of the plan the reviewer saw."""
+    reason: str = Field(default="", max_length=2_000)
+    """Why, for the audit trail."""
+    wait: bool = True
+    """Wait for the resumed run to finish (else return as soon as it is queued)."""
+
+
+class ApproveBody(_Decision):
+    """Approve the plan as shown."""
+
+
+class RejectBody(_Decision):
+    """Reject the plan; the run ends ``rejected``."""
+
+    reason: str = Field(min_length=1, max_length=2_000)
+
+
+class ActionEditBody(Body):
+    index: int = Field(ge=0, le=7)
+    """Position of the action in the plan."""
+    args: dict[str, Any]
+    """Changed arguments, merged over the originals (only downward)."""
+
+
+class EditBody(_Decision):
+    """Edit arguments downward, then approve the edited plan."""
+
+    edits: list[ActionEditBody] = Field(min_length=1, max_length=8)
+
+
+class ReplayBody(Body):
+    """Replay a thread from one of its checkpoints, or fork a new thread from it."""
+
+    checkpoint_id: str = Field(min_length=1, max_length=128)
+    fork: bool = False
+    """False: re-execute on the same thread from the checkpoint (a new branch of its
+    history). True: copy the checkpoint into a new thread and continue there."""
+    wait: bool = False
+    metadata: dict[str, Any] | None = None
+
+
+class TicketCreate(Body):
+    """Start the support workflow on a ticket: a new thread and a background run."""
+
+    ticket: Ticket
+    metadata: dict[str, Any] | None = None
+    wait: bool = False
+    """Wait for the run to finish or pause, and return its result."""

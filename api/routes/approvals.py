@@ -1,0 +1,143 @@
+"""Approvals: pending plans of the caller's tenant, and the decisions on them.
+
+Every decision names the plan hash the reviewer saw and goes through
+:func:`api.services.submit_run`, i.e. :func:`keel.approvals.validate_resume`: only an
+approver (or admin) of the tenant, never the run's requester, only for the current plan,
+and edits only downward. Repeating the same decision returns the original run
+(idempotent); a different decision on an already decided plan is 409.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Query
+
+from api.deps import ApiState, correlation_id, get_principal, get_state
+from api.models import ApproveBody, EditBody, RejectBody
+from api.services import await_run, http_error, run_out, submit_run, thread_or_404, wait_result
+from keel.principals import Principal
+
+router = APIRouter(tags=["approvals"])
+
+
+def _pending(st: ApiState, th: dict[str, Any]) -> dict[str, Any] | None:
+    from keel.approvals import pending_approval
+
+    if not th.get("graph_id") or th["status"] != "interrupted":
+        return None
+    return pending_approval(st.runtime, th["thread_id"], th["graph_id"])
+
+
+def _summary(th: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "thread_id": th["thread_id"],
+        "tenant": th["tenant"],
+        "requester": req.get("requester") or th.get("requester"),
+        "ticket_id": req.get("ticket_id"),
+        "route": req.get("route"),
+        "plan_hash": req.get("plan_hash"),
+        "plan": req.get("plan"),
+        "waiting_since": th["updated_at"],
+    }
+
+
+@router.get("/approvals", summary="Pending approvals")
+def list_approvals(limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0),
+                   st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> dict[str, Any]:
+    """Plans of the caller's tenant waiting for a decision, oldest first, paged."""
+    total = st.queue.count_threads(p.tenant, "interrupted")
+    rows = st.queue.search_threads(p.tenant, status="interrupted", limit=limit, offset=offset,
+                                   sort_by="updated_at", sort_order="asc")
+    items = []
+    for th in rows:
+        req = _pending(st, th)
+        if req is not None:
+            items.append(_summary(th, req))
+    nxt = offset + limit if offset + limit < total else None
+    return {"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt}
+
+
+def _preview(st: ApiState, tenant: str, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each action, the current records it would change and the change asked for."""
+    bo = st.runtime.backoffice
+    out = []
+    for i, action in enumerate(plan or []):
+        args = action.get("args") or {}
+        records: dict[str, Any] = {}
+        try:
+            if args.get("order_id"):
+                records["order"] = bo.get_order(tenant, args["order_id"])
+                if action.get("tool") == "issue_refund":
+                    records["refunds"] = bo.list_refunds(tenant, args["order_id"])
+            if args.get("subscription_id"):
+                records["subscription"] = bo.get_subscription(tenant, args["subscription_id"])
+            if args.get("customer_id") and action.get("tool") in (
+                    "send_password_reset", "reset_mfa", "change_email", "unlock_account"):
+                records["account"] = bo.get_account(tenant, args["customer_id"])
+        except Exception as e:  # a preview is advisory; never fail the request on it
+            records["error"] = type(e).__name__
+        out.append({"index": i, "tool": action.get("tool"), "change": args, "current": records})
+    return out
+
+
+@router.get("/approvals/{thread_id}", summary="One pending approval")
+def get_approval(thread_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> dict[str, Any]:
+    """Plan, plan hash, policy checks, evidence and a preview of the records each action changes."""
+    th = thread_or_404(st.queue, p, thread_id)
+    req = _pending(st, th)
+    if req is None:
+        raise http_error(404, "not_pending", "no approval is pending on this thread")
+    return {
+        **_summary(th, req),
+        "policy_version": req.get("policy_version"),
+        "policy_checks": req.get("policy_checks", []),
+        "evidence": req.get("evidence", []),
+        "preview": req.get("preview") or _preview(st, p.tenant, req.get("plan") or []),
+        "error": req.get("error"),
+        "request": req,
+    }
+
+
+async def _decide(st: ApiState, p: Principal, thread_id: str, resume: dict[str, Any], cid: str, wait: bool) -> dict[str, Any]:
+    def submit() -> tuple[dict[str, Any], bool]:
+        th = thread_or_404(st.queue, p, thread_id)
+        if not th.get("graph_id"):
+            raise http_error(404, "not_pending", "no approval is pending on this thread")
+        return submit_run(st, p, th, assistant_id=th["graph_id"], correlation_id=cid, command={"resume": resume},
+                          stream_mode=["values"])
+
+    run, replayed = await to_thread.run_sync(submit)
+    out: dict[str, Any] = {"thread_id": thread_id, "decision": resume["decision"], "plan_hash": resume["plan_hash"],
+                           "reviewer": p.user_id, "idempotent_replay": replayed}
+    if wait:
+        run = await await_run(st.queue, run, timeout=300, poll_s=st.wait_poll_s)
+        out["result"] = await to_thread.run_sync(wait_result, st.runtime, st.queue, run)
+    out["run"] = run_out(run)
+    return out
+
+
+@router.post("/approvals/{thread_id}/approve", summary="Approve a plan")
+async def approve(thread_id: str, body: ApproveBody, st: ApiState = Depends(get_state),
+                  p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
+    """Approve the plan with ``plan_hash``; the run resumes, executes and verifies."""
+    return await _decide(st, p, thread_id, {"decision": "approve", "plan_hash": body.plan_hash, "reason": body.reason},
+                         cid, body.wait)
+
+
+@router.post("/approvals/{thread_id}/reject", summary="Reject a plan")
+async def reject(thread_id: str, body: RejectBody, st: ApiState = Depends(get_state),
+                 p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
+    """Reject the plan with ``plan_hash``; the run ends ``rejected``."""
+    return await _decide(st, p, thread_id, {"decision": "reject", "plan_hash": body.plan_hash, "reason": body.reason},
+                         cid, body.wait)
+
+
+@router.post("/approvals/{thread_id}/edit", summary="Edit a plan downward, then approve it")
+async def edit_then_approve(thread_id: str, body: EditBody, st: ApiState = Depends(get_state),
+                            p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
+    """Lower arguments (e.g. a smaller refund); the edited plan is re-validated, then executed."""
+    resume = {"decision": "approve", "plan_hash": body.plan_hash, "reason": body.reason,
+              "edits": [e.model_dump() for e in body.edits]}
+    return await _decide(st, p, thread_id, resume, cid, body.wait)

@@ -1,0 +1,206 @@
+"""Runs on a thread: background create, wait, SSE stream, get, list, cancel, join.
+
+Runs are queued (see :mod:`api.queue`) and executed by workers, possibly in other
+processes; ``wait``/``join`` poll the run's row, and streams tail the events the worker
+stores (``values``/``updates``), so any server can serve any run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+
+from api.deps import ApiState, correlation_id, get_principal, get_state
+from api.models import RunCreate
+from api.queue import TERMINAL, NotFound
+from api.services import await_run, http_error, is_uuid, run_out, submit_run, thread_or_404, wait_result
+from keel.db import IntegrityError
+from keel.principals import Principal
+
+router = APIRouter(tags=["runs"])
+
+_STATUSES = ("pending", "running", "error", "success", "timeout", "interrupted", "dead")
+
+
+def _create(st: ApiState, p: Principal, thread_id: str, body: RunCreate, cid: str, default_modes: list[str]) -> tuple[dict, bool]:
+    modes = body.modes(default_modes)
+    if body.input is not None and body.command is not None:
+        raise http_error(422, "invalid_request", "send either input or command, not both")
+    if body.context:
+        raise http_error(422, "unsupported", "context is not supported; use input")
+    try:
+        th = thread_or_404(st.queue, p, thread_id)
+    except HTTPException:
+        if body.if_not_exists != "create":
+            raise
+        try:
+            th, _ = st.queue.create_thread(p.tenant, p.user_id, thread_id=_uuid_or_422(thread_id), if_exists="do_nothing")
+        except IntegrityError:  # the id is another tenant's: it stays invisible
+            raise http_error(404, "thread_not_found", f"thread {thread_id} not found") from None
+    checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+    if checkpoint_id and (body.input is not None or body.command is not None):
+        raise http_error(422, "invalid_request", "a replay from a checkpoint takes no input or command")
+    return submit_run(
+        st, p, th, assistant_id=body.assistant_id, correlation_id=cid, input=body.input, command=body.command,
+        checkpoint_id=checkpoint_id, stream_mode=modes, metadata=body.metadata,
+        multitask_strategy=body.multitask_strategy or "reject", config=body.config,
+        interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
+        after_seconds=body.after_seconds or 0.0,
+    )
+
+
+def _uuid_or_422(v: str) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(v))
+    except ValueError:
+        raise http_error(422, "invalid_thread_id", "thread id must be a UUID") from None
+
+
+def _run_or_404(st: ApiState, p: Principal, thread_id: str, run_id: str) -> dict[str, Any]:
+    run = st.queue.get_run(p.tenant, thread_id, run_id) if is_uuid(run_id) and is_uuid(thread_id) else None
+    if run is None:
+        raise http_error(404, "run_not_found", f"run {run_id} not found")
+    return run
+
+
+@router.post("/threads/{thread_id}/runs", summary="Create a background run")
+def create_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
+               cid: str = Depends(correlation_id)) -> dict[str, Any]:
+    """Queue a run and return it (``pending``). 409 if the thread is busy (strategy ``reject``)."""
+    run, _ = _create(st, p, thread_id, body, cid, ["values"])
+    return run_out(run)
+
+
+async def _wait_body(st: ApiState, run: dict[str, Any]) -> AsyncIterator[bytes]:
+    """Whitespace every 5 s while the run is in flight (keeps proxies from timing out), then the result."""
+    task = asyncio.ensure_future(await_run(st.queue, run, poll_s=st.wait_poll_s))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=5.0)
+        if done:
+            break
+        yield b"\n"
+    final = task.result()
+    result = await to_thread.run_sync(wait_result, st.runtime, st.queue, final)
+    yield json.dumps(result, default=str).encode()
+
+
+@router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output")
+async def wait_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state),
+                   p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> StreamingResponse:
+    """The thread's final values (with ``__interrupt__`` when it pauses for approval)."""
+    run, _ = await to_thread.run_sync(_create, st, p, thread_id, body, cid, [])
+    return StreamingResponse(
+        _wait_body(st, run), media_type="application/json",
+        headers={"Content-Location": f"/threads/{thread_id}/runs/{run['run_id']}", "X-Run-ID": run["run_id"]},
+    )
+
+
+def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
+    out = f"event: {event}\ndata: {json.dumps(data, default=str)}\n"
+    if event_id is not None:
+        out += f"id: {event_id}\n"
+    return (out + "\n").encode()
+
+
+async def _tail(st: ApiState, run: dict[str, Any], modes: list[str] | None, after: int = -1,
+                send_metadata: bool = True) -> AsyncIterator[bytes]:
+    """SSE of a run: ``metadata``, then its stored events until it ends (``error`` if it failed)."""
+    if send_metadata:
+        yield _sse("metadata", {"run_id": run["run_id"], "attempt": 1})
+    seq = after
+    delay = 0.005
+    saw_error = False
+    while True:
+        status = await to_thread.run_sync(st.queue.run_status, run["run_id"])
+        events = await to_thread.run_sync(st.queue.events_after, run["run_id"], seq)
+        for ev in events:
+            seq = ev["seq"]
+            if ev["event"] == "error":
+                saw_error = True
+            if modes is None or ev["event"] in modes or ev["event"] == "error":
+                yield _sse(ev["event"], ev["data"], ev["seq"])
+        if events:
+            delay = 0.005
+            continue
+        if status in TERMINAL or status is None:
+            break
+        await asyncio.sleep(delay)
+        delay = min(st.wait_poll_s, delay * 2)
+    final = await to_thread.run_sync(st.queue.get_run_any, run["run_id"])
+    if final and final["status"] in ("error", "dead", "timeout") and not saw_error:
+        yield _sse("error", {"error": final["status"], "message": final["error"] or final["status"]})
+
+
+@router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)")
+async def stream_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state),
+                     p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> StreamingResponse:
+    """Server-sent events: ``metadata``, then ``values`` and/or ``updates`` per step."""
+    run, _ = await to_thread.run_sync(_create, st, p, thread_id, body, cid, ["values"])
+    return StreamingResponse(
+        _tail(st, run, run["stream_mode"]), media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "Content-Location": f"/threads/{thread_id}/runs/{run['run_id']}"},
+    )
+
+
+@router.get("/threads/{thread_id}/runs", summary="List runs")
+def list_runs(thread_id: str, limit: int = Query(10, ge=1, le=1000), offset: int = Query(0, ge=0),
+              status: str | None = Query(None), st: ApiState = Depends(get_state),
+              p: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
+    """The thread's runs, newest first."""
+    if status is not None and status not in _STATUSES:
+        raise http_error(422, "invalid_status", f"status must be one of {', '.join(_STATUSES)}")
+    thread_or_404(st.queue, p, thread_id)
+    return [run_out(r) for r in st.queue.list_runs(p.tenant, thread_id, limit=limit, offset=offset, status=status)]
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}", summary="Get a run")
+def get_run(thread_id: str, run_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> dict[str, Any]:
+    """One run."""
+    return run_out(_run_or_404(st, p, thread_id, run_id))
+
+
+@router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")
+async def cancel_run(thread_id: str, run_id: str, wait: int = Query(0, ge=0, le=1),
+                     action: str = Query("interrupt", pattern="^(interrupt|rollback)$"),
+                     st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> Any:
+    """A pending run ends ``interrupted`` at once, a running one after its current step."""
+    try:
+        run = await to_thread.run_sync(st.queue.cancel_run, p.tenant, thread_id, run_id)
+    except NotFound:
+        raise http_error(404, "run_not_found", f"run {run_id} not found") from None
+    if wait:
+        run = await await_run(st.queue, run, timeout=60, poll_s=st.wait_poll_s)
+    return run_out(run) if wait else None
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run")
+async def join_run(thread_id: str, run_id: str, st: ApiState = Depends(get_state),
+                   p: Principal = Depends(get_principal)) -> StreamingResponse:
+    """Blocks until the run ends; returns the thread's values like ``wait``."""
+    run = await to_thread.run_sync(_run_or_404, st, p, thread_id, run_id)
+    return StreamingResponse(_wait_body(st, run), media_type="application/json")
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/stream", summary="Join a run's stream (SSE)")
+async def join_stream(thread_id: str, run_id: str, request: Request, stream_mode: list[str] | None = Query(None),
+                      st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> StreamingResponse:
+    """Replays the run's stored events (after ``Last-Event-ID``) and follows it to the end."""
+    run = await to_thread.run_sync(_run_or_404, st, p, thread_id, run_id)
+    last = request.headers.get("last-event-id")
+    after = int(last) if last and last.isdigit() else -1
+    return StreamingResponse(_tail(st, run, stream_mode or None, after, send_metadata=after < 0),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+@router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204, summary="Delete a run")
+def delete_run(thread_id: str, run_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> None:
+    """Runs are kept as the thread's record; deleting one is refused."""
+    _run_or_404(st, p, thread_id, run_id)
+    raise http_error(403, "forbidden", "runs are part of the thread's record and cannot be deleted; delete the thread")

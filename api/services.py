@@ -1,0 +1,442 @@
+"""What the routers share: graph registry, JSON shapes, and the one way to start a run.
+
+:func:`submit_run` is the only code path that queues a run. Every route that starts,
+resumes, replays or forks a thread goes through it, and it sends every resume of a
+pending approval through :func:`keel.approvals.validate_resume` (approver role, same
+tenant, not the requester, matching plan hash, only downward edits): the LangGraph
+``command={"resume": …}`` route and keel's approvals endpoints obey the same rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from anyio import to_thread
+from fastapi import HTTPException
+
+from api.queue import TERMINAL, NotFound, RunQueue, ThreadBusy
+from api.worker import jsonable
+from keel.audit import canonical_json
+from keel.config import PACKAGE_DIR
+from keel.db import IntegrityError
+from keel.principals import Principal
+
+__all__ = [
+    "NAMESPACE_GRAPH",
+    "graph_ids",
+    "assistant_out",
+    "resolve_assistant",
+    "thread_or_404",
+    "thread_out",
+    "state_out",
+    "run_out",
+    "submit_run",
+    "wait_result",
+    "await_run",
+    "http_error",
+    "is_uuid",
+    "START_ROLES",
+]
+
+NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
+"""LangGraph Server derives a graph's default assistant id as ``uuid5(NAMESPACE_GRAPH, graph_id)``."""
+
+START_ROLES = ("requester", "admin")
+"""Roles that may start, replay or fork runs (approvers decide; they do not start work)."""
+
+LANGGRAPH_JSON = PACKAGE_DIR.parent / "langgraph.json"
+
+
+def http_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> HTTPException:
+    """An HTTPException whose body is ``{"detail": message, "code": code}``."""
+    exc = HTTPException(status, message, headers=headers)
+    exc.code = code  # type: ignore[attr-defined]
+    return exc
+
+
+# -- graphs and assistants ----------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _langgraph_json_graphs() -> tuple[str, ...]:
+    try:
+        return tuple(json.loads(Path(LANGGRAPH_JSON).read_text()).get("graphs", {}))
+    except (OSError, ValueError):
+        return ()
+
+
+def graph_ids() -> list[str]:
+    """One assistant per graph of ``langgraph.json`` that keel can build (plus registered extras)."""
+    from graphs import GRAPH_BUILDERS
+
+    ids = [g for g in _langgraph_json_graphs() if g in GRAPH_BUILDERS]
+    return ids + sorted(g for g in GRAPH_BUILDERS if g not in ids)
+
+
+_CREATED = "2026-01-01T00:00:00+00:00"
+
+
+def assistant_out(graph_id: str) -> dict[str, Any]:
+    """The default assistant of a graph, shaped like LangGraph Server's."""
+    return {
+        "assistant_id": str(uuid.uuid5(NAMESPACE_GRAPH, graph_id)),
+        "graph_id": graph_id,
+        "config": {},
+        "context": {},
+        "created_at": _CREATED,
+        "updated_at": _CREATED,
+        "metadata": {"created_by": "system"},
+        "version": 1,
+        "name": graph_id,
+        "description": None,
+    }
+
+
+def resolve_assistant(assistant_id: str) -> tuple[str, str]:
+    """``(assistant_id, graph_id)`` for a graph id or an assistant id; 404 if unknown."""
+    for g in graph_ids():
+        aid = str(uuid.uuid5(NAMESPACE_GRAPH, g))
+        if assistant_id in (g, aid):
+            return aid, g
+    raise http_error(404, "assistant_not_found", f"assistant {assistant_id!r} not found")
+
+
+# -- threads ----------------------------------------------------------------------------
+def is_uuid(value: str) -> bool:
+    """Whether ``value`` is a UUID (thread and run ids are)."""
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return len(value) <= 64
+
+
+def thread_or_404(queue: RunQueue, principal: Principal, thread_id: str) -> dict[str, Any]:
+    """The caller's thread; another tenant's looks missing."""
+    th = queue.get_thread(principal.tenant, thread_id) if is_uuid(thread_id) else None
+    if th is None:
+        raise http_error(404, "thread_not_found", f"thread {thread_id} not found")
+    return th
+
+
+def _snapshot(runtime: Any, thread: dict[str, Any], checkpoint_id: str | None = None) -> Any | None:
+    if not thread.get("graph_id"):
+        return None
+    cfg: dict[str, Any] = {"configurable": {"thread_id": thread["thread_id"]}}
+    if checkpoint_id:
+        cfg["configurable"]["checkpoint_id"] = checkpoint_id
+    return runtime.graph(thread["graph_id"]).get_state(cfg)
+
+
+def _interrupts(snap: Any) -> list[dict[str, Any]]:
+    return [jsonable(i) for i in (getattr(snap, "interrupts", ()) or ())]
+
+
+def thread_out(runtime: Any, thread: dict[str, Any], *, with_values: bool = True) -> dict[str, Any]:
+    """A thread shaped like LangGraph Server's (values and interrupts from its latest checkpoint)."""
+    values: Any = {}
+    interrupts: dict[str, list[dict[str, Any]]] = {}
+    if with_values:
+        snap = _snapshot(runtime, thread)
+        if snap is not None:
+            values = jsonable(snap.values)
+            for t in snap.tasks or ():
+                if t.interrupts:
+                    interrupts[t.id] = [jsonable(i) for i in t.interrupts]
+    return {
+        "thread_id": thread["thread_id"],
+        "created_at": thread["created_at"],
+        "updated_at": thread["updated_at"],
+        "metadata": thread["metadata"],
+        "status": thread["status"],
+        "values": values,
+        "interrupts": interrupts,
+        "config": {},
+        "error": None,
+    }
+
+
+def _checkpoint(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not cfg:
+        return None
+    c = cfg.get("configurable", {})
+    return {
+        "thread_id": c.get("thread_id"),
+        "checkpoint_ns": c.get("checkpoint_ns", ""),
+        "checkpoint_id": c.get("checkpoint_id"),
+        "checkpoint_map": c.get("checkpoint_map"),
+    }
+
+
+def state_out(snap: Any, thread_id: str) -> dict[str, Any]:
+    """A ``ThreadState`` (values, next, tasks, checkpoint, metadata, parent, interrupts)."""
+    if snap is None:
+        return {
+            "values": {},
+            "next": [],
+            "tasks": [],
+            "checkpoint": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": None, "checkpoint_map": None},
+            "metadata": {},
+            "created_at": None,
+            "parent_checkpoint": None,
+            "interrupts": [],
+        }
+    tasks = [
+        {
+            "id": t.id,
+            "name": t.name,
+            "path": jsonable(getattr(t, "path", ())),
+            "error": str(t.error) if t.error else None,
+            "interrupts": [jsonable(i) for i in t.interrupts],
+            "checkpoint": None,
+            "state": None,
+            "result": jsonable(getattr(t, "result", None)),
+        }
+        for t in snap.tasks or ()
+    ]
+    return {
+        "values": jsonable(snap.values),
+        "next": list(snap.next or ()),
+        "tasks": tasks,
+        "checkpoint": _checkpoint(snap.config) or {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": None},
+        "metadata": jsonable(snap.metadata or {}),
+        "created_at": snap.created_at,
+        "parent_checkpoint": _checkpoint(snap.parent_config),
+        "interrupts": _interrupts(snap),
+    }
+
+
+# -- runs --------------------------------------------------------------------------------
+def run_out(run: dict[str, Any]) -> dict[str, Any]:
+    """A ``Run`` (LangGraph fields plus keel's: kind, attempts, retries, error, correlation id)."""
+    return {
+        "run_id": run["run_id"],
+        "thread_id": run["thread_id"],
+        "assistant_id": run["assistant_id"],
+        "created_at": run["created_at"],
+        "updated_at": run["updated_at"],
+        "status": run["status"],
+        "metadata": run["metadata"],
+        "multitask_strategy": run["multitask_strategy"],
+        "kwargs": {"stream_mode": run["stream_mode"]},
+        "graph_id": run["graph_id"],
+        "kind": run["kind"],
+        "attempts": run["attempts"],
+        "retries": run["retries"],
+        "error": run["error"],
+        "correlation_id": run["correlation_id"],
+        "created_by": run["created_by"],
+        "worker": run.get("last_worker"),
+    }
+
+
+def _fingerprint(resume: dict[str, Any]) -> str:
+    body = {"decision": resume.get("decision"), "edits": resume.get("edits") or []}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def _check_ticket(graph_id: str, inp: Any, principal: Principal) -> None:
+    """Support runs take ``{"ticket": TICKET}`` of the caller's own tenant."""
+    if graph_id != "support":
+        return
+    from pydantic import ValidationError
+
+    from keel.types import Ticket
+
+    if not isinstance(inp, dict) or set(inp) != {"ticket"}:
+        raise http_error(422, "invalid_input", 'support runs take {"ticket": TICKET}')
+    try:
+        ticket = Ticket.model_validate(inp["ticket"])
+    except ValidationError as e:
+        fields = sorted({".".join(str(p) for p in err["loc"]) or "ticket" for err in e.errors()})
+        raise http_error(422, "invalid_ticket", f"invalid ticket: {', '.join(fields)}") from None
+    if ticket.tenant != principal.tenant:
+        raise http_error(403, "wrong_tenant", "the ticket belongs to another tenant")
+
+
+def submit_run(
+    st: Any,
+    principal: Principal,
+    thread: dict[str, Any],
+    *,
+    assistant_id: str,
+    correlation_id: str,
+    input: Any = None,
+    command: dict[str, Any] | None = None,
+    checkpoint_id: str | None = None,
+    stream_mode: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    multitask_strategy: str = "reject",
+    config: dict[str, Any] | None = None,
+    interrupt_before: Any = None,
+    interrupt_after: Any = None,
+    after_seconds: float = 0.0,
+) -> tuple[dict[str, Any], bool]:
+    """Queue a run on ``thread``; returns ``(run, replayed)`` (``replayed``: an identical
+    approval decision was already taken and its run is returned instead).
+
+    Input runs and replays need the ``requester`` or ``admin`` role. A command on a thread
+    waiting for a plan approval must be exactly ``{"resume": DECISION}`` and passes
+    ``validate_resume``; a new input on such a thread is refused (409) so the pending
+    plan cannot be silently abandoned or bypassed.
+    """
+    from keel.approvals import ApprovalError, pending_approval, validate_resume
+
+    runtime, queue = st.runtime, st.queue
+    aid, graph_id = resolve_assistant(assistant_id)
+    if thread.get("graph_id") and thread["graph_id"] != graph_id:
+        raise http_error(409, "graph_mismatch", f"thread runs graph {thread['graph_id']!r}, not {graph_id!r}")
+    tid = thread["thread_id"]
+    pending = pending_approval(runtime, tid, graph_id) if thread.get("graph_id") and thread["status"] != "busy" else None
+    decision = None
+    payload: dict[str, Any] = {"config": config or {}}
+    if interrupt_before:
+        payload["interrupt_before"] = interrupt_before
+    if interrupt_after:
+        payload["interrupt_after"] = interrupt_after
+
+    if command is not None:
+        kind = "resume"
+        if pending is not None or graph_id == "support":
+            if set(command) != {"resume"} or not isinstance(command.get("resume"), dict):
+                raise http_error(422, "invalid_command", 'an approval is resumed with command={"resume": DECISION}')
+            resume = command["resume"]
+            if not principal.can_approve():
+                raise http_error(403, "not_an_approver", "only an approver of the tenant can decide")
+            if thread.get("requester") and thread["requester"] == principal.user_id:
+                raise http_error(403, "separation_of_duties", "the requester of a run cannot approve or reject it")
+            plan_hash = resume.get("plan_hash")
+            if isinstance(plan_hash, str):
+                prior = queue.get_decision(tid, plan_hash)
+                if prior is not None:
+                    return _replay_decision(queue, principal, thread, prior, resume)
+            if pending is None:
+                raise http_error(409, "not_pending", "no approval is pending on this thread")
+            try:
+                value = validate_resume(runtime, tid, principal, resume)
+            except ApprovalError as e:
+                raise http_error(e.http_status, e.code, e.message) from None
+            payload["command"] = {"resume": value}
+            decision = {"plan_hash": value["plan_hash"], "decision": value["decision"], "reviewer": principal.user_id,
+                        "fingerprint": _fingerprint(value)}
+        else:
+            if principal.role not in START_ROLES + ("approver",):
+                raise http_error(403, "forbidden", "not allowed to resume this thread")
+            payload["command"] = {k: jsonable(v) for k, v in command.items()}
+    else:
+        if principal.role not in START_ROLES:
+            raise http_error(403, "forbidden", f"starting runs requires role {' or '.join(START_ROLES)}")
+        if pending is not None:
+            raise http_error(409, "awaiting_approval", "the thread waits for a plan approval; approve or reject it first")
+        if checkpoint_id is not None:
+            kind = "replay"
+            payload["checkpoint_id"] = checkpoint_id
+        else:
+            kind = "input"
+            _check_ticket(graph_id, input, principal)
+            payload["input"] = input
+    try:
+        run = queue.create_run(
+            principal.tenant,
+            tid,
+            assistant_id=aid,
+            graph_id=graph_id,
+            kind=kind,
+            payload=payload,
+            created_by=principal.user_id,
+            correlation_id=correlation_id,
+            stream_mode=stream_mode,
+            metadata=metadata,
+            multitask_strategy=multitask_strategy,
+            max_retries=_max_retries(runtime),
+            after_seconds=after_seconds,
+            set_requester=kind == "input",
+            decision=decision,
+        )
+    except ThreadBusy:
+        raise http_error(
+            409, "thread_busy", "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
+        ) from None
+    except NotFound:
+        raise http_error(404, "thread_not_found", f"thread {tid} not found") from None
+    except IntegrityError:
+        prior = queue.get_decision(tid, decision["plan_hash"]) if decision else None
+        if prior is None:
+            raise http_error(409, "conflict", "conflicting concurrent request; retry") from None
+        return _replay_decision(queue, principal, thread, prior, command["resume"])  # type: ignore[index]
+    if kind == "resume" and decision is not None:
+        _audit_decision(runtime, principal, thread, decision, correlation_id, run["run_id"])
+    return run, False
+
+
+def _replay_decision(queue: RunQueue, principal: Principal, thread: dict[str, Any], prior: dict[str, Any],
+                     resume: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Idempotency: the same reviewer repeating the same decision gets the original run."""
+    if prior["reviewer"] == principal.user_id and prior["fingerprint"] == _fingerprint(resume):
+        run = queue.get_run(principal.tenant, thread["thread_id"], prior["run_id"])
+        if run is not None:
+            return run, True
+    raise http_error(409, "already_decided", f"this plan was already decided ({prior['decision']}) by {prior['reviewer']}")
+
+
+def _audit_decision(runtime: Any, principal: Principal, thread: dict[str, Any], decision: dict[str, Any],
+                    correlation_id: str, run_id: str) -> None:
+    try:
+        runtime.audit.append(
+            principal.tenant, "approval", actor=principal.user_id, thread_id=thread["thread_id"],
+            correlation_id=correlation_id,
+            data={"event": "decision_accepted", "decision": decision["decision"], "plan_hash": decision["plan_hash"],
+                  "run_id": run_id, "via": "api"},
+        )
+    except Exception:  # the graph's own approval row is the authoritative one
+        import logging
+
+        logging.getLogger("keel.api").warning("could not audit approval decision", exc_info=True)
+
+
+def _max_retries(runtime: Any) -> int:
+    try:
+        return int(runtime.policy.budgets.max_retries)
+    except Exception:
+        return 2
+
+
+# -- waiting for runs ------------------------------------------------------------------------
+def wait_result(runtime: Any, queue: RunQueue, run: dict[str, Any]) -> dict[str, Any]:
+    """What ``runs.wait``/``runs.join`` return: the thread's values (with ``__interrupt__``
+    when it waits), or ``{"__error__": …}`` for a failed or dead run."""
+    if run["status"] in ("error", "dead", "timeout"):
+        name, _, msg = (run["error"] or "error: run failed").partition(": ")
+        return {"__error__": {"error": name if run["status"] != "dead" else "DeadLetter", "message": msg or name,
+                              "status": run["status"]}}
+    thread = queue.get_thread(run["tenant"], run["thread_id"])
+    snap = _snapshot(runtime, thread) if thread else None
+    if snap is None:
+        return {}
+    out = jsonable(snap.values)
+    if not isinstance(out, dict):
+        out = {"values": out}
+    ints = _interrupts(snap)
+    if ints:
+        out["__interrupt__"] = ints
+    return out
+
+
+async def await_run(queue: RunQueue, run: dict[str, Any], timeout: float | None = None, poll_s: float = 0.05) -> dict[str, Any]:
+    """Poll until the run is terminal (every ``poll_s``, faster at first); returns the fresh row."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        status = await to_thread.run_sync(queue.run_status, run["run_id"])
+        if status in TERMINAL or status is None:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        await asyncio.sleep(delay)
+        delay = min(poll_s, delay * 2)
+    return await to_thread.run_sync(queue.get_run, run["tenant"], run["thread_id"], run["run_id"])  # type: ignore[return-value]

@@ -1,0 +1,292 @@
+"""Workers: claim queued runs, execute them on the checkpointed graph, record the outcome.
+
+``keel worker`` runs :func:`run_workers` in its own process (any number of processes,
+any host, one Postgres); ``keel serve`` on the embedded SQLite store starts the same
+loop in a thread. A worker never trusts its own memory across attempts: where a run
+starts is decided from the checkpoint store each time it is claimed.
+
+* First attempt: the run's input, ``Command(resume=…)`` or the replayed checkpoint.
+* A later attempt (the previous worker died, or a transient failure is retried): if the
+  thread's latest checkpoint was written by this run and still has ``next`` tasks, the
+  graph continues from it with ``graph.invoke(None, config)``-style resumption, so
+  completed nodes are not re-run; side-effecting tools carry idempotency keys, so a
+  node that was cut off mid-call does its side effect at most once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from api.deps import correlation_var
+from api.queue import RunQueue
+
+__all__ = ["Worker", "run_workers", "is_transient", "jsonable", "start_embedded_worker"]
+
+log = logging.getLogger("keel.worker")
+
+def jsonable(value: Any) -> Any:
+    """Graph values as plain JSON (pydantic models, Interrupts, tuples, dataclasses)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            return jsonable(dump(mode="json"))
+        except TypeError:
+            return jsonable(dump())
+    from langgraph.types import Interrupt
+
+    if isinstance(value, Interrupt):
+        return {"value": jsonable(value.value), "id": value.id}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+_TRANSIENT_NAMES = frozenset(
+    {"OperationalError", "InterfaceError", "PoolTimeout", "TransientError", "TransientToolError", "ToolTimeout",
+     "ToolUnavailable", "ServiceUnavailable", "RateLimited", "APITimeoutError", "APIConnectionError"}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: timeouts, lost connections, anything marked ``transient = True``."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if getattr(e, "transient", None) is True:
+            return True
+        if getattr(e, "transient", None) is False:
+            return False
+        if isinstance(e, (TimeoutError, ConnectionError)) or type(e).__name__ in _TRANSIENT_NAMES:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+class _Lease:
+    """Heartbeats one claimed run in the background; flags cancellation and lease loss."""
+
+    def __init__(self, queue: RunQueue, run_id: str, worker_id: str, lease_s: float) -> None:
+        self.queue, self.run_id, self.worker_id, self.lease_s = queue, run_id, worker_id, lease_s
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, name=f"lease-{run_id[:8]}", daemon=True)
+
+    def __enter__(self) -> "_Lease":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join(timeout=5)
+
+    def check(self) -> None:
+        """Heartbeat now (between graph steps)."""
+        owned, cancel = self.queue.heartbeat(self.run_id, self.worker_id, self.lease_s)
+        if not owned:
+            self.lost.set()
+        if cancel:
+            self.cancelled.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.check()
+            except Exception:  # a DB hiccup: the next beat retries; the lease is 3 beats long
+                log.warning("heartbeat failed for run %s", self.run_id, exc_info=True)
+
+
+class Worker:
+    """Executes runs from a :class:`RunQueue` with a runtime's graphs."""
+
+    def __init__(
+        self,
+        runtime: Any,
+        queue: RunQueue,
+        *,
+        worker_id: str | None = None,
+        lease_s: float = 30.0,
+        poll_s: float = 0.5,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+    ) -> None:
+        self.runtime = runtime
+        self.queue = queue
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+
+    # -- loop --------------------------------------------------------------------------
+    def run_forever(self, stop: threading.Event) -> None:
+        """Claim and execute runs until ``stop`` is set."""
+        log.info("worker %s started", self.worker_id)
+        while not stop.is_set():
+            seen = self.queue.version()
+            try:
+                did = self.run_one()
+            except Exception:
+                log.exception("worker %s: claim failed", self.worker_id)
+                did = False
+                stop.wait(self.poll_s)
+            if not did:
+                self.queue.wait_change(seen, self.poll_s)
+        log.info("worker %s stopped", self.worker_id)
+
+    def run_one(self) -> bool:
+        """Claim one run and execute it; False when nothing was runnable."""
+        run = self.queue.claim(self.worker_id, self.lease_s)
+        if run is None:
+            return False
+        token = correlation_var.set(run["correlation_id"])
+        try:
+            self.execute(run)
+        finally:
+            correlation_var.reset(token)
+        return True
+
+    # -- one run -------------------------------------------------------------------------
+    def _config(self, run: dict[str, Any]) -> dict[str, Any]:
+        payload = run["payload"]
+        user = payload.get("config") or {}
+        # a client's own ``configurable`` keys are not passed on: nodes read identity and
+        # clock from the run config, and only keel may set those
+        conf: dict[str, Any] = dict(
+            thread_id=run["thread_id"],
+            requester=run["requester"] or run["created_by"],
+            actor=run["created_by"],
+            correlation_id=run["correlation_id"],
+        )
+        cfg: dict[str, Any] = {
+            "configurable": conf,
+            "metadata": {"run_id": run["run_id"], "correlation_id": run["correlation_id"], "tenant": run["tenant"]},
+            "tags": [f"tenant:{run['tenant']}", f"correlation:{run['correlation_id']}"],
+        }
+        if isinstance(user.get("recursion_limit"), int):
+            cfg["recursion_limit"] = user["recursion_limit"]
+        return cfg
+
+    def _start_input(self, graph: Any, run: dict[str, Any], cfg: dict[str, Any]) -> tuple[bool, Any, dict[str, Any]]:
+        """``(already_done, input, config)`` for this attempt, decided from the checkpoint store."""
+        from langgraph.types import Command
+
+        snap = graph.get_state({"configurable": {"thread_id": run["thread_id"]}})
+        if snap.metadata and snap.metadata.get("run_id") == run["run_id"]:
+            if snap.interrupts or not snap.next:
+                return True, None, cfg
+            log.info("run %s: resuming from checkpoint %s (next %s)", run["run_id"],
+                     snap.config["configurable"].get("checkpoint_id"), list(snap.next))
+            return False, None, cfg
+        payload = run["payload"]
+        if run["kind"] == "resume":
+            cmd = payload["command"]
+            kwargs: dict[str, Any] = {}
+            if "resume" in cmd:
+                kwargs["resume"] = cmd["resume"]
+            if cmd.get("update") is not None:
+                kwargs["update"] = cmd["update"]
+            if cmd.get("goto") is not None:
+                kwargs["goto"] = cmd["goto"]
+            return False, Command(**kwargs), cfg
+        if run["kind"] == "replay":
+            cfg = {**cfg, "configurable": {**cfg["configurable"], "checkpoint_id": payload["checkpoint_id"]}}
+            return False, None, cfg
+        return False, payload.get("input"), cfg
+
+    def execute(self, run: dict[str, Any]) -> None:
+        """Run one claimed run to its end (or to a retry, cancellation or lost lease)."""
+        rid = run["run_id"]
+        t0 = time.monotonic()
+        log.info("run %s (thread %s, graph %s, attempt %d) started", rid, run["thread_id"], run["graph_id"], run["attempts"])
+        store = [m for m in run["stream_mode"] if m in ("values", "updates")]
+        with _Lease(self.queue, rid, self.worker_id, self.lease_s) as lease:
+            try:
+                graph = self.runtime.graph(run["graph_id"])
+                cfg = self._config(run)
+                done, inp, cfg = self._start_input(graph, run, cfg)
+                if not done:
+                    seq = self.queue.next_event_seq(rid) if store else 0
+                    kwargs = {k: run["payload"][k] for k in ("interrupt_before", "interrupt_after") if run["payload"].get(k)}
+                    last_beat = time.monotonic()
+                    for mode, chunk in graph.stream(inp, cfg, stream_mode=["values", "updates"], **kwargs):
+                        if mode in store:
+                            seq = self.queue.append_events(rid, seq, [(mode, jsonable(chunk))])
+                        if time.monotonic() - last_beat > 1.0:  # notice a cancel within a step or so
+                            lease.check()
+                            last_beat = time.monotonic()
+                        if lease.cancelled.is_set() or lease.lost.is_set():
+                            break
+                    if lease.lost.is_set():
+                        log.warning("run %s: lease lost; leaving the outcome to the new owner", rid)
+                        return
+                    if lease.cancelled.is_set():
+                        self.queue.finish(run, self.worker_id, "interrupted", self._thread_status(graph, run), "cancelled")
+                        log.info("run %s cancelled", rid)
+                        return
+                self.queue.finish(run, self.worker_id, "success", self._thread_status(graph, run))
+                log.info("run %s finished in %.3fs", rid, time.monotonic() - t0)
+            except Exception as e:  # noqa: BLE001 - every failure is recorded on the run
+                msg = f"{type(e).__name__}: {e}"[:2000]
+                if store:
+                    try:
+                        self.queue.append_events(rid, self.queue.next_event_seq(rid), [("error", {"error": type(e).__name__, "message": str(e)[:2000]})])
+                    except Exception:
+                        log.warning("run %s: could not store error event", rid, exc_info=True)
+                if lease.lost.is_set():
+                    log.warning("run %s failed after losing its lease: %s", rid, msg)
+                    return
+                if is_transient(e):
+                    status = self.queue.retry_later(run, self.worker_id, msg, base=self.backoff_base, cap=self.backoff_cap)
+                    log.warning("run %s: transient failure (%s); now %s", rid, msg, status)
+                else:
+                    self.queue.finish(run, self.worker_id, "error", "error", msg)
+                    log.exception("run %s failed", rid)
+
+    @staticmethod
+    def _thread_status(graph: Any, run: dict[str, Any]) -> str:
+        snap = graph.get_state({"configurable": {"thread_id": run["thread_id"]}})
+        return "interrupted" if (snap.interrupts or snap.next) else "idle"
+
+
+def run_workers(
+    runtime: Any,
+    queue: RunQueue,
+    *,
+    concurrency: int = 1,
+    stop: threading.Event | None = None,
+    **worker_kwargs: Any,
+) -> list[threading.Thread]:
+    """Start ``concurrency`` worker threads; they stop when ``stop`` is set."""
+    stop = stop or threading.Event()
+    threads = []
+    for i in range(max(1, concurrency)):
+        w = Worker(runtime, queue, **worker_kwargs)
+        t = threading.Thread(target=w.run_forever, args=(stop,), name=f"keel-worker-{i}", daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
+
+
+def start_embedded_worker(runtime: Any, queue: RunQueue, *, concurrency: int = 1, **kw: Any) -> threading.Event:
+    """The in-process worker of the embedded ``keel serve``; set the returned event to stop it."""
+    stop = threading.Event()
+    kw.setdefault("poll_s", 0.25)
+    run_workers(runtime, queue, concurrency=concurrency, stop=stop, **kw)
+    return stop
