@@ -37,6 +37,30 @@ def _knowledge(state: SupportState) -> dict[str, Any]:
     return {"actions": search, "answer": answer, "citations": [a["id"] for a in cited], "status": "completed"}
 
 
+def _merge_repeats(actions: list[ProposedAction]) -> list[ProposedAction]:
+    """One refund per order (the sum of the amounts asked), and no action twice.
+
+    The policy tiers and bounds each action on its own, so split refunds of one order
+    ("refund $50, and again, and again") would each pass the auto-execute limit and the
+    refundable check while their total passes neither. Merged, the total is judged.
+    """
+    out: list[ProposedAction] = []
+    refund_at: dict[str, int] = {}
+    for a in actions:
+        order = a.args.get("order_id") if a.tool == "issue_refund" else None
+        if isinstance(order, str) and order in refund_at:
+            prev = out[refund_at[order]]
+            total = int(prev.args["amount_cents"]) + int(a.args["amount_cents"])
+            out[refund_at[order]] = ProposedAction(tool=prev.tool, args={**prev.args, "amount_cents": total})
+            continue
+        if a in out:
+            continue
+        if isinstance(order, str):
+            refund_at[order] = len(out)
+        out.append(a)
+    return out
+
+
 @traced("propose_action")
 def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     """Plan the actions (or answer a knowledge question)."""
@@ -81,6 +105,7 @@ def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         except ValidationError:
             return escalation("invalid_plan")
         actions.append(ProposedAction(tool=a.tool, args=args))
+    actions = _merge_repeats(actions)
 
     signed = sign_plan(
         Plan(
