@@ -75,6 +75,9 @@ def await_approval(state: SupportState, config: RunnableConfig, *, rt: "Runtime"
         "decision": decision.decision,
         "reviewer": decision.reviewer,
         "reviewer_role": decision.reviewer_role,
+        # False when the resume came straight to the graph (langgraph dev, Studio) naming a
+        # reviewer keel's directory does not know; keel's CLI and API always verify
+        "reviewer_verified": decision.reviewer_role is not None or role_of(request["tenant"], decision.reviewer) is not None,
         "reason": decision.reason,
         "plan_hash": request["plan_hash"],
         "edited": bool(decision.edits),
