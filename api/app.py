@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import ApiState, RateLimiter, correlation_var, sane_request_id
 from api.queue import RunQueue
 
-__all__ = ["create_app", "DEFAULT_RATE_PER_MINUTE", "DEFAULT_MAX_BODY_BYTES"]
+__all__ = ["create_app", "DEFAULT_RATE_PER_MINUTE", "DEFAULT_MAX_BODY_BYTES", "MAX_JSON_DEPTH"]
 
 log = logging.getLogger("keel.api")
 
@@ -30,10 +31,63 @@ DEFAULT_RATE_PER_MINUTE = 1200
 """Requests per minute per API key (burst: the same number)."""
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 """Largest accepted request body (413 beyond)."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of objects and arrays accepted in a JSON request body (422 beyond)."""
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+class _NotJsonNumber(ValueError):
+    pass
+
+
+def _not_json_number(token: str) -> Any:
+    raise _NotJsonNumber(token)
+
+
+def json_body_problem(body: bytes) -> tuple[str, str] | None:
+    """``(code, reason)`` if a JSON request body must be refused before any route sees it.
+
+    Refused: NUL characters and unpaired surrogates in strings or keys (PostgreSQL cannot
+    store the one, no response can encode the other), ``NaN``/``Infinity`` (not JSON,
+    though Python's parser takes them), and nesting deeper than :data:`MAX_JSON_DEPTH`
+    (responses echoing such data fail to serialize). Accepting any of these would store a
+    value that later breaks the run or every read of the thread. A body that is not JSON at
+    all is left to the route (422/400 as usual). Common bodies skip the parse: no ``\\u``
+    escape, no ``NaN``/``Infinity`` and too few brackets to nest that deep.
+    """
+    if not body:
+        return None
+    if (body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH and b"\\u" not in body and b"NaN" not in body
+            and b"Infinity" not in body):
+        return None
+    try:
+        doc = json.loads(body, parse_constant=_not_json_number)
+    except _NotJsonNumber as e:
+        return "invalid_json", f"{e} is not a JSON number"
+    except RecursionError:
+        return "nesting_too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    except ValueError:  # not JSON (or not UTF-8): the route's own parsing answers
+        return None
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                return "nesting_too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            items = node.items() if isinstance(node, dict) else ((None, v) for v in node)
+            for k, v in items:
+                if k is not None and _UNSTORABLE.search(k):
+                    return "invalid_value", "a key contains a NUL character or an unpaired surrogate"
+                stack.append((v, depth + 1))
+        elif isinstance(node, str) and _UNSTORABLE.search(node):
+            return "invalid_value", "a string contains a NUL character or an unpaired surrogate"
+    return None
 
 
 class _RequestContext:
-    """Pure ASGI middleware: correlation id in and out, and the request-size limit.
+    """Pure ASGI middleware: correlation id in and out, the request-size limit, and the
+    JSON values no route may store (:func:`json_body_problem`, 422).
 
     The body is read up to the limit before the app sees it, so an oversized or lying
     (chunked, no Content-Length) request is answered 413 without being buffered whole.
@@ -76,6 +130,10 @@ class _RequestContext:
                     if len(body) > self.max_body:
                         await self._too_large(send_with_id, cid)
                         return
+                problem = json_body_problem(bytes(body))
+                if problem is not None:
+                    await self._refuse(send_with_id, cid, 422, *problem)
+                    return
                 sent = False
 
                 async def replay() -> Message:
@@ -92,9 +150,12 @@ class _RequestContext:
             correlation_var.reset(token)
 
     async def _too_large(self, send: Send, cid: str) -> None:
-        body = json.dumps({"detail": f"request body exceeds {self.max_body} bytes", "code": "payload_too_large",
-                           "request_id": cid}).encode()
-        await send({"type": "http.response.start", "status": 413,
+        await self._refuse(send, cid, 413, "payload_too_large", f"request body exceeds {self.max_body} bytes")
+
+    @staticmethod
+    async def _refuse(send: Send, cid: str, status: int, code: str, detail: str) -> None:
+        body = json.dumps({"detail": detail, "code": code, "request_id": cid}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
@@ -128,6 +189,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         stop = None
+        listening = queue.start_listener()  # Postgres: runs finished by other processes wake waiters
         if embedded_worker:
             from api.worker import start_embedded_worker
 
@@ -138,6 +200,8 @@ def create_app(
             if stop is not None:
                 stop.set()
                 queue.notify()
+            if listening:
+                queue.stop_listener()
 
     app = FastAPI(
         title="keel",
@@ -154,7 +218,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_exc(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = getattr(exc, "code", None) or {401: "unauthorized", 403: "forbidden", 404: "not_found",
+        code = getattr(exc, "code", None) or {400: "invalid_body", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                                               405: "method_not_allowed", 409: "conflict", 429: "rate_limited"}.get(exc.status_code)
         return JSONResponse({"detail": exc.detail, "code": code, "request_id": _cid(request)},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
@@ -188,5 +252,75 @@ def create_app(
 
     for r in ROUTERS:
         app.include_router(r)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _document_errors(FastAPI.openapi(app))
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_RequestContext, max_body=max_body_bytes)  # type: ignore[arg-type]
     return app
+
+
+_SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+    "Bearer": {"type": "http", "scheme": "bearer"},
+}
+
+
+def _uses(dependant: Any, fn: Any) -> bool:
+    return any(d.call is fn or _uses(d, fn) for d in dependant.dependencies)
+
+
+def _document_errors(doc: dict[str, Any]) -> None:
+    """Add to each operation of the OpenAPI document the error responses it can give (all
+    shaped :class:`api.models.ErrorOut`) and the API-key security schemes.
+
+    401/403/429 where a key is needed, 404 where an id is named, 409 on writes, 413 and 400
+    where a body is read, 422 wherever input is validated (FastAPI's default 422 schema
+    does not match keel's error body, which is replaced).
+    """
+    from fastapi.routing import APIRoute
+
+    from api.deps import get_principal
+    from api.models import ErrorOut
+    from api.routes import ROUTERS
+
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    err = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in err.pop("$defs", {}).items():
+        schemas.setdefault(name, sub)
+    schemas.setdefault("ErrorOut", err)
+    doc["components"]["securitySchemes"] = _SECURITY_SCHEMES
+    authed = {(r.path, m.lower()): _uses(r.dependant, get_principal)
+              for router in ROUTERS for r in router.routes if isinstance(r, APIRoute) for m in r.methods}
+    reasons = {400: "Body is not valid JSON", 401: "Missing, unknown or revoked API key",
+               403: "Not allowed for this key (role, tenant or separation of duties)",
+               404: "Not found (another tenant's resource looks missing)", 409: "Conflicts with the current state",
+               413: "Request body too large", 422: "Invalid input", 429: "Rate limit exceeded (see Retry-After)"}
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    for path, ops in doc.get("paths", {}).items():
+        for method, op in ops.items():
+            writes = method in ("post", "put", "patch", "delete")
+            codes = set()
+            if authed.get((path, method)):
+                codes |= {401, 403, 429}
+                op["security"] = [{"ApiKey": []}, {"Bearer": []}]
+            if "{" in path or any(p.get("name", "").endswith("_id") for p in op.get("parameters", [])):
+                codes.add(404)
+            if writes:
+                codes |= {409, 413, 422}
+            if "requestBody" in op:
+                codes |= {400, 413, 422}
+            if op.get("parameters"):
+                codes.add(422)
+            responses = op.setdefault("responses", {})
+            for code in sorted(codes):
+                key = str(code)
+                current = responses.get(key, {}).get("content", {}).get("application/json", {}).get("schema", {})
+                if key not in responses or current.get("$ref") == "#/components/schemas/HTTPValidationError":
+                    responses[key] = {"description": reasons[code], "content": ref}
+    for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body, replaced above
+        if f"#/components/schemas/{unused}" not in json.dumps(doc):
+            schemas.pop(unused, None)

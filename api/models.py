@@ -16,6 +16,7 @@ from keel.types import Ticket
 __all__ = [
     "Body",
     "AssistantSearch",
+    "AssistantCount",
     "ThreadCreate",
     "ThreadPatch",
     "ThreadSearch",
@@ -28,8 +29,33 @@ __all__ = [
     "EditBody",
     "ReplayBody",
     "TicketCreate",
+    "MAX_OFFSET",
+    "returns",
+    "FieldError",
     "ErrorOut",
+    "AssistantOut",
+    "AssistantSchemasOut",
+    "ThreadOut",
+    "CheckpointOut",
+    "TaskOut",
+    "ThreadStateOut",
+    "RunOut",
+    "ApprovalSummary",
+    "ApprovalPage",
+    "ApprovalDetail",
+    "DecisionOut",
+    "AuditRowOut",
+    "AuditPage",
+    "ChainReportOut",
+    "ThreadAuditPage",
+    "TicketOut",
+    "ReplayOut",
+    "FixturesOut",
+    "DeadLetterPage",
 ]
+
+MAX_OFFSET = 2**63 - 1
+"""Largest paging offset (a 64-bit SQL integer); beyond it a request is 422, not a database error."""
 
 StreamModeName = Literal[
     "values", "updates", "messages", "messages-tuple", "events", "debug", "custom", "tasks", "checkpoints", "tools",
@@ -44,15 +70,224 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FieldError(BaseModel):
+    """One invalid field of a request (422)."""
+
+    loc: list[str | int]
+    """Where: ``body``/``query``/``path`` and the field path."""
+    field: str
+    """The field path, dotted."""
+    msg: str
+    """What is wrong with it."""
+    type: str
+    """Machine-readable kind of error."""
+
+
 class ErrorOut(BaseModel):
     """Every error response."""
 
-    detail: Any
+    detail: str | list[FieldError]
     """What is wrong (a message, or the list of invalid fields)."""
     code: str | None = None
     """Machine-readable reason."""
+    reason: str | None = None
+    """For invalid fields: a one-line summary."""
     request_id: str | None = None
     """The correlation id to quote."""
+
+
+def returns(model: Any, status: int = 200) -> dict[str, Any]:
+    """Route-decorator arguments that document ``model`` as the success body in the OpenAPI
+    document without validating responses against it at run time (no per-request cost)."""
+    return {"response_model": None, "responses": {status: {"model": model}}}
+
+
+# -- response shapes (documentation: the OpenAPI document, checked by the schemathesis test) --
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class AssistantOut(_Out):
+    assistant_id: str
+    graph_id: str
+    config: dict[str, Any]
+    context: dict[str, Any]
+    created_at: str
+    updated_at: str
+    metadata: dict[str, Any]
+    version: int
+    name: str
+    description: str | None
+
+
+class AssistantSchemasOut(_Out):
+    graph_id: str
+    input_schema: dict[str, Any] | None
+    output_schema: dict[str, Any] | None
+    state_schema: dict[str, Any] | None
+    config_schema: dict[str, Any] | None
+    context_schema: dict[str, Any] | None
+
+
+ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
+RunStatus = Literal["pending", "running", "error", "success", "timeout", "interrupted", "dead"]
+
+
+class ThreadOut(_Out):
+    thread_id: str
+    created_at: str
+    updated_at: str
+    metadata: dict[str, Any]
+    status: ThreadStatus
+    values: Any
+    interrupts: dict[str, list[Any]]
+    config: dict[str, Any]
+    error: Any
+
+
+class CheckpointOut(_Out):
+    thread_id: str | None
+    checkpoint_ns: str | None
+    checkpoint_id: str | None
+    checkpoint_map: dict[str, Any] | None = None
+
+
+class TaskOut(_Out):
+    id: str
+    name: str
+    path: list[Any]
+    error: str | None
+    interrupts: list[Any]
+    checkpoint: Any
+    state: Any
+    result: Any
+
+
+class ThreadStateOut(_Out):
+    values: Any
+    next: list[str]
+    tasks: list[TaskOut]
+    checkpoint: CheckpointOut
+    metadata: dict[str, Any]
+    created_at: str | None
+    parent_checkpoint: CheckpointOut | None
+    interrupts: list[Any]
+
+
+class RunOut(_Out):
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    created_at: str
+    updated_at: str
+    status: RunStatus
+    metadata: dict[str, Any]
+    multitask_strategy: str
+    kwargs: dict[str, Any]
+    graph_id: str
+    kind: Literal["input", "resume", "replay"]
+    attempts: int
+    retries: int
+    error: str | None
+    correlation_id: str | None
+    created_by: str | None
+    worker: str | None
+
+
+class ApprovalSummary(_Out):
+    thread_id: str
+    tenant: str
+    requester: str | None
+    ticket_id: str | None
+    route: str | None
+    plan_hash: str | None
+    plan: list[dict[str, Any]] | None
+    waiting_since: str
+
+
+class ApprovalPage(_Out):
+    items: list[ApprovalSummary]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class ApprovalDetail(ApprovalSummary):
+    policy_version: str | None
+    policy_checks: list[dict[str, Any]]
+    evidence: list[Any]
+    preview: list[dict[str, Any]]
+    error: Any
+    request: dict[str, Any]
+
+
+class DecisionOut(_Out):
+    thread_id: str
+    decision: Literal["approve", "reject"]
+    plan_hash: str
+    reviewer: str
+    idempotent_replay: bool
+    result: dict[str, Any] | None = None
+    """With ``wait``: the thread's values after the resumed run."""
+    run: RunOut
+
+
+class AuditRowOut(_Out):
+    seq: int
+    tenant: str
+    thread_id: str | None
+    kind: str
+    actor: str
+    at: str
+    correlation_id: str | None
+    data: dict[str, Any]
+    prev_hash: str
+    row_hash: str
+
+
+class AuditPage(_Out):
+    items: list[AuditRowOut]
+    limit: int
+    offset: int
+
+
+class ThreadAuditPage(AuditPage):
+    thread_id: str
+
+
+class ChainReportOut(_Out):
+    tenant: str
+    ok: bool
+    rows: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+class TicketOut(_Out):
+    thread_id: str
+    ticket_id: str
+    result: dict[str, Any] | None = None
+    """With ``wait``: the run's result (``__interrupt__`` when it waits for approval)."""
+    run: RunOut
+
+
+class ReplayOut(_Out):
+    thread_id: str
+    run: RunOut
+    forked: bool
+    result: dict[str, Any] | None = None
+
+
+class FixturesOut(_Out):
+    tenant: str
+    loaded: dict[str, int]
+
+
+class DeadLetterPage(_Out):
+    items: list[RunOut]
+    limit: int
+    offset: int
 
 
 class AssistantSearch(Body):
@@ -60,10 +295,16 @@ class AssistantSearch(Body):
     graph_id: str | None = Field(default=None, max_length=128)
     name: str | None = Field(default=None, max_length=128)
     limit: int = Field(default=10, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort_by: Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[str] | None = None
+
+
+class AssistantCount(Body):
+    metadata: dict[str, Any] | None = None
+    graph_id: str | None = Field(default=None, max_length=128)
+    name: str | None = Field(default=None, max_length=128)
 
 
 class ThreadCreate(Body):
@@ -108,7 +349,7 @@ class ThreadSearch(Body):
     ids: list[str] | None = Field(default=None, max_length=1000)
     status: Literal["idle", "busy", "interrupted", "error"] | None = None
     limit: int = Field(default=10, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort_by: Literal["thread_id", "status", "created_at", "updated_at"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[str] | None = None

@@ -31,13 +31,16 @@ default, dwarfs ordinary skew).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import random
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from keel.db import Database, IntegrityError
 
@@ -45,6 +48,7 @@ __all__ = [
     "RunQueue",
     "ThreadBusy",
     "NotFound",
+    "NotCancellable",
     "TERMINAL",
     "ACTIVE",
     "new_id",
@@ -57,6 +61,11 @@ TERMINAL = ("success", "error", "interrupted", "timeout", "dead")
 ACTIVE = ("pending", "running")
 """Run statuses that make a thread busy."""
 
+CHANNEL = "keel_queue"
+"""Postgres NOTIFY channel: payload ``""`` when a run became claimable, the run id when it ended."""
+
+log = logging.getLogger("keel.queue")
+
 
 class ThreadBusy(Exception):
     """A run was refused because the thread already has one in flight (multitask ``reject``)."""
@@ -64,6 +73,13 @@ class ThreadBusy(Exception):
 
 class NotFound(Exception):
     """No such row for this tenant."""
+
+
+class NotCancellable(Exception):
+    """The run applies an approval decision and a worker has already started on it.
+
+    An approved plan runs to its end: stopping it between its steps would leave it half
+    done (approved but not executed, or executed under a cancelled run)."""
 
 
 def new_id() -> str:
@@ -99,9 +115,10 @@ CREATE TABLE IF NOT EXISTS api_threads (
   status TEXT NOT NULL,
   metadata TEXT NOT NULL,
   created_at TEXT NOT NULL,
-  updated_at TEXT NOT NULL
+  updated_at TEXT NOT NULL,
+  interrupts TEXT
 );
-CREATE INDEX IF NOT EXISTS api_threads_tenant ON api_threads (tenant, status, updated_at);
+CREATE INDEX IF NOT EXISTS api_threads_page ON api_threads (tenant, status, updated_at, thread_id);
 CREATE TABLE IF NOT EXISTS api_runs (
   run_id TEXT PRIMARY KEY,
   thread_id TEXT NOT NULL,
@@ -188,6 +205,12 @@ class RunQueue:
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if db.is_postgres else ""
         self._cond = threading.Condition()
         self._version = 0
+        self._waiters: dict[str, set[tuple[Any, asyncio.Event]]] = {}
+        self._waiters_lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+        self._listen_stop = threading.Event()
+        self.listening = False
+        """True while this process receives other processes' NOTIFYs (Postgres)."""
 
     def setup(self) -> "RunQueue":
         """Create the tables (idempotent; concurrent first starts serialize on an advisory lock)."""
@@ -200,14 +223,116 @@ class RunQueue:
                 if attempt == 2:
                     raise
                 time.sleep(0.2)
+        self._add_column("api_threads", "interrupts", "TEXT")
         return self
 
-    # -- in-process wake-ups (the embedded worker; other processes are polled) --------
-    def notify(self) -> None:
-        """Wake waiters in this process (a run changed state or got an event)."""
+    def _add_column(self, table: str, column: str, decl: str) -> None:
+        """Add a column that an older schema lacks (checked first: no table lock when present)."""
+        with self.db.transaction() as tx:
+            if self.db.is_postgres:
+                tx.execute("SELECT pg_advisory_xact_lock(72616521)")
+                present = tx.fetchone(
+                    "SELECT 1 AS x FROM information_schema.columns WHERE table_schema = current_schema()"
+                    " AND table_name = ? AND column_name = ?", (table, column)) is not None
+            else:
+                present = any(r["name"] == column for r in tx.fetchall(f"PRAGMA table_info({table})"))
+            if not present:
+                tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+    # -- wake-ups: in-process, and across processes by LISTEN/NOTIFY (Postgres) ---------
+    # Workers and ``runs.wait`` poll as a fallback; a notification cuts the wait short, so
+    # a queued run starts, and a finished run is answered, without a polling delay.
+    def notify(self, run_id: str | None = None) -> None:
+        """Wake waiters in this process (a run changed state or got an event); ``run_id``:
+        also the :meth:`done_event` waiters of that run."""
         with self._cond:
             self._version += 1
             self._cond.notify_all()
+        if run_id is not None:
+            self._wake(run_id)
+
+    def _wake_worker(self) -> None:
+        """Wake one idle worker thread of this process (it claims; the others sleep on)."""
+        with self._cond:
+            self._version += 1
+            self._cond.notify(1)
+
+    def _signal(self, tx: Any, run_id: str = "") -> None:
+        """NOTIFY other processes at commit: a run is claimable (``""``) or ``run_id`` ended."""
+        if self.db.is_postgres:
+            tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, run_id))
+
+    def _wake(self, run_id: str) -> None:
+        with self._waiters_lock:
+            entries = list(self._waiters.get(run_id, ()))
+        for loop, ev in entries:
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:  # that event loop is closed
+                pass
+
+    @contextmanager
+    def done_event(self, run_id: str) -> Iterator[asyncio.Event]:
+        """An asyncio event set when ``run_id`` may have ended (check its status after)."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._waiters_lock:
+            self._waiters.setdefault(run_id, set()).add(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._waiters_lock:
+                waiting = self._waiters.get(run_id)
+                if waiting is not None:
+                    waiting.discard(entry)
+                    if not waiting:
+                        del self._waiters[run_id]
+
+    def poll_cap(self, poll_s: float) -> float:
+        """Longest fallback poll interval: long while notifications arrive, else ``poll_s``."""
+        return max(poll_s, 1.0) if self.listening else poll_s
+
+    def start_listener(self) -> bool:
+        """Postgres: LISTEN on a dedicated connection in a daemon thread, waking this process's
+        workers and waiters on every NOTIFY of the queue. No-op on SQLite or if running."""
+        if not self.db.is_postgres or self._listener is not None:
+            return False
+        self._listen_stop.clear()
+        self._listener = threading.Thread(target=self._listen, name="keel-queue-listener", daemon=True)
+        self._listener.start()
+        return True
+
+    def stop_listener(self) -> None:
+        """Stop the listener thread and close its connection."""
+        self._listen_stop.set()
+        t, self._listener = self._listener, None
+        if t is not None:
+            t.join(timeout=5)
+
+    def _listen(self) -> None:
+        import psycopg
+
+        while not self._listen_stop.is_set():
+            try:
+                with psycopg.connect(self.db.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening = True
+                    self.notify()  # anything may have changed while not listening
+                    with self._waiters_lock:
+                        pending = list(self._waiters)
+                    for rid in pending:
+                        self._wake(rid)
+                    while not self._listen_stop.is_set():
+                        for n in conn.notifies(timeout=0.5):
+                            # a queued run, or an ended one (the thread's next queued run may
+                            # be due): one idle worker thread per process tries a claim
+                            self._wake_worker()
+                            if n.payload:
+                                self._wake(n.payload)
+            except Exception:  # noqa: BLE001 - polling covers the gap; reconnect
+                log.warning("queue listener lost its connection; polling until it reconnects", exc_info=True)
+            finally:
+                self.listening = False
+            self._listen_stop.wait(1.0)
 
     def version(self) -> int:
         """Change counter of this process (see :meth:`wait_change`)."""
@@ -284,11 +409,20 @@ class RunQueue:
             params += ids
         col = sort_by if sort_by in ("created_at", "updated_at", "thread_id", "status") else "created_at"
         order = "ASC" if sort_order == "asc" else "DESC"
-        sql += f" ORDER BY {col} {order}, thread_id {order}"
+        by = f" ORDER BY {col} {order}, thread_id {order}"
+        if not metadata:
+            # page over ids first (an index-only scan of (tenant, status, updated_at, thread_id)
+            # for the approvals list), then read just that page's rows
+            ids_sql = sql.replace("SELECT *", "SELECT thread_id", 1) + by + " LIMIT ? OFFSET ?"
+            sql = (f"SELECT t.* FROM api_threads t JOIN ({ids_sql}) page ON page.thread_id = t.thread_id"
+                   f" ORDER BY t.{col} {order}, t.thread_id {order}")
+            params += [limit, offset]
+            with self.db.transaction() as tx:
+                return [_thread(r) for r in tx.fetchall(sql, params)]  # type: ignore[misc]
+        sql += by
         with self.db.transaction() as tx:
             rows = [_thread(r) for r in tx.fetchall(sql, params)]
-        if metadata:
-            rows = [r for r in rows if all(r["metadata"].get(k) == v for k, v in metadata.items())]
+        rows = [r for r in rows if all(r["metadata"].get(k) == v for k, v in metadata.items())]
         return rows[offset : offset + limit]  # type: ignore[return-value]
 
     def count_threads(self, tenant: str, status: str | None = None) -> int:
@@ -383,6 +517,8 @@ class RunQueue:
                 if multitask_strategy == "reject":
                     raise ThreadBusy(thread_id)
                 if multitask_strategy in ("interrupt", "rollback"):
+                    if self._applies_decision(tx, thread_id, [r["run_id"] for r in inflight]):
+                        raise ThreadBusy(thread_id)  # an approved plan is never interrupted
                     for r in inflight:
                         if r["status"] == "pending":
                             tx.execute(
@@ -390,6 +526,7 @@ class RunQueue:
                                 " WHERE run_id = ?",
                                 (f"superseded by run {rid}", now, now, r["run_id"]),
                             )
+                            self._signal(tx, r["run_id"])
                         else:
                             tx.execute("UPDATE api_runs SET cancel_requested = 1 WHERE run_id = ?", (r["run_id"],))
             if decision is not None:
@@ -415,6 +552,7 @@ class RunQueue:
                 " updated_at = ? WHERE thread_id = ?",
                 (graph_id, requester, now, thread_id),
             )
+            self._signal(tx)
         self.notify()
         return self.get_run(tenant, thread_id, rid)  # type: ignore[return-value]
 
@@ -461,27 +599,52 @@ class RunQueue:
             )
         return [_run(r) for r in rows]  # type: ignore[misc]
 
+    @staticmethod
+    def _applies_decision(tx: Any, thread_id: str, run_ids: list[str]) -> dict[str, Any] | None:
+        """The approval decision one of the thread's runs resumes it with, if any."""
+        for r in run_ids:
+            row = tx.fetchone("SELECT * FROM api_decisions WHERE thread_id = ? AND run_id = ?", (thread_id, r))
+            if row is not None:
+                return row
+        return None
+
     def cancel_run(self, tenant: str, thread_id: str, run_id: str) -> dict[str, Any]:
-        """Cancel: a pending run ends ``interrupted`` now, a running one at its next step."""
+        """Cancel: a pending run ends ``interrupted`` now, a running one at its next step.
+
+        A run applying an approval decision is cancellable only while no worker has
+        started it: its decision is then withdrawn and the plan waits for a decision
+        again (the returned run has it under ``withdrawn_decision``). Once started,
+        :class:`NotCancellable`."""
         now = iso_now()
         with self.db.transaction() as tx:
             row = tx.fetchone(
-                f"SELECT status FROM api_runs WHERE run_id = ? AND thread_id = ? AND tenant = ?{self._for_update}",
+                f"SELECT status, attempts FROM api_runs WHERE run_id = ? AND thread_id = ? AND tenant = ?{self._for_update}",
                 (run_id, thread_id, tenant),
             )
             if row is None:
                 raise NotFound(run_id)
+            decision = self._applies_decision(tx, thread_id, [run_id]) if row["status"] in ACTIVE else None
+            if decision and (row["status"] == "running" or row["attempts"] > 0):
+                raise NotCancellable(run_id)
             if row["status"] == "pending":
                 tx.execute(
                     "UPDATE api_runs SET status = 'interrupted', error = 'cancelled', updated_at = ?, finished_at = ?"
                     " WHERE run_id = ?",
                     (now, now, run_id),
                 )
-                self._settle_thread(tx, thread_id, None)
+                if decision:
+                    # withdrawn before any worker touched it: the graph still waits at the
+                    # approval, so the plan is pending again and may be decided anew
+                    tx.execute("DELETE FROM api_decisions WHERE thread_id = ? AND run_id = ?", (thread_id, run_id))
+                self._settle_thread(tx, thread_id, "interrupted" if decision else None)
+                self._signal(tx, run_id)
             elif row["status"] == "running":
                 tx.execute("UPDATE api_runs SET cancel_requested = 1, updated_at = ? WHERE run_id = ?", (now, run_id))
-        self.notify()
-        return self.get_run(tenant, thread_id, run_id)  # type: ignore[return-value]
+        self.notify(run_id)
+        run = self.get_run(tenant, thread_id, run_id)
+        if run is not None and decision is not None and row["status"] == "pending":
+            run["withdrawn_decision"] = {k: decision[k] for k in ("plan_hash", "decision", "reviewer")}
+        return run  # type: ignore[return-value]
 
     def retry_dead(self, tenant: str, run_id: str) -> dict[str, Any]:
         """Requeue a dead-lettered run with a fresh retry budget (admin)."""
@@ -508,12 +671,14 @@ class RunQueue:
             )
             tx.execute("UPDATE api_threads SET status = 'busy', updated_at = ? WHERE thread_id = ?", (now, row["thread_id"]))
             thread_id = row["thread_id"]
+            self._signal(tx)
         self.notify()
         return self.get_run(tenant, thread_id, run_id)  # type: ignore[return-value]
 
     # -- the lease protocol -------------------------------------------------------------
     def claim(self, worker_id: str, lease_s: float) -> dict[str, Any] | None:
-        """Lease the oldest runnable run, or None.
+        """Lease the oldest runnable run, or None; resumes (a reviewer's decision, someone
+        waiting on it) go before new work.
 
         Runnable: pending and due, or running with an expired lease (its worker died).
         Per thread, runs execute one at a time in creation order: the candidate's thread
@@ -525,7 +690,8 @@ class RunQueue:
         with self.db.transaction() as tx:
             cands = tx.fetchall(
                 "SELECT run_id, thread_id, created_at FROM api_runs WHERE (status = 'pending' AND available_at <= ?)"
-                " OR (status = 'running' AND lease_expires_at < ?) ORDER BY created_at, run_id LIMIT 16"
+                " OR (status = 'running' AND lease_expires_at < ?)"
+                " ORDER BY CASE WHEN kind = 'resume' THEN 0 ELSE 1 END, created_at, run_id LIMIT 16"
                 + self._skip_locked,
                 (now, now),
             )
@@ -583,9 +749,13 @@ class RunQueue:
         tx.execute("UPDATE api_threads SET status = ?, updated_at = ? WHERE thread_id = ?", (status, iso_now(), thread_id))
 
     def finish(
-        self, run: dict[str, Any], worker_id: str, status: str, thread_status: str | None, error: str | None = None
+        self, run: dict[str, Any], worker_id: str, status: str, thread_status: str | None, error: str | None = None,
+        interrupts: list[dict[str, Any]] | None = None,
     ) -> bool:
-        """Record a run's outcome if this worker still owns it; False if the lease was lost."""
+        """Record a run's outcome if this worker still owns it; False if the lease was lost.
+
+        ``interrupts``: the thread's pending interrupts after the run (``[{"value", "id"}]``),
+        kept on the thread row so pending approvals are listed without loading checkpoints."""
         now = iso_now()
         with self.db.transaction() as tx:
             n = tx.execute(
@@ -594,8 +764,11 @@ class RunQueue:
                 (status, error, now, now, run["run_id"], worker_id),
             )
             if n:
+                tx.execute("UPDATE api_threads SET interrupts = ? WHERE thread_id = ?",
+                           (_dumps(interrupts) if interrupts else None, run["thread_id"]))
                 self._settle_thread(tx, run["thread_id"], thread_status)
-        self.notify()
+                self._signal(tx, run["run_id"])
+        self.notify(run["run_id"])
         return n > 0
 
     def retry_later(
@@ -620,6 +793,7 @@ class RunQueue:
                     (retries, error, now, now, run["run_id"]),
                 )
                 self._settle_thread(tx, run["thread_id"], "error")
+                self._signal(tx, run["run_id"])
                 status = "dead"
             else:
                 tx.execute(
@@ -628,7 +802,7 @@ class RunQueue:
                     (retries, error, time.time() + backoff_delay(retries, base, cap), now, run["run_id"]),
                 )
                 status = "pending"
-        self.notify()
+        self.notify(run["run_id"])
         return status
 
     # -- stream events -------------------------------------------------------------------

@@ -428,15 +428,25 @@ def wait_result(runtime: Any, queue: RunQueue, run: dict[str, Any]) -> dict[str,
 
 
 async def await_run(queue: RunQueue, run: dict[str, Any], timeout: float | None = None, poll_s: float = 0.05) -> dict[str, Any]:
-    """Poll until the run is terminal (every ``poll_s``, faster at first); returns the fresh row."""
+    """Wait until the run is terminal; returns the fresh row.
+
+    Woken by the queue's notification that the run ended (LISTEN/NOTIFY across processes on
+    Postgres, in-process otherwise); polls as a fallback: every ``poll_s`` (faster at first),
+    or about once a second while notifications are being received."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        status = await to_thread.run_sync(queue.run_status, run["run_id"])
-        if status in TERMINAL or status is None:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        await asyncio.sleep(delay)
-        delay = min(poll_s, delay * 2)
+    delay = queue.poll_cap(poll_s) if queue.listening else 0.005
+    with queue.done_event(run["run_id"]) as done:
+        while True:
+            status = await to_thread.run_sync(queue.run_status, run["run_id"])
+            if status in TERMINAL or status is None:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            wait = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+            try:
+                await asyncio.wait_for(done.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            done.clear()
+            delay = min(queue.poll_cap(poll_s), delay * 2)
     return await to_thread.run_sync(queue.get_run, run["tenant"], run["thread_id"], run["run_id"])  # type: ignore[return-value]

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from api.deps import correlation_var
@@ -72,7 +73,9 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if getattr(e, "transient", None) is False:
             return False
-        if isinstance(e, (TimeoutError, ConnectionError)) or type(e).__name__ in _TRANSIENT_NAMES:
+        # by class name along the MRO: psycopg's AdminShutdown (a server restart),
+        # CannotConnectNow, DeadlockDetected… are OperationalErrors too
+        if isinstance(e, (TimeoutError, ConnectionError)) or any(c.__name__ in _TRANSIENT_NAMES for c in type(e).__mro__):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -134,6 +137,17 @@ class Worker:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
 
+    primary = True
+    """Polls every ``poll_s`` when idle; the other threads of a process (``run_workers``)
+    wait for queue notifications and poll only about once a second while they arrive."""
+
+    def idle_wait(self) -> float:
+        """How long an idle loop waits for a notification before polling the queue again.
+
+        Polling finds what no notification announces: runs whose backoff or
+        ``after_seconds`` elapsed, and leases of dead workers that expired."""
+        return self.poll_s if self.primary else self.queue.poll_cap(self.poll_s)
+
     # -- loop --------------------------------------------------------------------------
     def run_forever(self, stop: threading.Event) -> None:
         """Claim and execute runs until ``stop`` is set."""
@@ -147,7 +161,7 @@ class Worker:
                 did = False
                 stop.wait(self.poll_s)
             if not did:
-                self.queue.wait_change(seen, self.poll_s)
+                self.queue.wait_change(seen, self.idle_wait())
         log.info("worker %s stopped", self.worker_id)
 
     def run_one(self) -> bool:
@@ -173,10 +187,16 @@ class Worker:
             requester=run["requester"] or run["created_by"],
             actor=run["created_by"],
             correlation_id=run["correlation_id"],
+            # the run's wall-clock cap counts from here at the latest: time spent queued for a
+            # retry, behind a dead worker's lease or dead-lettered is not run time
+            attempt_started_at=datetime.now(timezone.utc).isoformat(),
         )
         cfg: dict[str, Any] = {
             "configurable": conf,
-            "metadata": {"run_id": run["run_id"], "correlation_id": run["correlation_id"], "tenant": run["tenant"]},
+            # run_id + lease_owner fence the checkpoint writes (keel.runtime.LeaseLost): a
+            # worker whose lease was taken over can no longer write on the thread
+            "metadata": {"run_id": run["run_id"], "correlation_id": run["correlation_id"], "tenant": run["tenant"],
+                         "lease_owner": self.worker_id},
             "tags": [f"tenant:{run['tenant']}", f"correlation:{run['correlation_id']}"],
         }
         if isinstance(user.get("recursion_limit"), int):
@@ -237,21 +257,24 @@ class Worker:
                         log.warning("run %s: lease lost; leaving the outcome to the new owner", rid)
                         return
                     if lease.cancelled.is_set():
-                        self.queue.finish(run, self.worker_id, "interrupted", self._thread_status(graph, run), "cancelled")
+                        thread_status, interrupts = self._outcome(graph, run)
+                        self.queue.finish(run, self.worker_id, "interrupted", thread_status, "cancelled",
+                                          interrupts=interrupts)
                         log.info("run %s cancelled", rid)
                         return
-                self.queue.finish(run, self.worker_id, "success", self._thread_status(graph, run))
+                thread_status, interrupts = self._outcome(graph, run)
+                self.queue.finish(run, self.worker_id, "success", thread_status, interrupts=interrupts)
                 log.info("run %s finished in %.3fs", rid, time.monotonic() - t0)
             except Exception as e:  # noqa: BLE001 - every failure is recorded on the run
                 msg = f"{type(e).__name__}: {e}"[:2000]
+                if lease.lost.is_set() or type(e).__name__ == "LeaseLost":  # the run is another worker's now
+                    log.warning("run %s failed after losing its lease: %s", rid, msg)
+                    return
                 if store:
                     try:
                         self.queue.append_events(rid, self.queue.next_event_seq(rid), [("error", {"error": type(e).__name__, "message": str(e)[:2000]})])
                     except Exception:
                         log.warning("run %s: could not store error event", rid, exc_info=True)
-                if lease.lost.is_set():
-                    log.warning("run %s failed after losing its lease: %s", rid, msg)
-                    return
                 if is_transient(e):
                     status = self.queue.retry_later(run, self.worker_id, msg, base=self.backoff_base, cap=self.backoff_cap)
                     log.warning("run %s: transient failure (%s); now %s", rid, msg, status)
@@ -260,9 +283,15 @@ class Worker:
                     log.exception("run %s failed", rid)
 
     @staticmethod
-    def _thread_status(graph: Any, run: dict[str, Any]) -> str:
+    def _outcome(graph: Any, run: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        """The thread's status after the run, and its pending interrupts (``[{"value", "id"}]``)."""
         snap = graph.get_state({"configurable": {"thread_id": run["thread_id"]}})
-        return "interrupted" if (snap.interrupts or snap.next) else "idle"
+        interrupts = [jsonable(i) for i in (snap.interrupts or ())]
+        return ("interrupted" if (snap.interrupts or snap.next) else "idle"), interrupts
+
+    @classmethod
+    def _thread_status(cls, graph: Any, run: dict[str, Any]) -> str:
+        return cls._outcome(graph, run)[0]
 
 
 def run_workers(
@@ -275,9 +304,11 @@ def run_workers(
 ) -> list[threading.Thread]:
     """Start ``concurrency`` worker threads; they stop when ``stop`` is set."""
     stop = stop or threading.Event()
+    queue.start_listener()  # Postgres: a run queued by any server wakes an idle worker at once
     threads = []
     for i in range(max(1, concurrency)):
         w = Worker(runtime, queue, **worker_kwargs)
+        w.primary = i == 0
         t = threading.Thread(target=w.run_forever, args=(stop,), name=f"keel-worker-{i}", daemon=True)
         t.start()
         threads.append(t)

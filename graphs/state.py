@@ -8,7 +8,9 @@ workflow state lives only in messages.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any
+
+from typing_extensions import TypedDict  # pydantic reads its schema on Python 3.11
 
 __all__ = ["SupportInput", "SupportState", "OutputAction"]
 

@@ -11,7 +11,9 @@ PostgreSQL (``INSERT … ON CONFLICT``, ``TEXT``, ``INTEGER``/``BIGINT``).
 
 from __future__ import annotations
 
+import functools
 import re
+import select
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -80,6 +82,52 @@ class _PgTx:
         return list(cur.fetchall())
 
 
+def _alive(conn: Any) -> bool:
+    """Whether a pooled (idle) connection still works.
+
+    An idle connection has nothing to read unless the server closed it (a restart, a
+    failover, ``pg_terminate_backend``) or sent it a notice; only then is a round trip
+    spent to tell which. The usual case costs one non-blocking ``poll()``.
+    """
+    if conn.closed:
+        return False
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    if not poller.poll(0):
+        return True
+    try:
+        conn.execute("")
+        return True
+    except Exception:
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _live_pool_class() -> type:
+    from psycopg_pool import ConnectionPool
+
+    class LivePool(ConnectionPool):
+        """A pool that never lends a connection the server has closed.
+
+        After a server restart every idle connection is dead; each would fail the first
+        statement of whoever borrows it (an HTTP 500, a failed run). ``getconn`` discards
+        such connections at once and takes the next (or a new one). psycopg_pool's own
+        ``check`` hook would do the same but sleep a growing backoff (1 s, 2 s, 4 s…)
+        after each dead connection, stalling requests for seconds after a restart.
+        """
+
+        def getconn(self, timeout: float | None = None) -> Any:
+            for _ in range(self.max_size):
+                conn = super().getconn(timeout)
+                if _alive(conn):
+                    return conn
+                conn.close()
+                self.putconn(conn)  # discarded and replaced by the pool
+            return super().getconn(timeout)
+
+    return LivePool
+
+
 class Database:
     """A connection source for one SQLite file or one Postgres database.
 
@@ -94,9 +142,8 @@ class Database:
         self._local = threading.local()
         if self.is_postgres:
             from psycopg.rows import dict_row
-            from psycopg_pool import ConnectionPool
 
-            self._pool = ConnectionPool(
+            self._pool = _live_pool_class()(
                 url,
                 min_size=1,
                 max_size=10,

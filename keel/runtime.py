@@ -7,11 +7,12 @@ psycopg pool serves the back office, the audit log and LangGraph's PostgresSaver
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +24,7 @@ from keel.db import Database, open_database
 from keel.principals import PrincipalStore
 from keel.threads import ThreadIndex
 
-__all__ = ["Runtime", "get_runtime", "reset_runtime", "DEMO_FIXTURES", "DEMO_TICKETS", "DEMO_NOW"]
+__all__ = ["Runtime", "LeaseLost", "get_runtime", "reset_runtime", "DEMO_FIXTURES", "DEMO_TICKETS", "DEMO_NOW"]
 
 log = logging.getLogger("keel.runtime")
 
@@ -207,9 +208,7 @@ class Runtime:
     def checkpointer(self):
         """SqliteSaver by default, PostgresSaver on Postgres; ``setup()`` done once."""
         if self.db.is_postgres:
-            from langgraph.checkpoint.postgres import PostgresSaver
-
-            saver = PostgresSaver(self.db.pool)
+            saver = _fenced_saver_class()(self.db.pool)
         else:
             from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -245,6 +244,74 @@ class Runtime:
             from keel import db as _dbmod
 
             _dbmod._DATABASES.pop(self.db_url, None)
+
+
+class LeaseLost(Exception):
+    """A worker tried to write a checkpoint of a run whose lease another worker now holds."""
+
+    transient = False
+
+
+_FENCE_SQL = "SELECT 1 AS owned FROM api_runs WHERE run_id = %s AND lease_owner = %s AND status = 'running' FOR SHARE"
+
+
+@functools.lru_cache(maxsize=1)
+def _fenced_saver_class() -> type:
+    from langgraph.checkpoint.postgres import PostgresSaver, _internal
+    from psycopg.rows import dict_row
+
+    class LeaseFencedSaver(PostgresSaver):
+        """PostgresSaver whose writes for a leased run commit only while the lease is held.
+
+        A worker (``api.worker``) puts ``run_id`` and ``lease_owner`` in the run config's
+        metadata. If its lease expired while it was still alive (a database outage longer
+        than the lease, a long pause) another worker resumes the run from its last
+        checkpoint; without a fence the first worker would go on writing checkpoints on
+        the same thread, and its stale one could become the thread's latest (the run is
+        recorded done while the thread reads "running"). Each checkpoint and pending-write
+        insert of a leased run is therefore one transaction that first locks the run row
+        ``FOR SHARE`` and checks the owner: a claim waits for it to commit, and a write
+        after a claim raises :class:`LeaseLost` and writes nothing. Writes without a lease
+        (CLI, tests, in-process use) are not fenced.
+        """
+
+        _fence = threading.local()
+        """The (run id, lease owner) of the write this thread is making, if fenced."""
+
+        def _fenced(self, config: Any, fn: Any, *args: Any) -> Any:
+            md = config.get("metadata") or {}
+            if not (md.get("lease_owner") and md.get("run_id")):
+                return fn(config, *args)
+            self._fence.key = (str(md["run_id"]), str(md["lease_owner"]))
+            try:
+                return fn(config, *args)
+            finally:
+                self._fence.key = None
+
+        def put(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+            return self._fenced(config, super().put, checkpoint, metadata, new_versions)
+
+        def put_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+            return self._fenced(config, super().put_writes, writes, task_id, task_path)
+
+        @contextmanager
+        def _cursor(self, *, pipeline: bool = False) -> Iterator[Any]:
+            key = getattr(getattr(self, "_fence", None), "key", None)
+            if key is None:
+                with super()._cursor(pipeline=pipeline) as cur:
+                    yield cur
+                return
+            with self.lock, _internal.get_connection(self.conn) as conn, ExitStack() as stack:
+                if self.supports_pipeline:
+                    stack.enter_context(conn.pipeline())  # the writes after the check: one round trip
+                stack.enter_context(conn.transaction())
+                cur = stack.enter_context(conn.cursor(binary=True, row_factory=dict_row))
+                cur.execute(_FENCE_SQL, key)
+                if cur.fetchone() is None:
+                    raise LeaseLost(f"run {key[0]}: lease no longer held by {key[1]}")
+                yield cur
+
+    return LeaseFencedSaver
 
 
 _RUNTIMES: dict[int, Runtime] = {}

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TokenBudgetExceeded",
-    "model_hook","ticket_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status"]
+    "model_hook","ticket_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status",
+    "attempt_budget", "raise_if_infrastructure"]
 
 log = logging.getLogger("keel.nodes")
 
@@ -29,6 +30,51 @@ def allowlist(rt: "Runtime", route: str) -> frozenset[str]:
     """The specialist's tool allowlist from the policy pack (empty for unknown routes)."""
     spec = rt.policy.routes.get(route)
     return frozenset(spec.tools) if spec is not None else frozenset()
+
+
+_INFRASTRUCTURE_ERRORS = frozenset({"OperationalError", "InterfaceError", "PoolTimeout"})
+
+
+def raise_if_infrastructure(exc: BaseException) -> None:
+    """Re-raise ``exc`` if it is the database failing (a lost connection, a server restart,
+    an exhausted pool), not the model or its output.
+
+    Nodes turn model failures into an escalation (``model_unavailable``); the audit and
+    token-budget writes of a model call run inside those ``try`` blocks, and a database
+    outage there is not the model's verdict: it must fail the step so that the worker
+    retries it from the last checkpoint (psycopg's ``AdminShutdown`` etc. are
+    ``OperationalError`` subclasses, matched along the MRO).
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if any(c.__name__ in _INFRASTRUCTURE_ERRORS for c in type(e).__mro__):
+            raise exc
+        e = e.__cause__ or e.__context__
+
+
+def attempt_budget(budget: dict[str, Any]) -> dict[str, Any]:
+    """The run budget as its wall-clock cap sees it: counted from this attempt's start at the latest.
+
+    A worker (re)starting a run passes ``attempt_started_at`` in the run config. Time the
+    run spent before that attempt (queued for a retry, waiting for a dead worker's lease to
+    expire, dead-lettered until an admin retried it) is not run time, as days waiting for
+    an approval are not; retries are bounded by the retry budget instead.
+    """
+    try:
+        from langgraph.config import get_config
+
+        started = (get_config().get("configurable") or {}).get("attempt_started_at")
+    except Exception:  # not inside a graph run (direct calls, tests)
+        return budget
+    if not started or not budget.get("started_at"):
+        return budget
+    from datetime import datetime
+
+    if datetime.fromisoformat(str(started)) > datetime.fromisoformat(str(budget["started_at"])):
+        return {**budget, "started_at": str(started)}
+    return budget
 
 
 def audit(rt: "Runtime", state: SupportState, kind: str, data: dict[str, Any], actor: str = "system") -> None:

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 from graphs.state import SupportState
 from guards.budgets import charge_tool_call, check
 from guards.injection import screen
-from nodes.common import TokenBudgetExceeded, allowlist, audit, escalation, model_hook, ticket_of, tool_context, traced
+from nodes.common import (
+    TokenBudgetExceeded, allowlist, attempt_budget, audit, escalation, model_hook, raise_if_infrastructure, ticket_of,
+    tool_context, traced,
+)
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -36,6 +39,7 @@ def retrieve_context(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     except TokenBudgetExceeded:
         return escalation("budget_exceeded")
     except Exception as e:
+        raise_if_infrastructure(e)
         audit(rt, state, "model_call", {"task": "extract", "error": type(e).__name__})
         return escalation("model_unavailable")
 
@@ -49,7 +53,7 @@ def retrieve_context(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
             return None
         res = rt.tools.call(tool, args, ctx)
         budget = charge_tool_call(budget, max(0, res.attempts - 1))
-        if check(budget, rt.caps, datetime.now(timezone.utc)):
+        if check(attempt_budget(budget), rt.caps, datetime.now(timezone.utc)):
             raise _Budget()
         evidence.append({"tool": tool, "args": args, "ok": res.ok, "output": res.output, "error": res.error_code})
         return res.output if res.ok else None

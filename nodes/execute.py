@@ -1,10 +1,12 @@
 """EXECUTE_ACTION: run a validated (and, where required, approved) plan, exactly once.
 
 Execution re-checks what it is handed instead of trusting the state: the plan's hash
-and HMAC must match its content, an approval must name that same hash, and each side
-effect carries an idempotency key derived from (thread, plan hash, action index), so a
-re-run after a crash or a resume returns the ledger's first result instead of acting
-again.
+and HMAC must match its content and its tenant and customer the ticket's; the policy
+decides the signed plan again (the stricter of that and the stored verdict wins); an
+approval must name that same hash and have been recorded by the approval node in the
+audit log; and each side effect carries an idempotency key derived from (thread, plan
+hash, action index), so a re-run after a crash or a resume returns the ledger's first
+result instead of acting again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from graphs.state import SupportState
 from guards.budgets import charge_tool_call, check
 from keel.plan import PlanIntegrityError, SignedPlan, idempotency_key, verify_plan
 from keel.types import SIDE_EFFECT_TOOLS
-from nodes.common import audit, escalation, output_actions, tool_context, traced
+from nodes.common import attempt_budget, audit, escalation, output_actions, tool_context, traced
 from nodes.policy_check import policy_facts
 
 if TYPE_CHECKING:
@@ -113,7 +115,7 @@ def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         results.append({"index": i, "tool": action.tool, "output": res.output, "replayed": res.replayed,
                         "idempotency_key": key})
         states.append("executed")
-        if check(budget, rt.caps, datetime.now(timezone.utc)):
+        if check(attempt_budget(budget), rt.caps, datetime.now(timezone.utc)):
             states += ["not_run"] * (len(signed.plan.actions) - len(states))
             return {"budget": budget, "results": results, "actions": output_actions(state, states),
                     **escalation("budget_exceeded")}

@@ -14,7 +14,9 @@ from pydantic import ValidationError
 from graphs.state import SupportState
 from keel.plan import Plan, sign_plan
 from keel.types import ProposedAction
-from nodes.common import TokenBudgetExceeded, allowlist, audit, escalation, model_hook, ticket_of, traced
+from nodes.common import (
+    TokenBudgetExceeded, allowlist, audit, escalation, model_hook, raise_if_infrastructure, ticket_of, traced,
+)
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -90,6 +92,7 @@ def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     except TokenBudgetExceeded:
         return escalation("budget_exceeded")
     except Exception as e:
+        raise_if_infrastructure(e)
         audit(rt, state, "model_call", {"task": "plan", "error": type(e).__name__})
         return escalation("model_unavailable")
     if not proposal.actions:

@@ -17,7 +17,7 @@ from graphs.state import SupportState
 from guards.budgets import new_budget
 from guards.injection import screen
 from keel.types import SIDE_EFFECT_OPERATIONS, Ticket
-from nodes.common import TokenBudgetExceeded, audit, escalation, model_hook, record_status, traced
+from nodes.common import TokenBudgetExceeded, audit, escalation, model_hook, raise_if_infrastructure, record_status, traced
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -54,6 +54,7 @@ def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dic
     except TokenBudgetExceeded:
         return {**base, "ticket": ticket.model_dump(), "route": "unknown", "confidence": 0.0, **escalation("budget_exceeded")}
     except Exception as e:  # ModelError and friends: never trust, never crash the run
+        raise_if_infrastructure(e)
         audit(rt, state, "route_decision", {"error": type(e).__name__})
         return {**base, "ticket": ticket.model_dump(), "route": "unknown", "confidence": 0.0, **escalation("model_unavailable")}
 

@@ -30,7 +30,9 @@ def pg_url() -> Iterator[str]:
     name = f"keel_t_{secrets.token_hex(6)}"
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield urlunsplit(urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}"))
-        finally:
+    try:
+        yield urlunsplit(urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}"))
+    finally:
+        # a new connection: the fault suite restarts the server during the session
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

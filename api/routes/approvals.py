@@ -9,13 +9,14 @@ and edits only downward. Repeating the same decision returns the original run
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import ApiState, correlation_id, get_principal, get_state
-from api.models import ApproveBody, EditBody, RejectBody
+from api.models import MAX_OFFSET, ApprovalDetail, ApprovalPage, ApproveBody, DecisionOut, EditBody, RejectBody, returns
 from api.services import await_run, http_error, run_out, submit_run, thread_or_404, wait_result
 from keel.principals import Principal
 
@@ -28,6 +29,19 @@ def _pending(st: ApiState, th: dict[str, Any]) -> dict[str, Any] | None:
     if not th.get("graph_id") or th["status"] != "interrupted":
         return None
     return pending_approval(st.runtime, th["thread_id"], th["graph_id"])
+
+
+def _recorded(th: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan approval the worker recorded on the thread row when its run paused (no
+    checkpoint load); None when nothing was recorded (the caller reads the checkpoint)."""
+    raw = th.get("interrupts")
+    if not raw or not th.get("graph_id"):
+        return None
+    for intr in json.loads(raw) if isinstance(raw, str) else raw:
+        value = intr.get("value") if isinstance(intr, dict) else None
+        if isinstance(value, dict) and value.get("type") == "plan_approval":
+            return value
+    return None
 
 
 def _summary(th: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
@@ -43,8 +57,8 @@ def _summary(th: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.get("/approvals", summary="Pending approvals")
-def list_approvals(limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0),
+@router.get("/approvals", summary="Pending approvals", **returns(ApprovalPage))
+def list_approvals(limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                    st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """Plans of the caller's tenant waiting for a decision, oldest first, paged."""
     total = st.queue.count_threads(p.tenant, "interrupted")
@@ -52,7 +66,9 @@ def list_approvals(limit: int = Query(20, ge=1, le=200), offset: int = Query(0, 
                                    sort_by="updated_at", sort_order="asc")
     items = []
     for th in rows:
-        req = _pending(st, th)
+        req = _recorded(th)
+        if req is None:  # a thread parked before keel recorded interrupts on the thread row
+            req = _pending(st, th)
         if req is not None:
             items.append(_summary(th, req))
     nxt = offset + limit if offset + limit < total else None
@@ -82,7 +98,7 @@ def _preview(st: ApiState, tenant: str, plan: list[dict[str, Any]]) -> list[dict
     return out
 
 
-@router.get("/approvals/{thread_id}", summary="One pending approval")
+@router.get("/approvals/{thread_id}", summary="One pending approval", **returns(ApprovalDetail))
 def get_approval(thread_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """Plan, plan hash, policy checks, evidence and a preview of the records each action changes."""
     th = thread_or_404(st.queue, p, thread_id)
@@ -118,7 +134,7 @@ async def _decide(st: ApiState, p: Principal, thread_id: str, resume: dict[str, 
     return out
 
 
-@router.post("/approvals/{thread_id}/approve", summary="Approve a plan")
+@router.post("/approvals/{thread_id}/approve", summary="Approve a plan", **returns(DecisionOut))
 async def approve(thread_id: str, body: ApproveBody, st: ApiState = Depends(get_state),
                   p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
     """Approve the plan with ``plan_hash``; the run resumes, executes and verifies."""
@@ -126,7 +142,7 @@ async def approve(thread_id: str, body: ApproveBody, st: ApiState = Depends(get_
                          cid, body.wait)
 
 
-@router.post("/approvals/{thread_id}/reject", summary="Reject a plan")
+@router.post("/approvals/{thread_id}/reject", summary="Reject a plan", **returns(DecisionOut))
 async def reject(thread_id: str, body: RejectBody, st: ApiState = Depends(get_state),
                  p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
     """Reject the plan with ``plan_hash``; the run ends ``rejected``."""
@@ -134,7 +150,7 @@ async def reject(thread_id: str, body: RejectBody, st: ApiState = Depends(get_st
                          cid, body.wait)
 
 
-@router.post("/approvals/{thread_id}/edit", summary="Edit a plan downward, then approve it")
+@router.post("/approvals/{thread_id}/edit", summary="Edit a plan downward, then approve it", **returns(DecisionOut))
 async def edit_then_approve(thread_id: str, body: EditBody, st: ApiState = Depends(get_state),
                             p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
     """Lower arguments (e.g. a smaller refund); the edited plan is re-validated, then executed."""

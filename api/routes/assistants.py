@@ -7,16 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from api.deps import get_principal, get_runtime
-from api.models import AssistantSearch
+from api.models import AssistantCount, AssistantOut, AssistantSchemasOut, AssistantSearch, returns
 from api.services import assistant_out, graph_ids, resolve_assistant
 from keel.principals import Principal
 
 router = APIRouter(tags=["assistants"])
 
 
-@router.post("/assistants/search", summary="Search assistants")
-def search_assistants(body: AssistantSearch, response: Response, _: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
-    """Assistants filtered by graph id, name substring or metadata."""
+def _matching(body: AssistantSearch | AssistantCount) -> list[dict[str, Any]]:
     out = [assistant_out(g) for g in graph_ids()]
     if body.graph_id:
         out = [a for a in out if a["graph_id"] == body.graph_id]
@@ -24,6 +22,13 @@ def search_assistants(body: AssistantSearch, response: Response, _: Principal = 
         out = [a for a in out if body.name.lower() in a["name"].lower()]
     if body.metadata:
         out = [a for a in out if all(a["metadata"].get(k) == v for k, v in body.metadata.items())]
+    return out
+
+
+@router.post("/assistants/search", summary="Search assistants", **returns(list[AssistantOut]))
+def search_assistants(body: AssistantSearch, response: Response, _: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
+    """Assistants filtered by graph id, name substring or metadata."""
+    out = _matching(body)
     if body.sort_by:
         out.sort(key=lambda a: str(a[body.sort_by]), reverse=body.sort_order == "desc")
     page = out[body.offset : body.offset + body.limit]
@@ -33,12 +38,12 @@ def search_assistants(body: AssistantSearch, response: Response, _: Principal = 
 
 
 @router.post("/assistants/count", summary="Count assistants")
-def count_assistants(body: dict[str, Any] | None = None, _: Principal = Depends(get_principal)) -> int:
-    """Number of assistants."""
-    return len(graph_ids())
+def count_assistants(body: AssistantCount | None = None, _: Principal = Depends(get_principal)) -> int:
+    """Number of assistants matching the same filters as search."""
+    return len(_matching(body or AssistantCount()))
 
 
-@router.get("/assistants/{assistant_id}", summary="Get an assistant")
+@router.get("/assistants/{assistant_id}", summary="Get an assistant", **returns(AssistantOut))
 def get_assistant(assistant_id: str, _: Principal = Depends(get_principal)) -> dict[str, Any]:
     """By assistant id or graph id."""
     return assistant_out(resolve_assistant(assistant_id)[1])
@@ -52,7 +57,7 @@ def get_assistant_graph(assistant_id: str, xray: bool = False, runtime: Any = De
     return g.get_graph(xray=xray).to_json()
 
 
-@router.get("/assistants/{assistant_id}/schemas", summary="Graph schemas")
+@router.get("/assistants/{assistant_id}/schemas", summary="Graph schemas", **returns(AssistantSchemasOut))
 def get_assistant_schemas(assistant_id: str, runtime: Any = Depends(get_runtime),
                           _: Principal = Depends(get_principal)) -> dict[str, Any]:
     """Input, output, state and config JSON schemas."""

@@ -8,14 +8,15 @@ from fastapi import APIRouter, Depends, Query
 
 from api.deps import ApiState, correlation_id, get_state, require_roles
 from api.queue import NotFound, ThreadBusy
+from api.models import MAX_OFFSET, DeadLetterPage, RunOut, returns
 from api.services import http_error, is_uuid, run_out
 from keel.principals import Principal
 
 router = APIRouter(tags=["dead letters"])
 
 
-@router.get("/dead-letters", summary="Dead-lettered runs")
-def list_dead_letters(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+@router.get("/dead-letters", summary="Dead-lettered runs", **returns(DeadLetterPage))
+def list_dead_letters(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                       st: ApiState = Depends(get_state),
                       p: Principal = Depends(require_roles("approver", "admin"))) -> dict[str, Any]:
     """The tenant's runs with status ``dead``, newest first, with their last error."""
@@ -23,7 +24,7 @@ def list_dead_letters(limit: int = Query(50, ge=1, le=500), offset: int = Query(
             "limit": limit, "offset": offset}
 
 
-@router.post("/dead-letters/{run_id}/retry", summary="Retry a dead-lettered run (admin)")
+@router.post("/dead-letters/{run_id}/retry", summary="Retry a dead-lettered run (admin)", **returns(RunOut))
 def retry_dead_letter(run_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(require_roles("admin")),
                       cid: str = Depends(correlation_id)) -> dict[str, Any]:
     """Requeue the run with a fresh retry budget; it resumes from its last checkpoint."""

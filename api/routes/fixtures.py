@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
 from api.deps import ApiState, correlation_id, get_state, require_roles
+from api.models import FixturesOut, returns
 from api.services import http_error
 from keel.principals import Principal
 from tools.fixtures import Fixtures, format_validation_error
@@ -15,10 +16,31 @@ from tools.fixtures import Fixtures, format_validation_error
 router = APIRouter(tags=["fixtures"])
 
 
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its local ``#/$defs/…`` references replaced by the definitions: in the
+    OpenAPI document such a reference would resolve against the document root, where
+    there is no ``$defs`` (an unresolvable reference breaks client generators)."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk({**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
 @router.post(
     "/fixtures",
     summary="Load a sandbox back office (admin)",
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": Fixtures.model_json_schema(mode="validation")}}}},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": _inline_defs(Fixtures.model_json_schema(mode="validation"))}}}},
+    **returns(FixturesOut),
 )
 async def load_fixtures(request: Request, st: ApiState = Depends(get_state), p: Principal = Depends(require_roles("admin")),
                         cid: str = Depends(correlation_id)) -> dict[str, Any]:

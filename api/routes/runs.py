@@ -16,13 +16,29 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import ApiState, correlation_id, get_principal, get_state
-from api.models import RunCreate
-from api.queue import TERMINAL, NotFound
+from api.models import MAX_OFFSET, RunCreate, RunOut, returns
+from api.queue import TERMINAL, NotCancellable, NotFound
 from api.services import await_run, http_error, is_uuid, run_out, submit_run, thread_or_404, wait_result
 from keel.db import IntegrityError
 from keel.principals import Principal
 
 router = APIRouter(tags=["runs"])
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events (documents the media type in the OpenAPI document)."""
+
+    media_type = "text/event-stream"
+
+
+_SSE = {200: {"description": "Server-sent events", "content": {"text/event-stream": {"schema": {
+    "type": "object",
+    "description": "One event: ``metadata`` first, then ``values``/``updates`` per step, ``error`` if the run failed; "
+                   "``data`` is JSON, ``id`` the sequence number to resume after (``Last-Event-ID``).",
+    "properties": {"event": {"type": "string", "enum": ["metadata", "values", "updates", "error"]},
+                   "data": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["event", "data"],
+}}}}}
 
 _STATUSES = ("pending", "running", "error", "success", "timeout", "interrupted", "dead")
 
@@ -70,7 +86,7 @@ def _run_or_404(st: ApiState, p: Principal, thread_id: str, run_id: str) -> dict
     return run
 
 
-@router.post("/threads/{thread_id}/runs", summary="Create a background run")
+@router.post("/threads/{thread_id}/runs", summary="Create a background run", **returns(RunOut))
 def create_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
                cid: str = Depends(correlation_id)) -> dict[str, Any]:
     """Queue a run and return it (``pending``). 409 if the thread is busy (strategy ``reject``)."""
@@ -91,7 +107,7 @@ async def _wait_body(st: ApiState, run: dict[str, Any]) -> AsyncIterator[bytes]:
     yield json.dumps(result, default=str).encode()
 
 
-@router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output")
+@router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output", **returns(dict[str, Any]))
 async def wait_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state),
                    p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> StreamingResponse:
     """The thread's final values (with ``__interrupt__`` when it pauses for approval)."""
@@ -138,7 +154,8 @@ async def _tail(st: ApiState, run: dict[str, Any], modes: list[str] | None, afte
         yield _sse("error", {"error": final["status"], "message": final["error"] or final["status"]})
 
 
-@router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)")
+@router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", response_class=_EventStream,
+             responses=_SSE)
 async def stream_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state),
                      p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> StreamingResponse:
     """Server-sent events: ``metadata``, then ``values`` and/or ``updates`` per step."""
@@ -149,8 +166,8 @@ async def stream_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get
     )
 
 
-@router.get("/threads/{thread_id}/runs", summary="List runs")
-def list_runs(thread_id: str, limit: int = Query(10, ge=1, le=1000), offset: int = Query(0, ge=0),
+@router.get("/threads/{thread_id}/runs", summary="List runs", **returns(list[RunOut]))
+def list_runs(thread_id: str, limit: int = Query(10, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
               status: str | None = Query(None), st: ApiState = Depends(get_state),
               p: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
     """The thread's runs, newest first."""
@@ -160,27 +177,42 @@ def list_runs(thread_id: str, limit: int = Query(10, ge=1, le=1000), offset: int
     return [run_out(r) for r in st.queue.list_runs(p.tenant, thread_id, limit=limit, offset=offset, status=status)]
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}", summary="Get a run")
+@router.get("/threads/{thread_id}/runs/{run_id}", summary="Get a run", **returns(RunOut))
 def get_run(thread_id: str, run_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """One run."""
     return run_out(_run_or_404(st, p, thread_id, run_id))
 
 
-@router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")
+@router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run", **returns(RunOut | None))
 async def cancel_run(thread_id: str, run_id: str, wait: int = Query(0, ge=0, le=1),
                      action: str = Query("interrupt", pattern="^(interrupt|rollback)$"),
                      st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> Any:
-    """A pending run ends ``interrupted`` at once, a running one after its current step."""
+    """A pending run ends ``interrupted`` at once, a running one after its current step.
+
+    A run applying an approval decision: cancelling it while queued withdraws the decision
+    (the plan waits for one again); once a worker started it, 409 ``approval_executing``."""
     try:
         run = await to_thread.run_sync(st.queue.cancel_run, p.tenant, thread_id, run_id)
     except NotFound:
         raise http_error(404, "run_not_found", f"run {run_id} not found") from None
+    except NotCancellable:
+        raise http_error(409, "approval_executing", "the approved plan is already executing; it runs to its end") from None
+    withdrawn = run.pop("withdrawn_decision", None)
+    if withdrawn:
+        await to_thread.run_sync(_audit_withdrawal, st, p, thread_id, run_id, withdrawn)
     if wait:
         run = await await_run(st.queue, run, timeout=60, poll_s=st.wait_poll_s)
     return run_out(run) if wait else None
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run")
+def _audit_withdrawal(st: ApiState, p: Principal, thread_id: str, run_id: str, decision: dict[str, Any]) -> None:
+    # no "decision" key: this row must never read as an approval (EXECUTE_ACTION looks for those)
+    st.runtime.audit.append(p.tenant, "approval", actor=p.user_id, thread_id=thread_id,
+                            data={"event": "decision_withdrawn", "run_id": run_id, "plan_hash": decision["plan_hash"],
+                                  "withdrawn": decision["decision"], "reviewer": decision["reviewer"], "via": "api"})
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run", **returns(dict[str, Any]))
 async def join_run(thread_id: str, run_id: str, st: ApiState = Depends(get_state),
                    p: Principal = Depends(get_principal)) -> StreamingResponse:
     """Blocks until the run ends; returns the thread's values like ``wait``."""
@@ -188,7 +220,8 @@ async def join_run(thread_id: str, run_id: str, st: ApiState = Depends(get_state
     return StreamingResponse(_wait_body(st, run), media_type="application/json")
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/stream", summary="Join a run's stream (SSE)")
+@router.get("/threads/{thread_id}/runs/{run_id}/stream", summary="Join a run's stream (SSE)", response_class=_EventStream,
+            responses=_SSE)
 async def join_stream(thread_id: str, run_id: str, request: Request, stream_mode: list[str] | None = Query(None),
                       st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> StreamingResponse:
     """Replays the run's stored events (after ``Last-Event-ID``) and follows it to the end."""

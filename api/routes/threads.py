@@ -12,7 +12,20 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from api.deps import ApiState, correlation_id, get_principal, get_state, require_roles
-from api.models import HistoryRequest, ReplayBody, StateCheckpointRequest, ThreadCount, ThreadCreate, ThreadPatch, ThreadSearch
+from api.models import (
+    ErrorOut,
+    HistoryRequest,
+    ReplayBody,
+    ReplayOut,
+    StateCheckpointRequest,
+    ThreadCount,
+    ThreadCreate,
+    ThreadOut,
+    ThreadPatch,
+    ThreadSearch,
+    ThreadStateOut,
+    returns,
+)
 from api.queue import NotFound, ThreadBusy
 from api.services import (
     START_ROLES,
@@ -32,7 +45,7 @@ from keel.principals import Principal
 router = APIRouter(tags=["threads"])
 
 
-@router.post("/threads", summary="Create a thread")
+@router.post("/threads", summary="Create a thread", **returns(ThreadOut))
 def create_thread(body: ThreadCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """A new, empty thread of the caller's tenant (``if_exists``: raise → 409, do_nothing → the existing one)."""
     meta = dict(body.metadata or {})
@@ -49,7 +62,7 @@ def create_thread(body: ThreadCreate, st: ApiState = Depends(get_state), p: Prin
     return thread_out(st.runtime, th, with_values=False)
 
 
-@router.post("/threads/search", summary="Search threads")
+@router.post("/threads/search", summary="Search threads", **returns(list[ThreadOut]))
 def search_threads(body: ThreadSearch, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
     """The caller's tenant's threads, filtered by status, ids or metadata."""
     rows = st.queue.search_threads(p.tenant, status=body.status, ids=body.ids, metadata=body.metadata,
@@ -66,13 +79,13 @@ def count_threads(body: ThreadCount, st: ApiState = Depends(get_state), p: Princ
     return st.queue.count_threads(p.tenant, body.status)
 
 
-@router.get("/threads/{thread_id}", summary="Get a thread")
+@router.get("/threads/{thread_id}", summary="Get a thread", **returns(ThreadOut))
 def get_thread(thread_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """The thread with its latest values and pending interrupts."""
     return thread_out(st.runtime, thread_or_404(st.queue, p, thread_id))
 
 
-@router.patch("/threads/{thread_id}", summary="Update thread metadata")
+@router.patch("/threads/{thread_id}", summary="Update thread metadata", **returns(ThreadOut))
 def patch_thread(thread_id: str, body: ThreadPatch, st: ApiState = Depends(get_state),
                  p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """Merge metadata into the thread's."""
@@ -118,7 +131,7 @@ def _snap(st: ApiState, th: dict[str, Any], checkpoint_id: str | None = None) ->
     return st.runtime.graph(th["graph_id"]).get_state(cfg)
 
 
-@router.get("/threads/{thread_id}/state", summary="Thread state")
+@router.get("/threads/{thread_id}/state", summary="Thread state", **returns(ThreadStateOut))
 def get_thread_state(thread_id: str, subgraphs: bool = False, st: ApiState = Depends(get_state),
                      p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """Latest checkpoint: values, next nodes, tasks with interrupts."""
@@ -126,7 +139,7 @@ def get_thread_state(thread_id: str, subgraphs: bool = False, st: ApiState = Dep
     return state_out(_snap(st, th), thread_id)
 
 
-@router.get("/threads/{thread_id}/state/{checkpoint_id}", summary="Thread state at a checkpoint")
+@router.get("/threads/{thread_id}/state/{checkpoint_id}", summary="Thread state at a checkpoint", **returns(ThreadStateOut))
 def get_thread_state_at(thread_id: str, checkpoint_id: str, subgraphs: bool = False, st: ApiState = Depends(get_state),
                         p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """State as of one checkpoint."""
@@ -134,7 +147,7 @@ def get_thread_state_at(thread_id: str, checkpoint_id: str, subgraphs: bool = Fa
     return state_out(_snap(st, th, checkpoint_id), thread_id)
 
 
-@router.post("/threads/{thread_id}/state/checkpoint", summary="Thread state at a checkpoint")
+@router.post("/threads/{thread_id}/state/checkpoint", summary="Thread state at a checkpoint", **returns(ThreadStateOut))
 def post_thread_state_at(thread_id: str, body: StateCheckpointRequest, st: ApiState = Depends(get_state),
                          p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """State as of ``checkpoint.checkpoint_id``."""
@@ -142,7 +155,8 @@ def post_thread_state_at(thread_id: str, body: StateCheckpointRequest, st: ApiSt
     return state_out(_snap(st, th, body.checkpoint.checkpoint_id), thread_id)
 
 
-@router.post("/threads/{thread_id}/state", summary="Update thread state (refused)", status_code=403)
+@router.post("/threads/{thread_id}/state", summary="Update thread state (refused)", status_code=403,
+             response_model=ErrorOut)
 def update_thread_state(thread_id: str, body: dict[str, Any] | None = None, st: ApiState = Depends(get_state),
                         p: Principal = Depends(get_principal)) -> dict[str, Any]:
     """Always refused (after the tenant check): direct state writes could bypass approval."""
@@ -151,7 +165,7 @@ def update_thread_state(thread_id: str, body: dict[str, Any] | None = None, st: 
                      "direct state updates are not allowed; start a run, or decide the pending approval")
 
 
-@router.post("/threads/{thread_id}/history", summary="Thread history")
+@router.post("/threads/{thread_id}/history", summary="Thread history", **returns(list[ThreadStateOut]))
 def thread_history(thread_id: str, body: HistoryRequest, st: ApiState = Depends(get_state),
                    p: Principal = Depends(get_principal)) -> list[dict[str, Any]]:
     """Checkpoints newest first."""
@@ -173,7 +187,7 @@ def thread_history(thread_id: str, body: HistoryRequest, st: ApiState = Depends(
     return [state_out(s, thread_id) for s in g.get_state_history(cfg, **kw)]
 
 
-@router.post("/threads/{thread_id}/replay", summary="Replay or fork from a checkpoint")
+@router.post("/threads/{thread_id}/replay", summary="Replay or fork from a checkpoint", **returns(ReplayOut))
 async def replay_thread(thread_id: str, body: ReplayBody, st: ApiState = Depends(get_state),
                         p: Principal = Depends(require_roles(*START_ROLES)),
                         cid: str = Depends(correlation_id)) -> dict[str, Any]:

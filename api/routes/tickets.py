@@ -8,14 +8,14 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends
 
 from api.deps import ApiState, correlation_id, get_state, require_roles
-from api.models import TicketCreate
+from api.models import TicketCreate, TicketOut, returns
 from api.services import START_ROLES, await_run, http_error, run_out, submit_run, wait_result
 from keel.principals import Principal
 
 router = APIRouter(tags=["tickets"])
 
 
-@router.post("/tickets", status_code=201, summary="Create a thread and run from a ticket")
+@router.post("/tickets", status_code=201, summary="Create a thread and run from a ticket", **returns(TicketOut, 201))
 async def create_ticket(body: TicketCreate, st: ApiState = Depends(get_state),
                         p: Principal = Depends(require_roles(*START_ROLES)),
                         cid: str = Depends(correlation_id)) -> dict[str, Any]:
