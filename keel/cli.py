@@ -284,6 +284,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rt.close()
 
 
+# -- retention ---------------------------------------------------------------------------
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete checkpoint history of finished runs (``keel/retention.py``); never a waiting run's."""
+    from keel.retention import prune
+
+    if args.ttl is None and not args.keep_latest:
+        raise CliError("give --ttl DAYS, --keep-latest or both")
+    if args.ttl is not None and args.ttl < 0:
+        raise CliError("--ttl: DAYS must not be negative")
+    rt = _runtime()
+    try:
+        report = prune(rt, ttl_days=args.ttl, keep_latest=args.keep_latest, dry_run=args.dry_run, tenant=args.tenant)
+        for line in report.lines():
+            print(("dry run: " if args.dry_run else "") + line)
+        return 0
+    finally:
+        rt.close()
+
+
 # -- entry point -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests and docs can inspect it)."""
@@ -326,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--from", dest="from_checkpoint", required=True)
     rp.add_argument("--fork", action="store_true", help="branch off the checkpoint instead of replaying it")
     rp.set_defaults(func=cmd_replay)
+
+    pr = sub.add_parser("prune", help="delete checkpoint history of finished runs (never of waiting ones)")
+    pr.add_argument("--ttl", type=float, metavar="DAYS", help="delete whole threads finished more than DAYS ago")
+    pr.add_argument("--keep-latest", action="store_true", help="keep only the latest checkpoint of finished threads")
+    pr.add_argument("--tenant", help="only this tenant's runs")
+    pr.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    pr.set_defaults(func=cmd_prune)
 
     try:
         from api.cli import register
