@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TokenBudgetExceeded",
-    "model_hook","ticket_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status",
+    "model_hook",
+    "ask_model","ticket_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status",
     "attempt_budget", "raise_if_infrastructure"]
 
 log = logging.getLogger("keel.nodes")
@@ -52,6 +53,24 @@ def raise_if_infrastructure(exc: BaseException) -> None:
         if any(c.__name__ in _INFRASTRUCTURE_ERRORS for c in type(e).__mro__):
             raise exc
         e = e.__cause__ or e.__context__
+
+
+def ask_model(rt: "Runtime", state: SupportState, task: str, call: Callable[[Callable[[Any], None]], Any]) -> tuple[Any, dict[str, Any] | None]:
+    """One gateway call for a node: ``(value, None)``, or ``(None, escalation update)``.
+
+    ``call`` receives the node's ``on_call`` hook (audit and token charge). A spent
+    token budget escalates ``budget_exceeded``; a model that fails or keeps returning
+    invalid output escalates ``model_unavailable``; a database outage is re-raised so the
+    worker retries the step.
+    """
+    try:
+        return call(model_hook(rt, state)), None
+    except TokenBudgetExceeded:
+        return None, escalation("budget_exceeded")
+    except Exception as e:  # ModelError and friends: never trust, never crash the run
+        raise_if_infrastructure(e)
+        audit(rt, state, "model_call", {"task": task, "error": type(e).__name__})
+        return None, escalation("model_unavailable")
 
 
 def attempt_budget(budget: dict[str, Any]) -> dict[str, Any]:

@@ -13,10 +13,7 @@ from typing import TYPE_CHECKING, Any
 from graphs.state import SupportState
 from guards.budgets import charge_tool_call, check
 from guards.injection import screen
-from nodes.common import (
-    TokenBudgetExceeded, allowlist, attempt_budget, audit, escalation, model_hook, raise_if_infrastructure, ticket_of,
-    tool_context, traced,
-)
+from nodes.common import allowlist, ask_model, attempt_budget, escalation, ticket_of, tool_context, traced
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -34,14 +31,9 @@ def retrieve_context(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     ticket = ticket_of(state)
     route = state["route"]
     tools = allowlist(rt, route)
-    try:
-        extraction = rt.gateway.extract(ticket, route, on_call=model_hook(rt, state))
-    except TokenBudgetExceeded:
-        return escalation("budget_exceeded")
-    except Exception as e:
-        raise_if_infrastructure(e)
-        audit(rt, state, "model_call", {"task": "extract", "error": type(e).__name__})
-        return escalation("model_unavailable")
+    extraction, stop = ask_model(rt, state, "extract", lambda hook: rt.gateway.extract(ticket, route, on_call=hook))
+    if stop is not None:
+        return stop
 
     budget = dict(state.get("budget") or {})
     evidence: list[dict[str, Any]] = []

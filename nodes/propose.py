@@ -14,9 +14,7 @@ from pydantic import ValidationError
 from graphs.state import SupportState
 from keel.plan import Plan, sign_plan
 from keel.types import ProposedAction
-from nodes.common import (
-    TokenBudgetExceeded, allowlist, audit, escalation, model_hook, raise_if_infrastructure, ticket_of, traced,
-)
+from nodes.common import allowlist, ask_model, audit, escalation, ticket_of, traced
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -75,26 +73,19 @@ def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     ticket = ticket_of(state)
     context = state.get("context") or {}
     tools = allowlist(rt, state["route"])
-    try:
-        proposal = rt.gateway.plan(
-            PlanningInput(
-                ticket=ticket,
-                route=state["route"],
-                extraction=state["extraction"],
-                allowlist=sorted(tools),
-                customer=context.get("customer"),
-                orders=context.get("orders") or [],
-                subscriptions=context.get("subscriptions") or [],
-                named_orders={k: v for k, v in (context.get("named_orders") or {}).items() if v is not None},
-            ),
-            on_call=model_hook(rt, state),
-        )
-    except TokenBudgetExceeded:
-        return escalation("budget_exceeded")
-    except Exception as e:
-        raise_if_infrastructure(e)
-        audit(rt, state, "model_call", {"task": "plan", "error": type(e).__name__})
-        return escalation("model_unavailable")
+    planning = PlanningInput(
+        ticket=ticket,
+        route=state["route"],
+        extraction=state["extraction"],
+        allowlist=sorted(tools),
+        customer=context.get("customer"),
+        orders=context.get("orders") or [],
+        subscriptions=context.get("subscriptions") or [],
+        named_orders={k: v for k, v in (context.get("named_orders") or {}).items() if v is not None},
+    )
+    proposal, stop = ask_model(rt, state, "plan", lambda hook: rt.gateway.plan(planning, on_call=hook))
+    if stop is not None:
+        return stop
     if not proposal.actions:
         return escalation("no_action_identified", evidence=[*state.get("evidence", []), {"planner": proposal.rationale}])
 

@@ -17,7 +17,7 @@ from graphs.state import SupportState
 from guards.budgets import new_budget
 from guards.injection import screen
 from keel.types import SIDE_EFFECT_OPERATIONS, Ticket
-from nodes.common import TokenBudgetExceeded, audit, escalation, model_hook, raise_if_infrastructure, record_status, traced
+from nodes.common import ask_model, audit, escalation, record_status, traced
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -49,14 +49,9 @@ def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dic
     state = {**state, **base, "ticket": ticket.model_dump()}
     record_status(rt, state, "running")
     shot = screen(f"{ticket.subject}\n{ticket.body}")
-    try:
-        result = rt.gateway.triage(ticket, on_call=model_hook(rt, state))
-    except TokenBudgetExceeded:
-        return {**base, "ticket": ticket.model_dump(), "route": "unknown", "confidence": 0.0, **escalation("budget_exceeded")}
-    except Exception as e:  # ModelError and friends: never trust, never crash the run
-        raise_if_infrastructure(e)
-        audit(rt, state, "route_decision", {"error": type(e).__name__})
-        return {**base, "ticket": ticket.model_dump(), "route": "unknown", "confidence": 0.0, **escalation("model_unavailable")}
+    result, stop = ask_model(rt, state, "triage", lambda hook: rt.gateway.triage(ticket, on_call=hook))
+    if stop is not None:
+        return {**base, "ticket": ticket.model_dump(), "route": "unknown", "confidence": 0.0, **stop}
 
     route, reasons = result.route, list(result.reason_codes)
     if route != "unknown" and result.confidence < rt.policy.router.min_confidence:
