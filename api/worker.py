@@ -209,7 +209,11 @@ class Worker:
 
         snap = graph.get_state({"configurable": {"thread_id": run["thread_id"]}})
         if snap.metadata and snap.metadata.get("run_id") == run["run_id"]:
-            if snap.interrupts or not snap.next:
+            # done only at an interrupt or with nothing left: a step whose task wrote its
+            # results but whose next checkpoint was lost (the database went away between
+            # the two) shows no ``next`` yet still has that task pending; resuming applies
+            # its saved writes and goes on
+            if snap.interrupts or (not snap.next and not snap.tasks):
                 return True, None, cfg
             log.info("run %s: resuming from checkpoint %s (next %s)", run["run_id"],
                      snap.config["configurable"].get("checkpoint_id"), list(snap.next))
