@@ -127,14 +127,14 @@ def build_linear(timer: NodeTimer, n: int = 6):
 # -- (ii) bare LangGraph, the support graph's topology ----------------------------------------
 def build_bare_support(timer: NodeTimer, updates: dict[str, dict[str, dict[str, Any]]],
                        work: Callable[[dict[str, Any], dict[str, Any]], None] | None = None):
-    """The support topology in plain StateGraph calls; node bodies replay recorded updates.
+    """The support topology (wired by keel's own ``wire_support_topology``) on a plain StateGraph; node bodies replay recorded updates.
 
     With ``work``, each body also calls ``work(state, update)`` (the control variant).
     """
-    from langgraph.graph import END, START, StateGraph
+    from langgraph.graph import StateGraph
 
     from graphs.state import SupportInput, SupportState
-    from graphs.support import NODES, _after_approval, _after_policy, _after_propose, _escalated_or
+    from graphs.support import wire_support_topology
 
     def replay(name: str) -> Callable:
         def body(state: SupportState) -> dict[str, Any]:
@@ -148,20 +148,7 @@ def build_bare_support(timer: NodeTimer, updates: dict[str, dict[str, dict[str, 
         body.__name__ = name
         return body
 
-    g = StateGraph(SupportState, input_schema=SupportInput)
-    for name in NODES:
-        g.add_node(name, timer.wrap(name, replay(name)))
-    g.add_edge(START, "triage")
-    g.add_conditional_edges("triage", _escalated_or("retrieve_context"), ["retrieve_context", "escalate_to_human"])
-    g.add_conditional_edges("retrieve_context", _escalated_or("propose_action"), ["propose_action", "escalate_to_human"])
-    g.add_conditional_edges("propose_action", _after_propose, ["policy_check", "complete", "escalate_to_human"])
-    g.add_conditional_edges("policy_check", _after_policy, ["await_approval", "execute_action", "escalate_to_human"])
-    g.add_conditional_edges("await_approval", _after_approval, ["execute_action", "complete", "escalate_to_human"])
-    g.add_conditional_edges("execute_action", _escalated_or("verify"), ["verify", "escalate_to_human"])
-    g.add_conditional_edges("verify", _escalated_or("complete"), ["complete", "escalate_to_human"])
-    g.add_edge("complete", END)
-    g.add_edge("escalate_to_human", END)
-    return g
+    return wire_support_topology(StateGraph(SupportState, input_schema=SupportInput), lambda name: timer.wrap(name, replay(name)))
 
 
 def generic_work(url: str) -> tuple[Callable[[dict[str, Any], dict[str, Any]], None], Any]:

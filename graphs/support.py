@@ -31,7 +31,7 @@ from nodes.verify import verify
 if TYPE_CHECKING:
     from keel.runtime import Runtime
 
-__all__ = ["build_support_graph", "NODES"]
+__all__ = ["build_support_graph", "wire_support_topology", "NODES", "BODIES"]
 
 NODES = (
     "triage",
@@ -45,6 +45,19 @@ NODES = (
     "escalate_to_human",
 )
 """Node names, in workflow order."""
+
+BODIES: dict[str, Callable] = {
+    "triage": triage,
+    "retrieve_context": retrieve_context,
+    "propose_action": propose_action,
+    "policy_check": policy_check,
+    "await_approval": await_approval,
+    "execute_action": execute_action,
+    "verify": verify,
+    "complete": complete,
+    "escalate_to_human": escalate_to_human,
+}
+"""Each node's function (taking ``rt=``), by name."""
 
 
 def _escalated_or(nxt: str) -> Callable[[SupportState], str]:
@@ -97,17 +110,17 @@ def build_support_graph(runtime: "Runtime | None" = None) -> StateGraph:
         lazy.__name__ = fn.__name__
         return lazy
 
-    g = StateGraph(SupportState, input_schema=SupportInput)
-    g.add_node("triage", bind(triage))
-    g.add_node("retrieve_context", bind(retrieve_context))
-    g.add_node("propose_action", bind(propose_action))
-    g.add_node("policy_check", bind(policy_check))
-    g.add_node("await_approval", bind(await_approval))
-    g.add_node("execute_action", bind(execute_action))
-    g.add_node("verify", bind(verify))
-    g.add_node("complete", bind(complete))
-    g.add_node("escalate_to_human", bind(escalate_to_human))
+    return wire_support_topology(StateGraph(SupportState, input_schema=SupportInput), lambda name: bind(BODIES[name]))
 
+
+def wire_support_topology(g: StateGraph, body: Callable[[str], Callable]) -> StateGraph:
+    """Add the support workflow's nodes and edges to ``g``; ``body(name)`` gives each node.
+
+    The one definition of the topology: the graph keel runs and the benchmark's bare
+    LangGraph twin (``bench/overhead.py``) are both wired here, so they cannot drift apart.
+    """
+    for name in NODES:
+        g.add_node(name, body(name))
     g.add_edge(START, "triage")
     g.add_conditional_edges("triage", _escalated_or("retrieve_context"), ["retrieve_context", "escalate_to_human"])
     g.add_conditional_edges("retrieve_context", _escalated_or("propose_action"), ["propose_action", "escalate_to_human"])
