@@ -121,7 +121,7 @@ def _install_nodes(runtime: Any) -> None:
     import graphs.support as gs
 
     for name in gs.NODES:
-        fn = getattr(gs, name)
+        fn = gs.BODIES[name]
         if getattr(fn, "_faults_wrapped", False):
             continue
 
@@ -141,7 +141,7 @@ def _install_nodes(runtime: Any) -> None:
             node._faults_wrapped = True  # type: ignore[attr-defined]
             return node
 
-        setattr(gs, name, wrap(fn))
+        gs.BODIES[name] = wrap(fn)  # the builder binds nodes from BODIES
 
 
 def _install_effects(runtime: Any) -> None:
