@@ -323,11 +323,10 @@ class RunQueue:
                         self._wake(rid)
                     while not self._listen_stop.is_set():
                         for n in conn.notifies(timeout=0.5):
-                            # a queued run, or an ended one (the thread's next queued run may
-                            # be due): one idle worker thread per process tries a claim
-                            self._wake_worker()
-                            if n.payload:
+                            if n.payload:  # a run ended: whoever waits on it
                                 self._wake(n.payload)
+                            else:  # a run is claimable: one idle worker thread per process tries
+                                self._wake_worker()
             except Exception:  # noqa: BLE001 - polling covers the gap; reconnect
                 log.warning("queue listener lost its connection; polling until it reconnects", exc_info=True)
             finally:
@@ -636,7 +635,8 @@ class RunQueue:
                     # withdrawn before any worker touched it: the graph still waits at the
                     # approval, so the plan is pending again and may be decided anew
                     tx.execute("DELETE FROM api_decisions WHERE thread_id = ? AND run_id = ?", (thread_id, run_id))
-                self._settle_thread(tx, thread_id, "interrupted" if decision else None)
+                if self._settle_thread(tx, thread_id, "interrupted" if decision else None) == "busy":
+                    self._signal(tx)  # a run queued behind it can go now
                 self._signal(tx, run_id)
             elif row["status"] == "running":
                 tx.execute("UPDATE api_runs SET cancel_requested = 1, updated_at = ? WHERE run_id = ?", (now, run_id))
@@ -727,8 +727,9 @@ class RunQueue:
             row = tx.fetchone("SELECT cancel_requested FROM api_runs WHERE run_id = ?", (run_id,))
         return n > 0, bool(row and row["cancel_requested"])
 
-    def _settle_thread(self, tx: Any, thread_id: str, thread_status: str | None) -> None:
-        """Set the thread's status after a run ended: busy while others wait, else ``thread_status``."""
+    def _settle_thread(self, tx: Any, thread_id: str, thread_status: str | None) -> str:
+        """Set the thread's status after a run ended: busy while others wait, else ``thread_status``;
+        returns the status set."""
         more = tx.fetchone(
             "SELECT run_id FROM api_runs WHERE thread_id = ? AND status IN ('pending', 'running') LIMIT 1", (thread_id,)
         )
@@ -747,6 +748,7 @@ class RunQueue:
                 prev["status"] if prev and prev["status"] not in ("busy",) else "idle"
             )
         tx.execute("UPDATE api_threads SET status = ?, updated_at = ? WHERE thread_id = ?", (status, iso_now(), thread_id))
+        return status
 
     def finish(
         self, run: dict[str, Any], worker_id: str, status: str, thread_status: str | None, error: str | None = None,
@@ -766,7 +768,8 @@ class RunQueue:
             if n:
                 tx.execute("UPDATE api_threads SET interrupts = ? WHERE thread_id = ?",
                            (_dumps(interrupts) if interrupts else None, run["thread_id"]))
-                self._settle_thread(tx, run["thread_id"], thread_status)
+                if self._settle_thread(tx, run["thread_id"], thread_status) == "busy":
+                    self._signal(tx)  # the thread's next queued run can go now
                 self._signal(tx, run["run_id"])
         self.notify(run["run_id"])
         return n > 0
@@ -792,7 +795,8 @@ class RunQueue:
                     " lease_expires_at = NULL, updated_at = ?, finished_at = ? WHERE run_id = ?",
                     (retries, error, now, now, run["run_id"]),
                 )
-                self._settle_thread(tx, run["thread_id"], "error")
+                if self._settle_thread(tx, run["thread_id"], "error") == "busy":
+                    self._signal(tx)
                 self._signal(tx, run["run_id"])
                 status = "dead"
             else:

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -209,6 +209,11 @@ class Runtime:
         """SqliteSaver by default, PostgresSaver on Postgres; ``setup()`` done once."""
         if self.db.is_postgres:
             saver = _fenced_saver_class()(self.db.pool)
+            # PostgresSaver serializes all its queries behind one lock, which guards a single
+            # shared connection; keel hands it a pool (a connection per caller), so the lock
+            # would only make a process's worker and request threads wait for each other's
+            # checkpoint reads and writes
+            saver.lock = nullcontext()
         else:
             from langgraph.checkpoint.sqlite import SqliteSaver
 
