@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import ApiState, RateLimiter, correlation_var, sane_request_id
+from api.deps import ApiState, correlation_var, sane_request_id
 from api.queue import RunQueue
+from api.ratelimit import rate_limiter
 
 __all__ = ["create_app", "DEFAULT_RATE_PER_MINUTE", "DEFAULT_MAX_BODY_BYTES", "MAX_JSON_DEPTH"]
 
@@ -184,7 +185,7 @@ def create_app(
 ) -> FastAPI:
     """The keel API around ``runtime`` (its database also holds the run queue)."""
     queue = RunQueue(runtime.db).setup()
-    state = ApiState(runtime=runtime, queue=queue, limiter=RateLimiter(rate_per_minute), max_body_bytes=max_body_bytes)
+    state = ApiState(runtime=runtime, queue=queue, limiter=rate_limiter(runtime.db, rate_per_minute), max_body_bytes=max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -230,6 +231,8 @@ def create_app(
         return JSONResponse({"detail": reasons, "code": "invalid_request", "reason": summary, "request_id": _cid(request)},
                             status_code=422)
 
+    _Unavailable = _unavailable_errors()
+
     try:
         from psycopg import DataError as _PgDataError
     except ImportError:  # pragma: no cover
@@ -241,6 +244,18 @@ def create_app(
             # a value the database cannot store (NUL bytes, out-of-range numbers): the input's fault
             return JSONResponse({"detail": "a value in the request cannot be stored (e.g. NUL characters)",
                                  "code": "invalid_value", "request_id": _cid(request)}, status_code=422)
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # the database is restarting, overloaded (pool exhausted) or chose this transaction
+        # as a deadlock victim: the open transaction was rolled back, and keel's writes are
+        # idempotent or keyed (decisions, run submissions), so the client's retry is safe
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return JSONResponse({"detail": "the database is briefly unavailable; retry the request",
+                             "code": "unavailable", "request_id": _cid(request)},
+                            status_code=503, headers={"Retry-After": "1"})
+
+    for err in _Unavailable:
+        app.add_exception_handler(err, unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -263,6 +278,17 @@ def create_app(
     return app
 
 
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the database cannot serve this now", answered 503 + Retry-After:
+    psycopg's ``OperationalError`` (connection lost, server restarting, deadlock victim,
+    serialization failure) and the pool's ``PoolTimeout``/``TooManyRequests``, its subclasses."""
+    try:
+        from psycopg import OperationalError
+    except ImportError:  # pragma: no cover - Postgres driver missing
+        return ()
+    return (OperationalError,)
+
+
 _SECURITY_SCHEMES = {
     "ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
     "Bearer": {"type": "http", "scheme": "bearer"},
@@ -277,7 +303,7 @@ def _document_errors(doc: dict[str, Any]) -> None:
     """Add to each operation of the OpenAPI document the error responses it can give (all
     shaped :class:`api.models.ErrorOut`) and the API-key security schemes.
 
-    401/403/429 where a key is needed, 404 where an id is named, 409 on writes, 413 and 400
+    401/403/429/503 where a key is needed, 404 where an id is named, 409 on writes, 413 and 400
     where a body is read, 422 wherever input is validated (FastAPI's default 422 schema
     does not match keel's error body, which is replaced).
     """
@@ -298,14 +324,15 @@ def _document_errors(doc: dict[str, Any]) -> None:
     reasons = {400: "Body is not valid JSON", 401: "Missing, unknown or revoked API key",
                403: "Not allowed for this key (role, tenant or separation of duties)",
                404: "Not found (another tenant's resource looks missing)", 409: "Conflicts with the current state",
-               413: "Request body too large", 422: "Invalid input", 429: "Rate limit exceeded (see Retry-After)"}
+               413: "Request body too large", 422: "Invalid input", 429: "Rate limit exceeded (see Retry-After)",
+               503: "Database briefly unavailable; retry (see Retry-After)"}
     ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
     for path, ops in doc.get("paths", {}).items():
         for method, op in ops.items():
             writes = method in ("post", "put", "patch", "delete")
             codes = set()
             if authed.get((path, method)):
-                codes |= {401, 403, 429}
+                codes |= {401, 403, 429, 503}  # the key is looked up in the database
                 op["security"] = [{"ApiKey": []}, {"Bearer": []}]
             if "{" in path or any(p.get("name", "").endswith("_id") for p in op.get("parameters", [])):
                 codes.add(404)

@@ -4,8 +4,8 @@
   sends) or ``Authorization: Bearer KEY``, looked up hashed in keel's principal store.
   A principal is bound to one tenant and one role; every route filters by its tenant,
   so another tenant's thread looks exactly like a missing one (404).
-* Rate limit: a token bucket per key in this process (so N servers allow up to N times
-  the rate; put a shared limiter in front for a hard global cap).
+* Rate limit: per API key, after authentication (:mod:`api.ratelimit`): one budget
+  shared by every server on Postgres, a bucket in the process on embedded SQLite.
 * Correlation id: ``X-Request-ID`` if sane, else generated; echoed on the response,
   stored on runs (and from there in checkpoint metadata, audit rows and traces) and
   added to every log line through :class:`CorrelationFilter`.
@@ -21,18 +21,20 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from fastapi import Depends, HTTPException, Request
 
 from keel.principals import Principal
+
+if TYPE_CHECKING:
+    from api.ratelimit import RateLimiter
 
 __all__ = [
     "correlation_var",
     "CorrelationFilter",
     "configure_logging",
     "ApiState",
-    "RateLimiter",
     "get_state",
     "get_runtime",
     "get_queue",
@@ -81,30 +83,6 @@ def configure_logging(level: str = "INFO") -> None:
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [cid=%(correlation_id)s] %(message)s"))
     root.addHandler(h)
     root.setLevel(getattr(logging, str(level).upper(), logging.INFO))
-
-
-class RateLimiter:
-    """Token buckets keyed by API-key digest: ``per_minute`` sustained, ``burst`` at once."""
-
-    def __init__(self, per_minute: float, burst: int | None = None) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(burst if burst is not None else max(1, int(per_minute)))
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key: str) -> float:
-        """Spend one token; 0.0 if allowed, else seconds until one is available."""
-        if self.rate <= 0:
-            return 0.0
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
 
 
 @dataclass

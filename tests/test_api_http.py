@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 
 import psycopg
@@ -108,22 +109,80 @@ def test_bad_input_never_5xx(client, w):
         assert 400 <= r.status_code < 500, (path, r.status_code, r.text)
 
 
+@pytest.mark.parametrize("error", ["deadlock", "pool_timeout", "connection_lost"])
+def test_database_unavailable_is_503_with_retry_after(client, w, monkeypatch, error):
+    """A database that cannot serve the request right now (deadlock victim, pool exhausted,
+    server gone) gives 503 + Retry-After and a reason, not an anonymous 500; the client's
+    retry then succeeds."""
+    import psycopg
+    import psycopg_pool
+
+    exc = {"deadlock": psycopg.errors.DeadlockDetected("deadlock detected"),
+           "pool_timeout": psycopg_pool.PoolTimeout("couldn't get a connection after 30.00 sec"),
+           "connection_lost": psycopg.OperationalError("server closed the connection unexpectedly")}[error]
+    queue = client.app.state.keel.queue
+    real = queue.search_threads
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc
+        return real(*a, **k)
+
+    monkeypatch.setattr(queue, "search_threads", flaky)
+    r = client.post("/threads/search", json={}, headers=w.req)
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["code"] == "unavailable" and "retry" in r.json()["detail"]
+    assert "deadlock" not in r.text and "30.00" not in r.text and "server closed" not in r.text
+    assert client.post("/threads/search", json={}, headers=w.req).status_code == 200
+
+
 def test_request_size_limit(client, w):
     big = {"ticket": {**w.tickets["T-1"], "body": "x" * 19_000}, "metadata": {"pad": "y" * 250_000}}
     r = client.post("/tickets", json=big, headers=w.req)
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
 
 
-def test_rate_limit_per_key(api_runtime, w):
+def test_rate_limit_per_key_is_shared_by_every_server(api_runtime, w):
+    """Two servers on one Postgres enforce one budget per key (not one each): 5 a minute
+    means 5 in total, whichever server answers; other keys are not affected."""
     from api.app import create_app
+    from api.ratelimit import SharedRateLimiter
 
-    app = create_app(api_runtime, embedded_worker=False, rate_per_minute=5)
-    with TestClient(app) as c:
-        codes = [c.post("/assistants/search", json={}, headers=w.req).status_code for _ in range(7)]
-        assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
-        assert c.post("/assistants/search", json={}, headers=w.appr).status_code == 200  # per key
-        r = c.post("/assistants/search", json={}, headers=w.req)
-        assert int(r.headers["retry-after"]) >= 1
+    a = create_app(api_runtime, embedded_worker=False, rate_per_minute=5)
+    b = create_app(api_runtime, embedded_worker=False, rate_per_minute=5)
+    assert isinstance(a.state.keel.limiter, SharedRateLimiter)
+    with TestClient(a) as ca, TestClient(b) as cb:
+        codes = [(ca, cb)[i % 2].post("/assistants/search", json={}, headers=w.req).status_code for i in range(7)]
+        assert codes[:5] == [200] * 5 and codes[5:] == [429, 429], codes
+        assert cb.post("/assistants/search", json={}, headers=w.appr).status_code == 200  # per key
+        r = ca.post("/assistants/search", json={}, headers=w.req)
+        assert r.status_code == 429 and r.json()["code"] == "rate_limited"
+        assert 1 <= int(r.headers["retry-after"]) <= 13  # one request every 12 s
+
+
+def test_shared_rate_limit_refills_and_serializes_concurrent_requests(api_runtime):
+    """The GCRA row refills at the sustained rate, and concurrent takes of one key from
+    many threads never allow more than the burst."""
+    import threading
+
+    from api.ratelimit import SharedRateLimiter
+
+    lim = SharedRateLimiter(api_runtime.db.pool, per_minute=60, burst=10).setup()  # one a second
+    key = uuid.uuid4().hex
+    got: list[float] = []
+    threads = [threading.Thread(target=lambda: got.extend(lim.take(key) for _ in range(3))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    allowed = [g for g in got if g == 0.0]
+    assert 10 <= len(allowed) <= 11, got  # the burst (plus at most one refilled while they ran)
+    assert all(0 < g <= 1.0 for g in got if g), got  # the next slot is at most a second away
+    time.sleep(1.05)
+    assert lim.take(key) == 0.0  # refilled
 
 
 def test_openapi_document(client):

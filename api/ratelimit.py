@@ -1,0 +1,118 @@
+"""Per-key rate limits: one budget per API key across every ``keel serve`` process.
+
+Both limiters implement GCRA (the generic cell rate algorithm, a token bucket kept as one
+"theoretical arrival time" per key): ``per_minute`` requests a minute sustained, up to
+``burst`` at once. :meth:`take` spends one request and returns 0.0, or the seconds until
+the next request would be allowed (the ``Retry-After`` of a 429).
+
+* :class:`LocalRateLimiter` keeps the state in this process: the embedded SQLite server
+  (one process by construction) and tests.
+* :class:`SharedRateLimiter` keeps it in one Postgres row per key, updated by a single
+  ``INSERT … ON CONFLICT DO UPDATE`` on the database's clock, so N servers behind a load
+  balancer enforce one limit, not N (a row lock serializes a key's concurrent requests;
+  different keys never wait for each other). Hand-written rather than a library: the
+  registry's rate-limit packages keep their state in process memory or Redis, and keel's
+  only shared store is Postgres; the algorithm is one statement.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Protocol
+
+__all__ = ["RateLimiter", "LocalRateLimiter", "SharedRateLimiter", "rate_limiter"]
+
+_LOCK_ID = 72616521
+"""The advisory lock the API's schema set-up serializes on (shared with the run queue)."""
+
+
+class RateLimiter(Protocol):
+    """What the auth dependency needs from a limiter."""
+
+    rate: float
+    """Requests per second sustained; 0 or less turns limiting off."""
+
+    def take(self, key: str) -> float:
+        """Spend one request of ``key``; 0.0 if allowed, else seconds until one is."""
+        ...
+
+
+class LocalRateLimiter:
+    """GCRA per key in this process's memory (state per key: one float)."""
+
+    def __init__(self, per_minute: float, burst: int | None = None) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = burst if burst is not None else max(1, int(per_minute))
+        self._tat: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        if self.rate <= 0:
+            return 0.0
+        step = 1.0 / self.rate
+        tolerance = (self.burst - 1) * step
+        now = time.monotonic()
+        with self._lock:
+            tat = max(self._tat.get(key, now), now)
+            if tat - now > tolerance:
+                return tat - now - tolerance
+            if len(self._tat) > 100_000:  # keys are authenticated first; bound memory anyway
+                self._tat = {k: v for k, v in self._tat.items() if v > now}
+            self._tat[key] = tat + step
+            return 0.0
+
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS api_rate_limits (
+  key_digest TEXT PRIMARY KEY,
+  tat DOUBLE PRECISION NOT NULL,
+  allowed BOOLEAN NOT NULL
+)
+"""
+
+# GCRA in one statement: ``now`` is the database's clock (the same for every server),
+# SET expressions read the row as it was, so ``allowed`` and ``tat`` decide together
+_TAKE = """
+INSERT INTO api_rate_limits AS r (key_digest, tat, allowed)
+VALUES (%(key)s, EXTRACT(EPOCH FROM now())::float8 + %(step)s, TRUE)
+ON CONFLICT (key_digest) DO UPDATE SET
+  allowed = r.tat - EXTRACT(EPOCH FROM now())::float8 <= %(tolerance)s,
+  tat = CASE WHEN r.tat - EXTRACT(EPOCH FROM now())::float8 <= %(tolerance)s
+             THEN GREATEST(r.tat, EXTRACT(EPOCH FROM now())::float8) + %(step)s
+             ELSE r.tat END
+RETURNING allowed, r.tat - EXTRACT(EPOCH FROM now())::float8 - %(tolerance)s AS wait
+"""
+
+
+class SharedRateLimiter:
+    """GCRA per key in Postgres: one limit for all servers (see the module docstring)."""
+
+    def __init__(self, pool: Any, per_minute: float, burst: int | None = None) -> None:
+        self.pool = pool
+        self.rate = per_minute / 60.0
+        self.burst = burst if burst is not None else max(1, int(per_minute))
+
+    def setup(self) -> "SharedRateLimiter":
+        with self.pool.connection() as conn:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+                conn.execute(_DDL)
+        return self
+
+    def take(self, key: str) -> float:
+        if self.rate <= 0:
+            return 0.0
+        step = 1.0 / self.rate
+        params = {"key": key, "step": step, "tolerance": (self.burst - 1) * step}
+        with self.pool.connection() as conn:
+            row = conn.execute(_TAKE, params).fetchone()
+        allowed, wait = (row["allowed"], row["wait"]) if isinstance(row, dict) else row
+        return 0.0 if allowed else max(float(wait), 0.001)
+
+
+def rate_limiter(db: Any, per_minute: float, burst: int | None = None) -> RateLimiter:
+    """The limiter for ``db``: shared on Postgres (any number of servers), local on SQLite."""
+    if getattr(db, "is_postgres", False):
+        return SharedRateLimiter(db.pool, per_minute, burst).setup()
+    return LocalRateLimiter(per_minute, burst)
