@@ -113,7 +113,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     cells = [[fmt(v) for v in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    num = [all(isinstance(r[i], (int, float)) for r in rows) and rows for i in range(len(headers))]
+    num = [bool(rows) and all(isinstance(r[i], (int, float)) or r[i] == "-" for r in rows)
+           and any(isinstance(r[i], (int, float)) for r in rows) for i in range(len(headers))]
     line = lambda vals: "| " + " | ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, num)) + " |"  # noqa: E731
     sep = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, num)) + "|"
     return "\n".join([line(list(headers)), sep, *(line(r) for r in cells)])

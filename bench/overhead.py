@@ -61,7 +61,6 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, TypedDict
 from unittest import mock
@@ -188,10 +187,10 @@ def build_keel_support(rt: Any, timer: NodeTimer):
     """keel's own builder (``graphs.support.build_support_graph``) with each node function timed."""
     import graphs.support as gs
 
-    with ExitStack() as stack:
-        for name in gs.NODES:
-            stack.enter_context(mock.patch.object(gs, name, timer.wrap(name, getattr(gs, name))))
-        return gs.build_support_graph(runtime=rt)
+    timed = {name: timer.wrap(name, fn) for name, fn in gs.BODIES.items()}
+    with mock.patch.dict(gs.BODIES, timed):
+        g = gs.build_support_graph(runtime=rt)
+    return g
 
 
 def same_topology(a: Any, b: Any) -> bool:
@@ -330,12 +329,13 @@ def same_work(url: str, bare: Variant, keel: Variant, durability: str, cycles: i
     cb, sb = langgraph_calls(bare, durability, runs)
     ck, sk = langgraph_calls(keel, durability, runs)
     differ = [k for k in set(cb) | set(ck) if abs(cb.get(k, 0.0) - ck.get(k, 0.0)) > 1e-9]
-    print(f"\nsame LangGraph work? {runs} runs of each under cProfile (durability={durability}): "
+    print(f"\nSame LangGraph work? {runs} runs of each under cProfile (durability={durability}): "
           f"{sum(cb.values()):.1f} LangGraph function calls per step in bare-support, {sum(ck.values()):.1f} in "
-          f"keel-support; functions whose calls per step differ: {len(differ)}")
+          f"keel-support; functions whose calls per step differ: {len(differ)}\n")
     for key in sorted(differ):
-        print(f"  {key[1]} ({key[0]}): {cb.get(key, 0.0):.2f} vs {ck.get(key, 0.0):.2f} calls per step")
+        print(f"- `{key[1]}` ({key[0]}): {cb.get(key, 0.0):.2f} vs {ck.get(key, 0.0):.2f} calls per step")
     b, k = checkpoint_bytes(url, bare.threads, sb), checkpoint_bytes(url, keel.threads, sk)
+    print()
     print(table(["checkpoint store, per step", "bare-support", "keel-support"], [[n, b[n], k[n]] for n in b]))
 
 
@@ -383,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             inp, conf, _want = keel_input()
             keel_graph.invoke(inp, {"configurable": {"thread_id": str(uuid.uuid4()), **conf}}, durability="sync")
         updates, keel_timer.capture = keel_timer.capture, None
+        assert set(updates) == set(AUTO_TICKETS), "keel's node functions were not wrapped (graphs.support.BODIES)"
         replay_tickets = [{"ticket": next(iter(updates[t].values()))["ticket"]} for t in AUTO_TICKETS]
 
         bare_timer = NodeTimer()
