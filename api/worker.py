@@ -207,8 +207,10 @@ class Worker:
         """``(already_done, input, config)`` for this attempt, decided from the checkpoint store."""
         from langgraph.types import Command
 
-        snap = graph.get_state({"configurable": {"thread_id": run["thread_id"]}})
-        if snap.metadata and snap.metadata.get("run_id") == run["run_id"]:
+        # only a run claimed before (a dead worker, an expired lease, a transient failure,
+        # an admin retry) can have progressed; on its first claim there is nothing to read
+        snap = graph.get_state({"configurable": {"thread_id": run["thread_id"]}}) if run["attempts"] > 1 else None
+        if snap is not None and snap.metadata and snap.metadata.get("run_id") == run["run_id"]:
             # done only at an interrupt or with nothing left: a step whose task wrote its
             # results but whose next checkpoint was lost (the database went away between
             # the two) shows no ``next`` yet still has that task pending; resuming applies

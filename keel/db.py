@@ -41,6 +41,11 @@ class Tx(Protocol):
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """All rows as dicts."""
 
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a statement whose row count is not needed. On Postgres it is queued and
+        travels with the next read or the commit (one round trip for both); its error,
+        if any, is raised there."""
+
 
 class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -59,27 +64,50 @@ class _SqliteTx:
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self._c.execute(sql, tuple(params)).fetchall()]
 
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.execute(sql, params)
+
+
+def _pg(sql: str) -> str:
+    return _QMARK.sub("%s", sql.replace("%", "%%"))
+
+
+@contextmanager
+def _integrity() -> Iterator[None]:
+    """psycopg's constraint errors as keel's engine-neutral :class:`IntegrityError`."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.errors.IntegrityError as e:
+        raise IntegrityError(str(e).splitlines()[0]) from None
+
 
 class _PgTx:
-    def __init__(self, conn: Any) -> None:
+    """A transaction in pipeline mode: ``BEGIN`` travels with the first statement and
+    :meth:`write` statements with the next read or the ``COMMIT``, so a read-then-write
+    transaction (an audit append) costs two round trips instead of five."""
+
+    def __init__(self, conn: Any, pipeline: Any) -> None:
         self._c = conn
+        self._p = pipeline
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        import psycopg
-
-        try:
-            cur = self._c.execute(_QMARK.sub("%s", sql.replace("%", "%%")), tuple(params))
-        except psycopg.errors.IntegrityError as e:
-            raise IntegrityError(str(e).splitlines()[0]) from None
+        with _integrity():
+            cur = self._c.execute(_pg(sql), tuple(params))
+            self._p.sync()  # the row count (and any error) now, as callers expect
         return cur.rowcount
 
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._c.execute(_pg(sql), tuple(params))
+
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        cur = self._c.execute(_QMARK.sub("%s", sql.replace("%", "%%")), tuple(params))
-        return cur.fetchone()
+        with _integrity():
+            return self._c.execute(_pg(sql), tuple(params)).fetchone()
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        cur = self._c.execute(_QMARK.sub("%s", sql.replace("%", "%%")), tuple(params))
-        return list(cur.fetchall())
+        with _integrity():
+            return list(self._c.execute(_pg(sql), tuple(params)).fetchall())
 
 
 def _alive(conn: Any) -> bool:
@@ -176,9 +204,9 @@ class Database:
     def transaction(self) -> Iterator[Tx]:
         """An all-or-nothing unit of work."""
         if self.is_postgres:
-            with self._pool.connection() as conn:
-                with conn.transaction():
-                    yield _PgTx(conn)
+            with self._pool.connection() as conn, _integrity():
+                with conn.pipeline() as pipeline, conn.transaction():
+                    yield _PgTx(conn, pipeline)
         else:
             conn = self._sqlite()
             conn.execute("BEGIN IMMEDIATE")

@@ -257,12 +257,18 @@ class LeaseLost(Exception):
     transient = False
 
 
-_FENCE_SQL = "SELECT 1 AS owned FROM api_runs WHERE run_id = %s AND lease_owner = %s AND status = 'running' FOR SHARE"
+_FENCE_SQL = (
+    "SELECT 1 / (SELECT COUNT(*) FROM (SELECT 1 FROM api_runs WHERE run_id = %s AND lease_owner = %s"
+    " AND status = 'running' FOR SHARE) AS owned) AS owned"
+)
+"""Locks the run row FOR SHARE if this worker still owns the lease, else fails the
+transaction (division by zero: no row), so no write queued after it can commit."""
 
 
 @functools.lru_cache(maxsize=1)
 def _fenced_saver_class() -> type:
     from langgraph.checkpoint.postgres import PostgresSaver, _internal
+    from psycopg.errors import DivisionByZero
     from psycopg.rows import dict_row
 
     class LeaseFencedSaver(PostgresSaver):
@@ -306,15 +312,18 @@ def _fenced_saver_class() -> type:
                 with super()._cursor(pipeline=pipeline) as cur:
                     yield cur
                 return
-            with self.lock, _internal.get_connection(self.conn) as conn, ExitStack() as stack:
-                if self.supports_pipeline:
-                    stack.enter_context(conn.pipeline())  # the writes after the check: one round trip
-                stack.enter_context(conn.transaction())
-                cur = stack.enter_context(conn.cursor(binary=True, row_factory=dict_row))
-                cur.execute(_FENCE_SQL, key)
-                if cur.fetchone() is None:
-                    raise LeaseLost(f"run {key[0]}: lease no longer held by {key[1]}")
-                yield cur
+            try:
+                with self.lock, _internal.get_connection(self.conn) as conn, ExitStack() as stack:
+                    if self.supports_pipeline:
+                        # the check and the writes after it: one round trip; the check fails
+                        # the transaction with an error rather than returning a row to test
+                        stack.enter_context(conn.pipeline())
+                    stack.enter_context(conn.transaction())
+                    cur = stack.enter_context(conn.cursor(binary=True, row_factory=dict_row))
+                    cur.execute(_FENCE_SQL, key)
+                    yield cur
+            except DivisionByZero:
+                raise LeaseLost(f"run {key[0]}: lease no longer held by {key[1]}") from None
 
     return LeaseFencedSaver
 

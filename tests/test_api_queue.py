@@ -164,3 +164,47 @@ def test_backoff_is_exponential_with_jitter():
         ds = [backoff_delay(retry, 1.0, 30.0, rnd) for _ in range(200)]
         assert all(exp / 2 <= d <= exp for d in ds)
         assert max(ds) - min(ds) > exp / 4  # jittered, not constant
+
+
+def test_checkpoint_writes_of_a_run_commit_only_under_its_lease(client, keys, api_runtime):
+    """The lease fence on the checkpointer: the lease owner's checkpoint and pending writes
+    commit; a worker that lost the lease gets ``LeaseLost`` and nothing it sent is stored."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from keel.runtime import LeaseLost
+
+    h = keys["req"]
+    tid = _thread(client, h)
+    run = client.post(f"/threads/{tid}/runs", json={"assistant_id": "toy_slow", "input": {"sleep": 0},
+                                                    "after_seconds": 600}, headers=h).json()
+    rid = run["run_id"]
+    with api_runtime.db.transaction() as tx:  # as if worker w-1 had claimed it
+        tx.execute("UPDATE api_runs SET status = 'running', lease_owner = 'w-1', lease_expires_at = ? WHERE run_id = ?",
+                   (time.time() + 600, rid))
+    saver = api_runtime.checkpointer
+
+    def rows() -> tuple[int, int]:
+        with api_runtime.db.transaction() as tx:
+            return (tx.fetchone("SELECT COUNT(*) AS n FROM checkpoints WHERE thread_id = ?", (tid,))["n"],
+                    tx.fetchone("SELECT COUNT(*) AS n FROM checkpoint_writes WHERE thread_id = ?", (tid,))["n"])
+
+    def config(owner: str) -> dict:
+        return {"configurable": {"thread_id": tid, "checkpoint_ns": ""}, "metadata": {"run_id": rid, "lease_owner": owner}}
+
+    try:
+        cfg = saver.put(config("w-1"), empty_checkpoint(), {"source": "input", "step": -1}, {})
+        saver.put_writes({**cfg, "metadata": config("w-1")["metadata"]}, [("x", 1)], "task-1")
+        assert rows() == (1, 1)
+        with pytest.raises(LeaseLost):
+            saver.put(config("w-2"), empty_checkpoint(), {"source": "loop", "step": 0}, {})
+        with pytest.raises(LeaseLost):
+            saver.put_writes({**cfg, "metadata": config("w-2")["metadata"]}, [("y", 2)], "task-2")
+        assert rows() == (1, 1)
+        with api_runtime.db.transaction() as tx:  # the lease expired and another worker holds it
+            tx.execute("UPDATE api_runs SET lease_owner = 'w-2' WHERE run_id = ?", (rid,))
+        with pytest.raises(LeaseLost):
+            saver.put(config("w-1"), empty_checkpoint(), {"source": "loop", "step": 0}, {})
+        assert rows() == (1, 1)
+    finally:
+        with api_runtime.db.transaction() as tx:
+            tx.execute("UPDATE api_runs SET status = 'success', lease_owner = NULL WHERE run_id = ?", (rid,))
