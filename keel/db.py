@@ -42,9 +42,7 @@ class Tx(Protocol):
         """All rows as dicts."""
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Run a statement whose row count is not needed. On Postgres it is queued and
-        travels with the next read or the commit (one round trip for both); its error,
-        if any, is raised there."""
+        """Run a statement whose row count is not needed."""
 
 
 class _SqliteTx:
@@ -84,22 +82,15 @@ def _integrity() -> Iterator[None]:
 
 
 class _PgTx:
-    """A transaction in pipeline mode: ``BEGIN`` travels with the first statement and
-    :meth:`write` statements with the next read or the ``COMMIT``, so a read-then-write
-    transaction (an audit append) costs two round trips instead of five."""
-
-    def __init__(self, conn: Any, pipeline: Any) -> None:
+    def __init__(self, conn: Any) -> None:
         self._c = conn
-        self._p = pipeline
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with _integrity():
-            cur = self._c.execute(_pg(sql), tuple(params))
-            self._p.sync()  # the row count (and any error) now, as callers expect
-        return cur.rowcount
+            return self._c.execute(_pg(sql), tuple(params)).rowcount
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._c.execute(_pg(sql), tuple(params))
+        self.execute(sql, params)
 
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         with _integrity():
@@ -204,9 +195,12 @@ class Database:
     def transaction(self) -> Iterator[Tx]:
         """An all-or-nothing unit of work."""
         if self.is_postgres:
+            # not in pipeline mode: measured here, entering and syncing a pipeline costs
+            # more CPU and wall time than the BEGIN and COMMIT round trips it saves on
+            # loopback (0.55 against 0.35 ms for a one-read transaction)
             with self._pool.connection() as conn, _integrity():
-                with conn.pipeline() as pipeline, conn.transaction():
-                    yield _PgTx(conn, pipeline)
+                with conn.transaction():
+                    yield _PgTx(conn)
         else:
             conn = self._sqlite()
             conn.execute("BEGIN IMMEDIATE")
