@@ -14,6 +14,7 @@ import re
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -231,31 +232,22 @@ def create_app(
         return JSONResponse({"detail": reasons, "code": "invalid_request", "reason": summary, "request_id": _cid(request)},
                             status_code=422)
 
-    _Unavailable = _unavailable_errors()
+    @app.exception_handler(psycopg.DataError)
+    async def data_error(request: Request, exc: Exception) -> JSONResponse:
+        # a value the database cannot store (NUL bytes, out-of-range numbers): the input's fault
+        return JSONResponse({"detail": "a value in the request cannot be stored (e.g. NUL characters)",
+                             "code": "invalid_value", "request_id": _cid(request)}, status_code=422)
 
-    try:
-        from psycopg import DataError as _PgDataError
-    except ImportError:  # pragma: no cover
-        _PgDataError = None
-
-    if _PgDataError is not None:
-        @app.exception_handler(_PgDataError)
-        async def data_error(request: Request, exc: Exception) -> JSONResponse:
-            # a value the database cannot store (NUL bytes, out-of-range numbers): the input's fault
-            return JSONResponse({"detail": "a value in the request cannot be stored (e.g. NUL characters)",
-                                 "code": "invalid_value", "request_id": _cid(request)}, status_code=422)
-
+    @app.exception_handler(psycopg.OperationalError)
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        # the database is restarting, overloaded (pool exhausted) or chose this transaction
-        # as a deadlock victim: the open transaction was rolled back, and keel's writes are
-        # idempotent or keyed (decisions, run submissions), so the client's retry is safe
+        # the database is restarting, overloaded (the pool's PoolTimeout) or chose this
+        # transaction as a deadlock victim (all psycopg OperationalErrors): the open
+        # transaction was rolled back, and keel's writes are idempotent or keyed
+        # (decisions, run submissions), so the client's retry is safe
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         return JSONResponse({"detail": "the database is briefly unavailable; retry the request",
                              "code": "unavailable", "request_id": _cid(request)},
                             status_code=503, headers={"Retry-After": "1"})
-
-    for err in _Unavailable:
-        app.add_exception_handler(err, unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -276,17 +268,6 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_RequestContext, max_body=max_body_bytes)  # type: ignore[arg-type]
     return app
-
-
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "the database cannot serve this now", answered 503 + Retry-After:
-    psycopg's ``OperationalError`` (connection lost, server restarting, deadlock victim,
-    serialization failure) and the pool's ``PoolTimeout``/``TooManyRequests``, its subclasses."""
-    try:
-        from psycopg import OperationalError
-    except ImportError:  # pragma: no cover - Postgres driver missing
-        return ()
-    return (OperationalError,)
 
 
 _SECURITY_SCHEMES = {

@@ -819,7 +819,7 @@ class RunQueue:
         seq = start_seq
         with self.db.transaction() as tx:
             for event, data in events:
-                tx.write(
+                tx.execute(
                     "INSERT INTO api_run_events (run_id, seq, event, data) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (run_id, seq) DO NOTHING",
                     (run_id, seq, event, _dumps(data)),

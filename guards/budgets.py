@@ -153,7 +153,7 @@ class TenantTokenBudget:
         t = self.TABLE
         with self.db.transaction() as tx:
             if allow_overdraft:
-                tx.write(
+                tx.execute(
                     f"INSERT INTO {t} (tenant, day, tokens) VALUES (?, ?, ?) "
                     f"ON CONFLICT (tenant, day) DO UPDATE SET tokens = {t}.tokens + excluded.tokens",
                     (tenant, day, tokens),

@@ -162,10 +162,10 @@ class AuditLog:
             }
             row_hash = _row_hash(prev, body)
             if head:
-                tx.write("UPDATE audit_head SET seq = ?, row_hash = ? WHERE tenant = ?", (seq, row_hash, tenant))
+                tx.execute("UPDATE audit_head SET seq = ?, row_hash = ? WHERE tenant = ?", (seq, row_hash, tenant))
             else:
-                tx.write("INSERT INTO audit_head (tenant, seq, row_hash) VALUES (?, ?, ?)", (tenant, seq, row_hash))
-            tx.write(
+                tx.execute("INSERT INTO audit_head (tenant, seq, row_hash) VALUES (?, ?, ?)", (tenant, seq, row_hash))
+            tx.execute(
                 "INSERT INTO audit_log (tenant, seq, thread_id, kind, actor, at, correlation_id, data, prev_hash, row_hash)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tenant, seq, thread_id, kind, actor, at_s, correlation_id, canonical_json(payload), prev, row_hash),

@@ -41,9 +41,6 @@ class Tx(Protocol):
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """All rows as dicts."""
 
-    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Run a statement whose row count is not needed."""
-
 
 class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -61,9 +58,6 @@ class _SqliteTx:
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self._c.execute(sql, tuple(params)).fetchall()]
-
-    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.execute(sql, params)
 
 
 def _pg(sql: str) -> str:
@@ -88,9 +82,6 @@ class _PgTx:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with _integrity():
             return self._c.execute(_pg(sql), tuple(params)).rowcount
-
-    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.execute(sql, params)
 
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         with _integrity():

@@ -54,7 +54,7 @@ class ThreadIndex:
         """Insert or update a run's row."""
         now = datetime.now(timezone.utc).isoformat()
         with self.db.transaction() as tx:
-            tx.write(
+            tx.execute(
                 "INSERT INTO run_index (thread_id, tenant, ticket_id, requester, route, status, plan_hash, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET"
                 " status = excluded.status, route = COALESCE(excluded.route, run_index.route),"
