@@ -16,7 +16,7 @@ import pytest
 
 from support.api_fixtures import api_pg_url  # noqa: F401
 from support.api_helpers import (
-    ROOT, demo_tickets, free_port, keel, keel_env, keel_key, load_demo, new_tenant, spawn, stop, wait_ok,
+    ROOT, demo_tickets, free_port, keel, keel_env, keel_key, load_demo, new_tenant, spawn, stop, wait_ok, wait_worker,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -41,8 +41,8 @@ def cluster(pg_url, tmp_path_factory):
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         for u, s in zip(urls, servers):
             wait_ok(u, proc=s)
-        time.sleep(0.5)
-        assert all(w.poll() is None for w in workers), (tmp / "worker0.log").read_text()[-3000:]
+        for i, w in enumerate(workers):
+            wait_worker(tmp / f"worker{i}.log", w)
         from keel.config import Settings
         from keel.runtime import Runtime
 

@@ -92,6 +92,17 @@ def keel_key(env: dict[str, str], tenant: str, role: str, user: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def wait_worker(log: Path, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    """Until the ``keel worker`` writing ``log`` prints its banner (its threads poll the
+    queue): under load a worker can take seconds to import and set up."""
+    deadline = time.monotonic() + timeout
+    while "keel worker:" not in (log.read_text() if log.exists() else ""):
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        assert time.monotonic() < deadline, f"worker not ready after {timeout:.0f}s: {log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
 def spawn(env: dict[str, str], *args: str, log: Path | None = None) -> subprocess.Popen:
     """Start ``python -m keel.cli ARGS`` in the background (output to ``log``)."""
     f = open(log, "w") if log else subprocess.DEVNULL
