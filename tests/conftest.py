@@ -15,9 +15,8 @@ PG_ADMIN_URL = os.environ.get("KEEL_TEST_PG_URL", "postgresql://postgres@127.0.0
 """Server (and maintenance database) where each test run creates its own database."""
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """URL of a fresh Postgres database ``keel_t_<hex>`` for this test run, dropped at the end.
+def _own_database(prefix: str) -> Iterator[str]:
+    """URL of a fresh Postgres database ``<prefix>_<hex>``, dropped afterwards.
 
     Skips when the server is unreachable, except in CI (``CI=true``), where that fails.
     """
@@ -27,7 +26,7 @@ def pg_url() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is required in CI but unreachable: {type(e).__name__}")
         pytest.skip("PostgreSQL server unreachable")
-    name = f"keel_t_{secrets.token_hex(6)}"
+    name = f"{prefix}_{secrets.token_hex(6)}"
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
@@ -36,3 +35,17 @@ def pg_url() -> Iterator[str]:
         # a new connection: the fault suite restarts the server during the session
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=10) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a fresh Postgres database ``keel_t_<hex>`` for this test run, dropped at the end."""
+    yield from _own_database("keel_t")
+
+
+@pytest.fixture(scope="session")
+def faults_pg_url() -> Iterator[str]:
+    """A second database of this run for the fault suite's cluster: its worker processes
+    live for the whole session and claim every queued run of their database, so no other
+    test's runs may share it."""
+    yield from _own_database("keel_tf")

@@ -54,7 +54,7 @@ def _get(client: httpx.Client, url: str, key: str) -> httpx.Response | str:
         return f"{type(e).__name__} after {time.monotonic() - t0:.1f}s"
 
 
-def test_postgres_restart_with_50_runs_in_flight(faults_cluster, pg_url):
+def test_postgres_restart_with_50_runs_in_flight(faults_cluster, faults_pg_url):
     c = faults_cluster
     c.wait_workers_ready()
     workers, servers = list(c.worker_pids()), [s.pid for s in c.servers]
@@ -80,7 +80,7 @@ def test_postgres_restart_with_50_runs_in_flight(faults_cluster, pg_url):
     in_flight = c.count("SELECT COUNT(*) FROM api_runs WHERE tenant IN (%s, %s) AND status IN ('pending', 'running')",
                         tenants[0].name, tenants[1].name)
     assert in_flight >= RUNS // 2, in_flight
-    took = _restart_postgres(pg_url)
+    took = _restart_postgres(faults_pg_url)
     back = time.monotonic()
     # this process's pool only holds connections the restart cut: none of them is lent out
     assert c.rt.backoffice.get_order(tenants[0].name, "O-5001") is not None

@@ -414,9 +414,10 @@ def _fixture():
     import pytest
 
     @pytest.fixture(scope="session")
-    def faults_cluster(pg_url, tmp_path_factory):
-        """The shared fault cluster (see :func:`get_cluster`); stopped at session end."""
-        c = get_cluster(pg_url, tmp_path_factory.mktemp("faults"))
+    def faults_cluster(faults_pg_url, tmp_path_factory):
+        """The shared fault cluster (see :func:`get_cluster`) on a database of its own;
+        stopped at session end."""
+        c = get_cluster(faults_pg_url, tmp_path_factory.mktemp("faults"))
         yield c
         close_cluster()
 
