@@ -12,6 +12,7 @@ PostgreSQL (``INSERT … ON CONFLICT``, ``TEXT``, ``INTEGER``/``BIGINT``).
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import select
 import sqlite3
@@ -204,11 +205,31 @@ class Database:
                 conn.execute("COMMIT")
 
     def executescript(self, sql: str) -> None:
-        """Run DDL statements separated by ``;`` in one transaction."""
+        """Run DDL statements separated by ``;`` in one transaction, once per database.
+
+        On Postgres a script already applied (its SHA-256 is in ``keel_schema``) is skipped:
+        ``CREATE INDEX IF NOT EXISTS`` takes a SHARE lock on its table *before* it finds
+        the index there, so a process starting next to live traffic (a worker replacing a
+        dead one) would block every writer of the table and could deadlock with them.
+        """
+        digest = hashlib.sha256(sql.encode()).hexdigest()
+        if self.is_postgres and self._applied(digest):
+            return
         with self.transaction() as tx:
             for stmt in (s.strip() for s in sql.split(";")):
                 if stmt:
                     tx.execute(stmt)
+            if self.is_postgres:
+                tx.execute("CREATE TABLE IF NOT EXISTS keel_schema (digest TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+                tx.execute("INSERT INTO keel_schema (digest, applied_at) VALUES (?, now()::text) ON CONFLICT DO NOTHING",
+                           (digest,))
+
+    def _applied(self, digest: str) -> bool:
+        """Whether a script with this digest was applied (a plain read: no table locks)."""
+        with self._pool.connection() as conn:
+            if conn.execute("SELECT to_regclass('keel_schema') AS t").fetchone()["t"] is None:
+                return False
+            return conn.execute("SELECT 1 FROM keel_schema WHERE digest = %s", (digest,)).fetchone() is not None
 
     def close(self) -> None:
         """Release connections."""

@@ -208,3 +208,34 @@ def test_checkpoint_writes_of_a_run_commit_only_under_its_lease(client, keys, ap
     finally:
         with api_runtime.db.transaction() as tx:
             tx.execute("UPDATE api_runs SET status = 'success', lease_owner = NULL WHERE run_id = ?", (rid,))
+
+
+def test_setup_next_to_live_writes_takes_no_table_lock(api_runtime):
+    """A process starting (a worker replacing a dead one) runs the schema set-up while
+    other transactions write: once the schema is there, set-up must not wait for them
+    (``CREATE INDEX IF NOT EXISTS`` would take a SHARE lock first and, waiting, deadlock
+    with writers that then touch a table it already locked)."""
+    import threading
+
+    import psycopg
+
+    from api.queue import RunQueue
+    from keel.audit import AuditLog
+
+    RunQueue(api_runtime.db).setup()
+    url = api_runtime.db.url
+    with psycopg.connect(url) as writer:  # an open write transaction on api_runs and audit_log
+        writer.execute("UPDATE api_runs SET updated_at = updated_at WHERE run_id = 'none'")
+        writer.execute("LOCK TABLE api_runs, audit_log IN ROW EXCLUSIVE MODE")
+        done = threading.Event()
+
+        def setup() -> None:
+            RunQueue(api_runtime.db).setup()
+            AuditLog(api_runtime.db).setup()
+            done.set()
+
+        t = threading.Thread(target=setup, daemon=True)
+        t.start()
+        assert done.wait(10), "schema set-up waited for a writer's transaction"
+        writer.rollback()
+    t.join(10)
