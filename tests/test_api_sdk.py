@@ -106,3 +106,52 @@ def test_sdk_background_join_stream_and_busy(live, world):
     req.threads.delete(tid2)
     with pytest.raises(httpx.HTTPStatusError):
         req.threads.get(tid2)
+
+
+def test_sdk_stateless_runs(live, world, api_runtime):
+    """``runs.wait/create/stream(None, …)`` run on a thread created for them, kept (with
+    its approval, when the plan needs one) and scoped to the caller's tenant; a request
+    keel refuses leaves no thread behind."""
+    tenant, keys, tickets = world
+    req = get_sync_client(url=live, api_key=keys["req"])
+    appr = get_sync_client(url=live, api_key=keys["appr"])
+    threads_before = len(req.threads.search(limit=1000))
+
+    out = req.runs.wait(None, "support", input={"ticket": tickets["T-1"]})
+    assert out["status"] == "completed" and out["ticket"]["id"] == tickets["T-1"]["id"]
+
+    # an approval-required ticket: the new thread waits, and the approval is decided on it
+    seen: list[dict] = []
+    state = req.runs.wait(None, "support", input={"ticket": tickets["T-8"]}, on_run_created=seen.append)
+    intr = state["__interrupt__"][0]["value"]
+    tid = seen[0]["thread_id"]
+    assert req.threads.get(tid)["status"] == "interrupted"
+    refunds = api_runtime.backoffice.count_rows("refunds", tenant)
+    final = appr.runs.wait(tid, "support", command={"resume": {"decision": "approve", "plan_hash": intr["plan_hash"]}})
+    assert final["status"] == "completed"
+    assert api_runtime.backoffice.count_rows("refunds", tenant) == refunds + 1
+
+    run = req.runs.create(None, "support", input={"ticket": tickets["T-5"]})
+    assert req.runs.join(run["thread_id"], run["run_id"])["status"] in ("completed", "escalated")
+    parts = list(req.runs.stream(None, "support", input={"ticket": tickets["T-10"]}, stream_mode="updates"))
+    assert parts[0].event == "metadata" and any(p.event == "updates" and "triage" in p.data for p in parts)
+    assert len(req.threads.search(limit=1000)) == threads_before + 4
+
+    # refused: another tenant sees none of these threads; bad requests leave no thread
+    other = get_sync_client(url=live, api_key=keys["other_req"])
+    with pytest.raises(httpx.HTTPStatusError) as e:
+        other.threads.get(tid)
+    assert e.value.response.status_code == 404
+    t1 = {"ticket": tickets["T-1"]}
+    refused = [(req, {"input": t1, "on_completion": "delete"}, 422), (req, {"input": t1, "checkpoint_id": "x"}, 422),
+               (appr, {"input": t1}, 403),  # an approver starts no runs
+               (appr, {"command": {"resume": {"decision": "approve", "plan_hash": "0" * 64}}}, 409)]  # nothing pending
+    for client, kwargs, code in refused:
+        with pytest.raises(httpx.HTTPStatusError) as e:
+            client.runs.wait(None, "support", **kwargs)
+        assert e.value.response.status_code == code, (kwargs, e.value.response.text)
+    with pytest.raises(httpx.HTTPStatusError) as e:
+        req.runs.wait(None, "support", input={"ticket": {"id": "T-x"}})
+    assert e.value.response.status_code == 422
+    assert len(req.threads.search(limit=1000)) == threads_before + 4
+    assert len(appr.threads.search(limit=1000)) == threads_before + 4

@@ -1,4 +1,5 @@
-"""Runs on a thread: background create, wait, SSE stream, get, list, cancel, join.
+"""Runs on a thread: background create, wait, SSE stream, get, list, cancel, join; and
+the same three creates on a new thread (langgraph-sdk's stateless ``runs.*(None, …)``).
 
 Runs are queued (see :mod:`api.queue`) and executed by workers, possibly in other
 processes; ``wait``/``join`` poll the run's row, and streams tail the events the worker
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any, AsyncIterator
 
 from anyio import to_thread
@@ -71,8 +73,6 @@ def _create(st: ApiState, p: Principal, thread_id: str, body: RunCreate, cid: st
 
 
 def _uuid_or_422(v: str) -> str:
-    import uuid
-
     try:
         return str(uuid.UUID(v))
     except ValueError:
@@ -163,6 +163,60 @@ async def stream_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get
     return StreamingResponse(
         _tail(st, run, run["stream_mode"]), media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "Content-Location": f"/threads/{thread_id}/runs/{run['run_id']}"},
+    )
+
+
+# -- stateless runs: langgraph-sdk's ``runs.*(None, …)`` -------------------------------------
+def _create_stateless(st: ApiState, p: Principal, body: RunCreate, cid: str,
+                      default_modes: list[str]) -> tuple[dict[str, Any], str]:
+    """A run on a new thread of the caller's tenant; ``(run, thread_id)``.
+
+    keel keeps the thread when the run ends (``on_completion`` ``keep``): it is the run's
+    record, the approval it may wait for lives on it, and ``keel prune`` is the retention
+    policy. A request that fails validation leaves no thread behind."""
+    if body.on_completion == "delete":
+        raise http_error(422, "unsupported", "keel keeps every run's thread (its record, and where its approval "
+                         "waits): send on_completion 'keep' or omit it; `keel prune` removes finished threads")
+    if body.checkpoint is not None or body.checkpoint_id is not None:
+        raise http_error(422, "invalid_request", "a stateless run starts on a new thread: it has no checkpoint")
+    th, _ = st.queue.create_thread(p.tenant, p.user_id, thread_id=str(uuid.uuid4()))
+    try:
+        run, _ = _create(st, p, th["thread_id"], body, cid, default_modes)
+    except HTTPException:
+        st.queue.delete_thread(p.tenant, th["thread_id"])
+        raise
+    return run, th["thread_id"]
+
+
+@router.post("/runs", summary="Create a background run on a new thread", **returns(RunOut))
+def create_stateless_run(body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
+                         cid: str = Depends(correlation_id)) -> dict[str, Any]:
+    """Like ``POST /threads/{id}/runs`` on a thread created for it (its id is in the run)."""
+    run, _ = _create_stateless(st, p, body, cid, ["values"])
+    return run_out(run)
+
+
+@router.post("/runs/wait", summary="Run on a new thread and wait for its output", **returns(dict[str, Any]))
+async def wait_stateless_run(body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
+                             cid: str = Depends(correlation_id)) -> StreamingResponse:
+    """The new thread's final values (with ``__interrupt__`` when it pauses for approval);
+    ``Content-Location`` names the thread and run."""
+    run, tid = await to_thread.run_sync(_create_stateless, st, p, body, cid, [])
+    return StreamingResponse(
+        _wait_body(st, run), media_type="application/json",
+        headers={"Content-Location": f"/threads/{tid}/runs/{run['run_id']}", "X-Run-ID": run["run_id"]},
+    )
+
+
+@router.post("/runs/stream", summary="Run on a new thread and stream it (SSE)", response_class=_EventStream,
+             responses=_SSE)
+async def stream_stateless_run(body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
+                               cid: str = Depends(correlation_id)) -> StreamingResponse:
+    """Server-sent events of a run on a new thread, as ``POST /threads/{id}/runs/stream``."""
+    run, tid = await to_thread.run_sync(_create_stateless, st, p, body, cid, ["values"])
+    return StreamingResponse(
+        _tail(st, run, run["stream_mode"]), media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "Content-Location": f"/threads/{tid}/runs/{run['run_id']}"},
     )
 
 
