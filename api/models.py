@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from keel.audit import AuditRow
 from keel.types import Ticket
 
 __all__ = [
@@ -233,17 +234,8 @@ class DecisionOut(_Out):
     run: RunOut
 
 
-class AuditRowOut(_Out):
-    seq: int
-    tenant: str
-    thread_id: str | None
-    kind: str
-    actor: str
-    at: str
-    correlation_id: str | None
-    data: dict[str, Any]
-    prev_hash: str
-    row_hash: str
+class AuditRowOut(AuditRow, _Out):
+    """An audit row as stored (:class:`keel.audit.AuditRow`)."""
 
 
 class AuditPage(_Out):

@@ -120,6 +120,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(list(headers)), sep, *(line(r) for r in cells)])
 
 
+RESULTS = ROOT / "bench" / "results"
+"""Where benchmarks write their JSON results (ignored by git)."""
+
+
+def finish(out: dict[str, Any], path: str, report: Any, t0: float) -> int:
+    """Add the machine, versions and wall time to ``out``, print ``report(out)`` and write
+    both to ``path`` as JSON; the exit status of a benchmark's ``main``."""
+    out.update(machine=machine(), nproc=os.cpu_count(), versions=versions(), wall_s=round(time.monotonic() - t0, 1))
+    text = report(out)
+    print(text)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({**out, "table": text}, indent=2))
+    return 0
+
+
 def machine() -> str:
     """One line naming the machine: cores, CPU model, Python, Postgres server version."""
     model = "unknown CPU"

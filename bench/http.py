@@ -60,11 +60,10 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from bench.common import (
-    AUTO_TICKETS, PG_ADMIN_URL, ROOT, keel_runtime, load_tenant, machine, pg_version, scratch_database, summary,
-    table, versions,
+    AUTO_TICKETS, PG_ADMIN_URL, RESULTS, ROOT, finish, keel_runtime, load_tenant, pg_version, scratch_database,
+    summary, table,
 )
 
-RESULTS = ROOT / "bench" / "results"
 NOW_ENV = "2026-11-25T12:00:00Z"
 SIGNING_KEY = "bench-key"
 APPROVAL_TICKETS = ("T-8", "T-14", "T-21", "T-23", "T-6")
@@ -658,15 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     t0 = time.monotonic()
     out = asyncio.run(run(args))
-    out.update(machine=machine(), nproc=os.cpu_count(), versions=versions(),
-               settings={k: getattr(args, k) for k in ("seconds", "warmup", "workers", "clients", "approvals",
-                                                       "background", "worker_concurrency", "quick")},
-               wall_s=round(time.monotonic() - t0, 1))
-    text = report(out)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({**out, "table": text}, indent=2))
-    return 0
+    out["settings"] = {k: getattr(args, k) for k in ("seconds", "warmup", "workers", "clients", "approvals",
+                                                     "background", "worker_concurrency", "quick")}
+    return finish(out, args.out, report, t0)
 
 
 if __name__ == "__main__":

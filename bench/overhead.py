@@ -66,11 +66,10 @@ from typing import Any, Callable, TypedDict
 from unittest import mock
 
 from bench.common import (
-    AUTO_TICKETS, PG_ADMIN_URL, ROOT, keel_runtime, load_tenant, machine, pg_version, scratch_database,
+    AUTO_TICKETS, PG_ADMIN_URL, RESULTS, ROOT, keel_runtime, load_tenant, machine, pg_version, scratch_database,
     summary, table, versions,
 )
 
-RESULTS = ROOT / "bench" / "results"
 
 
 # -- node timing ---------------------------------------------------------------------------

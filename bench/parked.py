@@ -42,7 +42,6 @@ Writes ``bench/results/parked.json`` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -56,11 +55,10 @@ from typing import Any
 
 import httpx
 
-from bench.common import AUTO_TICKETS, PG_ADMIN_URL, ROOT, keel_runtime, load_tenant, machine, pg_version, \
-    scratch_database, summary, table, versions
+from bench.common import PG_ADMIN_URL, RESULTS, ROOT, finish, keel_runtime, load_tenant, \
+    pg_version, scratch_database, summary, table
 from bench.http import NOW_ENV, SIGNING_KEY, Procs, _cpu_s, _free_port, _rss_mb
 
-RESULTS = ROOT / "bench" / "results"
 TENANT = "parked"
 PARK_TICKETS = ("T-8", "T-14", "T-21", "T-23", "T-6")
 """Demo tickets that stop at the approval interrupt (and complete once approved)."""
@@ -402,12 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.monotonic()
     out = run(args)
-    out.update(machine=machine(), nproc=os.cpu_count(), versions=versions(), wall_s=round(time.monotonic() - t0, 1))
-    text = report(out)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({**out, "table": text}, indent=2))
-    return 0
+    return finish(out, args.out, report, t0)
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ _SCRIPT_PHRASES: dict[str, list[str]] = {
     "role_claim": [
         rf"(?<!\w)(?:ты|вы) (?:теперь|сейчас|отныне)(?!\w){_G}(?:администратор|админ|разработчик|руководител|менеджер|бот|ассистент|агент|без ограничений|режим)",
         rf"(?<!\w)теперь (?:ты|вы)(?!\w){_G}(?:администратор|админ|разработчик|руководител|менеджер|бот|ассистент|агент|без ограничений|режим)",
-        rf"(?<!\w)я (?:ваш |твой )?(?:администратор|разработчик|руководитель|менеджер поддержки|сотрудник поддержки)",
+        r"(?<!\w)я (?:ваш |твой )?(?:администратор|разработчик|руководитель|менеджер поддержки|сотрудник поддержки)",
         r"(?:你现在是|你現在是|从现在起你是|從現在起你是|你已进入|你已進入|我是(?:你的)?(?:管理员|管理員|开发者|開發者|主管|客服主管))",
         r"(?:经理|經理|主管|管理员|管理員|老板|老闆)(?:已经|已經|已)(?:批准|同意|授权|授權)",
         rf"(?:あなたは(?:今|いま)から|今からあなたは|あなたは今){_G}(?:管理者|開発者|制限|モード|ボット|アシスタント)",
@@ -370,9 +370,10 @@ def _excerpt(text: str, m: re.Match[str]) -> str:
     return re.sub(r"\d", "#", text[max(0, m.start() - 10) : m.end() + 10].strip()[:80])
 
 
-def _match_phrases(words: str, found: dict[str, str]) -> None:
-    """Record the first match of every signal not already found."""
-    for signal, patterns in _COMPILED.items():
+def _match_phrases(words: str, found: dict[str, str], table: dict[str, list[re.Pattern[str]]] | None = None) -> None:
+    """Record the first match of every signal of ``table`` (default: the phrase patterns)
+    not already found."""
+    for signal, patterns in (_COMPILED if table is None else table).items():
         if signal in found:
             continue
         for pattern in patterns:
@@ -391,15 +392,7 @@ _MARKERS_RE += [re.compile(_fold(p)) for p in _SCRIPT_MARKERS]
 
 def _match_scripts(folded: str, found: dict[str, str]) -> None:
     """Like :func:`_match_phrases`, for the other-script patterns on the folded text."""
-    text = re.sub(r"\s+", " ", folded)
-    for signal, patterns in _SCRIPT_COMPILED.items():
-        if signal in found:
-            continue
-        for pattern in patterns:
-            m = pattern.search(text)
-            if m:
-                found[signal] = _excerpt(text, m)
-                break
+    _match_phrases(re.sub(r"\s+", " ", folded), found, _SCRIPT_COMPILED)
 
 
 def _decoded_text(raw: bytes) -> str | None:

@@ -560,7 +560,6 @@ class PolicyEngine:
         return decision
 
     def _read(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
-        args = action.args
         rec.ok("read", "read only, owned records: execute")
         return "execute"
 

@@ -122,7 +122,6 @@ def test_expired_lease_is_taken_over_and_resumed(client, keys, api_runtime):
     h = keys["req"]
     tid = _thread(client, h)
     q = RunQueue(api_runtime.db)
-    ghost_stop = client.app.state.keel  # noqa: F841 - the embedded workers keep running
     run = client.post(f"/threads/{tid}/runs", json={"assistant_id": "toy_slow", "input": {"sleep": 0},
                                                     "after_seconds": 0.3}, headers=h).json()
     # the ghost wins the claim (the embedded workers only see the run once it is due)

@@ -109,7 +109,9 @@ def spawn(env: dict[str, str], *args: str, log: Path | None = None) -> subproces
     return subprocess.Popen([sys.executable, "-m", "keel.cli", *args], env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
 
-def stop(*procs: subprocess.Popen) -> None:
+def stop(*procs: Any) -> None:
+    """SIGTERM, then SIGKILL what is still alive after 10 s (``Popen`` or anything shaped
+    like it)."""
     for p in procs:
         if p.poll() is None:
             p.terminate()

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 
-from support.api_helpers import ROOT, demo_fixtures, demo_tickets, free_port, keel_env, wait_ok
+from support.api_helpers import ROOT, demo_fixtures, demo_tickets, free_port, keel_env, stop, wait_ok
 
 LEASE_S = 2.0
 """Worker lease: a SIGKILLed worker's run is claimable again after this."""
@@ -186,19 +186,6 @@ class Zygote:
         self._log.close()
 
 
-def stop_procs(*procs: Any) -> None:
-    """SIGTERM, then SIGKILL what is still alive after 10 s."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
-
-
 class Cluster:
     """Servers and workers (processes of their own) with the fault hooks, plus an in-process runtime."""
 
@@ -324,7 +311,7 @@ class Cluster:
         try:
             self.rt.close()
         finally:
-            stop_procs(*self.servers, *self.workers)
+            stop(*self.servers, *self.workers)
             self.zygote.close()
 
     # -- faults ------------------------------------------------------------------------
