@@ -107,15 +107,20 @@ async def _wait_body(st: ApiState, run: dict[str, Any]) -> AsyncIterator[bytes]:
     yield json.dumps(result, default=str).encode()
 
 
+def _waiting(st: ApiState, run: dict[str, Any]) -> StreamingResponse:
+    """The response of a ``wait``: the run's output; ``Content-Location`` names the run."""
+    return StreamingResponse(
+        _wait_body(st, run), media_type="application/json",
+        headers={"Content-Location": f"/threads/{run['thread_id']}/runs/{run['run_id']}", "X-Run-ID": run["run_id"]},
+    )
+
+
 @router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output", **returns(dict[str, Any]))
 async def wait_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state),
                    p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> StreamingResponse:
     """The thread's final values (with ``__interrupt__`` when it pauses for approval)."""
     run, _ = await to_thread.run_sync(_create, st, p, thread_id, body, cid, [])
-    return StreamingResponse(
-        _wait_body(st, run), media_type="application/json",
-        headers={"Content-Location": f"/threads/{thread_id}/runs/{run['run_id']}", "X-Run-ID": run["run_id"]},
-    )
+    return _waiting(st, run)
 
 
 def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
@@ -154,22 +159,26 @@ async def _tail(st: ApiState, run: dict[str, Any], modes: list[str] | None, afte
         yield _sse("error", {"error": final["status"], "message": final["error"] or final["status"]})
 
 
+def _streaming(st: ApiState, run: dict[str, Any]) -> StreamingResponse:
+    """The response of a ``stream``: the run's SSE; ``Content-Location`` names the run."""
+    return StreamingResponse(
+        _tail(st, run, run["stream_mode"]), media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "Content-Location": f"/threads/{run['thread_id']}/runs/{run['run_id']}"},
+    )
+
+
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", response_class=_EventStream,
              responses=_SSE)
 async def stream_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state),
                      p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> StreamingResponse:
     """Server-sent events: ``metadata``, then ``values`` and/or ``updates`` per step."""
     run, _ = await to_thread.run_sync(_create, st, p, thread_id, body, cid, ["values"])
-    return StreamingResponse(
-        _tail(st, run, run["stream_mode"]), media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "Content-Location": f"/threads/{thread_id}/runs/{run['run_id']}"},
-    )
+    return _streaming(st, run)
 
 
 # -- stateless runs: langgraph-sdk's ``runs.*(None, …)`` -------------------------------------
-def _create_stateless(st: ApiState, p: Principal, body: RunCreate, cid: str,
-                      default_modes: list[str]) -> tuple[dict[str, Any], str]:
-    """A run on a new thread of the caller's tenant; ``(run, thread_id)``.
+def _create_stateless(st: ApiState, p: Principal, body: RunCreate, cid: str, default_modes: list[str]) -> dict[str, Any]:
+    """A run on a new thread of the caller's tenant (``run["thread_id"]``).
 
     keel keeps the thread when the run ends (``on_completion`` ``keep``): it is the run's
     record, the approval it may wait for lives on it, and ``keel prune`` is the retention
@@ -185,15 +194,14 @@ def _create_stateless(st: ApiState, p: Principal, body: RunCreate, cid: str,
     except HTTPException:
         st.queue.delete_thread(p.tenant, th["thread_id"])
         raise
-    return run, th["thread_id"]
+    return run
 
 
 @router.post("/runs", summary="Create a background run on a new thread", **returns(RunOut))
 def create_stateless_run(body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
                          cid: str = Depends(correlation_id)) -> dict[str, Any]:
     """Like ``POST /threads/{id}/runs`` on a thread created for it (its id is in the run)."""
-    run, _ = _create_stateless(st, p, body, cid, ["values"])
-    return run_out(run)
+    return run_out(_create_stateless(st, p, body, cid, ["values"]))
 
 
 @router.post("/runs/wait", summary="Run on a new thread and wait for its output", **returns(dict[str, Any]))
@@ -201,11 +209,7 @@ async def wait_stateless_run(body: RunCreate, st: ApiState = Depends(get_state),
                              cid: str = Depends(correlation_id)) -> StreamingResponse:
     """The new thread's final values (with ``__interrupt__`` when it pauses for approval);
     ``Content-Location`` names the thread and run."""
-    run, tid = await to_thread.run_sync(_create_stateless, st, p, body, cid, [])
-    return StreamingResponse(
-        _wait_body(st, run), media_type="application/json",
-        headers={"Content-Location": f"/threads/{tid}/runs/{run['run_id']}", "X-Run-ID": run["run_id"]},
-    )
+    return _waiting(st, await to_thread.run_sync(_create_stateless, st, p, body, cid, []))
 
 
 @router.post("/runs/stream", summary="Run on a new thread and stream it (SSE)", response_class=_EventStream,
@@ -213,11 +217,7 @@ async def wait_stateless_run(body: RunCreate, st: ApiState = Depends(get_state),
 async def stream_stateless_run(body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
                                cid: str = Depends(correlation_id)) -> StreamingResponse:
     """Server-sent events of a run on a new thread, as ``POST /threads/{id}/runs/stream``."""
-    run, tid = await to_thread.run_sync(_create_stateless, st, p, body, cid, ["values"])
-    return StreamingResponse(
-        _tail(st, run, run["stream_mode"]), media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "Content-Location": f"/threads/{tid}/runs/{run['run_id']}"},
-    )
+    return _streaming(st, await to_thread.run_sync(_create_stateless, st, p, body, cid, ["values"]))
 
 
 @router.get("/threads/{thread_id}/runs", summary="List runs", **returns(list[RunOut]))
