@@ -381,9 +381,8 @@ class RunQueue:
 
     def get_thread(self, tenant: str, thread_id: str) -> dict[str, Any] | None:
         """The tenant's thread, or None (another tenant's thread is None too)."""
-        with self.db.transaction() as tx:
-            row = tx.fetchone("SELECT * FROM api_threads WHERE thread_id = ? AND tenant = ?", (thread_id, tenant))
-        return _thread(row)
+        return _thread(self.db.fetchone("SELECT * FROM api_threads WHERE thread_id = ? AND tenant = ?",
+                                        (thread_id, tenant)))
 
     def search_threads(
         self,
@@ -557,21 +556,16 @@ class RunQueue:
 
     def get_run(self, tenant: str, thread_id: str, run_id: str) -> dict[str, Any] | None:
         """The run, if it belongs to the tenant's thread."""
-        with self.db.transaction() as tx:
-            row = tx.fetchone(
-                "SELECT * FROM api_runs WHERE run_id = ? AND thread_id = ? AND tenant = ?", (run_id, thread_id, tenant)
-            )
-        return _run(row)
+        return _run(self.db.fetchone("SELECT * FROM api_runs WHERE run_id = ? AND thread_id = ? AND tenant = ?",
+                                     (run_id, thread_id, tenant)))
 
     def get_run_any(self, run_id: str) -> dict[str, Any] | None:
         """A run by id regardless of tenant (workers only)."""
-        with self.db.transaction() as tx:
-            return _run(tx.fetchone("SELECT * FROM api_runs WHERE run_id = ?", (run_id,)))
+        return _run(self.db.fetchone("SELECT * FROM api_runs WHERE run_id = ?", (run_id,)))
 
     def run_status(self, run_id: str) -> str | None:
         """Just the status (cheap poll)."""
-        with self.db.transaction() as tx:
-            row = tx.fetchone("SELECT status FROM api_runs WHERE run_id = ?", (run_id,))
+        row = self.db.fetchone("SELECT status FROM api_runs WHERE run_id = ?", (run_id,))
         return row["status"] if row else None
 
     def list_runs(
@@ -816,22 +810,21 @@ class RunQueue:
         Conflicting seqs (a resumed run re-emitting) are ignored so a reader never sees
         an event twice.
         """
-        seq = start_seq
-        with self.db.transaction() as tx:
-            for event, data in events:
-                tx.execute(
-                    "INSERT INTO api_run_events (run_id, seq, event, data) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (run_id, seq) DO NOTHING",
-                    (run_id, seq, event, _dumps(data)),
-                )
-                seq += 1
+        sql = "INSERT INTO api_run_events (run_id, seq, event, data) VALUES (?, ?, ?, ?) ON CONFLICT (run_id, seq) DO NOTHING"
+        rows = [(run_id, start_seq + i, event, _dumps(data)) for i, (event, data) in enumerate(events)]
+        if len(rows) == 1:  # the worker's case, once per step: one statement, one round trip
+            self.db.execute(sql, rows[0])
+        else:
+            with self.db.transaction() as tx:
+                for row in rows:
+                    tx.execute(sql, row)
+        seq = start_seq + len(rows)
         self.notify()
         return seq
 
     def next_event_seq(self, run_id: str) -> int:
         """Seq the next stored event of the run gets."""
-        with self.db.transaction() as tx:
-            row = tx.fetchone("SELECT MAX(seq) AS m FROM api_run_events WHERE run_id = ?", (run_id,))
+        row = self.db.fetchone("SELECT MAX(seq) AS m FROM api_run_events WHERE run_id = ?", (run_id,))
         return (row["m"] + 1) if row and row["m"] is not None else 0
 
     def events_after(self, run_id: str, seq: int, limit: int = 500) -> list[dict[str, Any]]:

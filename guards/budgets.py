@@ -172,10 +172,7 @@ class TenantTokenBudget:
 
     def used(self, tenant: str, now: datetime) -> int:
         """Tokens charged to ``tenant`` on ``now``'s UTC day."""
-        with self.db.transaction() as tx:
-            row = tx.fetchone(
-                f"SELECT tokens FROM {self.TABLE} WHERE tenant = ? AND day = ?", (tenant, self._day(now))
-            )
+        row = self.db.fetchone(f"SELECT tokens FROM {self.TABLE} WHERE tenant = ? AND day = ?", (tenant, self._day(now)))
         return int(row["tokens"]) if row else 0
 
     def remaining(self, tenant: str, now: datetime) -> int:

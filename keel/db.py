@@ -204,6 +204,23 @@ class Database:
             else:
                 conn.execute("COMMIT")
 
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        """One read statement as its own transaction: on Postgres one round trip
+        (autocommit), where ``transaction()`` spends three (BEGIN, the read, COMMIT)."""
+        if self.is_postgres:
+            with self._pool.connection() as conn, _integrity():
+                return conn.execute(_pg(sql), tuple(params)).fetchone()
+        with self.transaction() as tx:
+            return tx.fetchone(sql, params)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One write statement as its own transaction (atomic by itself); the row count."""
+        if self.is_postgres:
+            with self._pool.connection() as conn, _integrity():
+                return conn.execute(_pg(sql), tuple(params)).rowcount
+        with self.transaction() as tx:
+            return tx.execute(sql, params)
+
     def executescript(self, sql: str) -> None:
         """Run DDL statements separated by ``;`` in one transaction, once per database.
 

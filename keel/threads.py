@@ -53,14 +53,13 @@ class ThreadIndex:
     ) -> None:
         """Insert or update a run's row."""
         now = datetime.now(timezone.utc).isoformat()
-        with self.db.transaction() as tx:
-            tx.execute(
-                "INSERT INTO run_index (thread_id, tenant, ticket_id, requester, route, status, plan_hash, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET"
-                " status = excluded.status, route = COALESCE(excluded.route, run_index.route),"
-                " plan_hash = excluded.plan_hash, updated_at = excluded.updated_at",
-                (thread_id, tenant, ticket_id, requester, route, status, plan_hash, now),
-            )
+        self.db.execute(
+            "INSERT INTO run_index (thread_id, tenant, ticket_id, requester, route, status, plan_hash, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET"
+            " status = excluded.status, route = COALESCE(excluded.route, run_index.route),"
+            " plan_hash = excluded.plan_hash, updated_at = excluded.updated_at",
+            (thread_id, tenant, ticket_id, requester, route, status, plan_hash, now),
+        )
 
     def get(self, thread_id: str) -> dict[str, Any] | None:
         """One run's row."""
