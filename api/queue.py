@@ -105,6 +105,9 @@ def backoff_delay(retry: int, base: float, cap: float, rnd: random.Random | None
     return exp / 2 + r * exp / 2
 
 
+SCHEMA_LOCK = 72616521
+"""Advisory lock that concurrent first starts of the API's schema set-up serialize on."""
+
 _DDL = """
 CREATE TABLE IF NOT EXISTS api_threads (
   thread_id TEXT PRIMARY KEY,
@@ -214,7 +217,7 @@ class RunQueue:
 
     def setup(self) -> "RunQueue":
         """Create the tables (idempotent; concurrent first starts serialize on an advisory lock)."""
-        ddl = ("SELECT pg_advisory_xact_lock(72616521);" + _DDL) if self.db.is_postgres else _DDL
+        ddl = (f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK});" + _DDL) if self.db.is_postgres else _DDL
         for attempt in range(3):
             try:
                 self.db.executescript(ddl)
@@ -230,7 +233,7 @@ class RunQueue:
         """Add a column that an older schema lacks (checked first: no table lock when present)."""
         with self.db.transaction() as tx:
             if self.db.is_postgres:
-                tx.execute("SELECT pg_advisory_xact_lock(72616521)")
+                tx.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
                 present = tx.fetchone(
                     "SELECT 1 AS x FROM information_schema.columns WHERE table_schema = current_schema()"
                     " AND table_name = ? AND column_name = ?", (table, column)) is not None

@@ -23,10 +23,6 @@ from typing import Any, Protocol
 
 __all__ = ["RateLimiter", "LocalRateLimiter", "SharedRateLimiter", "rate_limiter"]
 
-_LOCK_ID = 72616521
-"""The advisory lock the API's schema set-up serializes on (shared with the run queue)."""
-
-
 class RateLimiter(Protocol):
     """What the auth dependency needs from a limiter."""
 
@@ -88,16 +84,16 @@ RETURNING allowed, r.tat - EXTRACT(EPOCH FROM now())::float8 - %(tolerance)s AS 
 class SharedRateLimiter:
     """GCRA per key in Postgres: one limit for all servers (see the module docstring)."""
 
-    def __init__(self, pool: Any, per_minute: float, burst: int | None = None) -> None:
-        self.pool = pool
+    def __init__(self, db: Any, per_minute: float, burst: int | None = None) -> None:
+        self.db = db
         self.rate = per_minute / 60.0
         self.burst = burst if burst is not None else max(1, int(per_minute))
 
     def setup(self) -> "SharedRateLimiter":
-        with self.pool.connection() as conn:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-                conn.execute(_DDL)
+        from api.queue import SCHEMA_LOCK
+
+        # once per database (``Database.executescript``), serialized with the queue's set-up
+        self.db.executescript(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK});" + _DDL)
         return self
 
     def take(self, key: str) -> float:
@@ -105,14 +101,13 @@ class SharedRateLimiter:
             return 0.0
         step = 1.0 / self.rate
         params = {"key": key, "step": step, "tolerance": (self.burst - 1) * step}
-        with self.pool.connection() as conn:
+        with self.db.pool.connection() as conn:  # named parameters: the pool, not Database's ``?`` SQL
             row = conn.execute(_TAKE, params).fetchone()
-        allowed, wait = (row["allowed"], row["wait"]) if isinstance(row, dict) else row
-        return 0.0 if allowed else max(float(wait), 0.001)
+        return 0.0 if row["allowed"] else max(float(row["wait"]), 0.001)
 
 
 def rate_limiter(db: Any, per_minute: float, burst: int | None = None) -> RateLimiter:
     """The limiter for ``db``: shared on Postgres (any number of servers), local on SQLite."""
     if getattr(db, "is_postgres", False):
-        return SharedRateLimiter(db.pool, per_minute, burst).setup()
+        return SharedRateLimiter(db, per_minute, burst).setup()
     return LocalRateLimiter(per_minute, burst)

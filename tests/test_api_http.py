@@ -170,7 +170,7 @@ def test_shared_rate_limit_refills_and_serializes_concurrent_requests(api_runtim
 
     from api.ratelimit import SharedRateLimiter
 
-    lim = SharedRateLimiter(api_runtime.db.pool, per_minute=60, burst=10).setup()  # one a second
+    lim = SharedRateLimiter(api_runtime.db, per_minute=60, burst=10).setup()  # one a second
     key = uuid.uuid4().hex
     got: list[float] = []
     threads = [threading.Thread(target=lambda: got.extend(lim.take(key) for _ in range(3))) for _ in range(8)]

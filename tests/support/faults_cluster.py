@@ -320,24 +320,23 @@ class Cluster:
 
     def wait_hit(self, thread_id: str, point: str, timeout: float = 30.0) -> int:
         """The pid of the worker stopped at ``point`` (it is hanging there)."""
-        hit = self.faults / f"hit.{thread_id}.{point}"
+        return self._wait_pid(f"hit.{thread_id}.{point}", f"no worker reached {point} on {thread_id}", timeout)
+
+    def _wait_pid(self, name: str, failure: str, timeout: float) -> int:
+        """The pid a worker writes into ``name`` in the faults directory, once it has."""
+        f = self.faults / name
         deadline = time.monotonic() + timeout
-        while not hit.exists() or not hit.read_text().strip():
-            assert time.monotonic() < deadline, f"no worker reached {point} on {thread_id}"
+        while not f.exists() or not f.read_text().strip():
+            assert time.monotonic() < deadline, failure
             time.sleep(0.02)
-        return int(hit.read_text())
+        return int(f.read_text())
 
     def arm_pause(self, thread_id: str, point: str, seconds: float) -> None:
         (self.faults / f"pause.{thread_id}.{point}").write_text(str(seconds))
 
     def wait_paused(self, thread_id: str, point: str, timeout: float = 30.0) -> int:
         """The pid of the worker pausing at ``point``."""
-        f = self.faults / f"paused.{thread_id}.{point}"
-        deadline = time.monotonic() + timeout
-        while not f.exists() or not f.read_text().strip():
-            assert time.monotonic() < deadline, f"no worker paused at {point} on {thread_id}"
-            time.sleep(0.02)
-        return int(f.read_text())
+        return self._wait_pid(f"paused.{thread_id}.{point}", f"no worker paused at {point} on {thread_id}", timeout)
 
     def freeze_workers(self) -> list[int]:
         """SIGSTOP every worker (no run gets claimed until :meth:`thaw_workers`)."""
