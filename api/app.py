@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -22,10 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ApiState, correlation_var, sane_request_id
+from api.models import KeelJSONResponse
 from api.queue import RunQueue
 from api.ratelimit import rate_limiter
 
-__all__ = ["create_app", "DEFAULT_RATE_PER_MINUTE", "DEFAULT_MAX_BODY_BYTES", "MAX_JSON_DEPTH"]
+__all__ = ["create_app", "DEFAULT_RATE_PER_MINUTE", "DEFAULT_MAX_BODY_BYTES", "MAX_JSON_DEPTH", "BodyProblem",
+           "json_body_problem"]
 
 log = logging.getLogger("keel.api")
 
@@ -38,52 +42,114 @@ MAX_JSON_DEPTH = 64
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
-
-class _NotJsonNumber(ValueError):
-    pass
-
-
-def _not_json_number(token: str) -> Any:
-    raise _NotJsonNumber(token)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Integers outside this range are refused: LangGraph's checkpoint serializer (msgpack), SQL
+integers and most JSON clients cannot hold them, so a run given one fails later."""
 
 
-def json_body_problem(body: bytes) -> tuple[str, str] | None:
-    """``(code, reason)`` if a JSON request body must be refused before any route sees it.
+@dataclass(frozen=True)
+class BodyProblem:
+    """Why a JSON request body is refused before any route sees it (422)."""
 
-    Refused: NUL characters and unpaired surrogates in strings or keys (PostgreSQL cannot
-    store the one, no response can encode the other), ``NaN``/``Infinity`` (not JSON,
-    though Python's parser takes them), and nesting deeper than :data:`MAX_JSON_DEPTH`
-    (responses echoing such data fail to serialize). Accepting any of these would store a
-    value that later breaks the run or every read of the thread. A body that is not JSON at
-    all is left to the route (422/400 as usual). Common bodies skip the parse: no ``\\u``
-    escape, no ``NaN``/``Infinity`` and too few brackets to nest that deep.
+    code: str
+    """Machine-readable reason (``invalid_json``, ``number_out_of_range``, ``invalid_value``, ``nesting_too_deep``)."""
+    msg: str
+    """What is wrong."""
+    path: tuple[str | int, ...] = ()
+    """Where in the body (object keys and array indexes); empty for the body as a whole."""
+
+
+@dataclass(frozen=True)
+class _BadNumber:
+    """What the parser hooks put in the document in place of a number keel cannot store,
+    so the walk can name the field it sits in (the hooks do not know where they are)."""
+
+    code: str
+    msg: str
+
+
+def _clip(token: str) -> str:
+    return token if len(token) <= 24 else token[:20] + "…"
+
+
+class _NumberHooks:
+    """``json.loads`` hooks that put a :class:`_BadNumber` in place of each number keel cannot
+    store and note that they did, so a clean body needs no walk."""
+
+    def __init__(self) -> None:
+        self.bad = False
+
+    def _refuse(self, code: str, msg: str) -> _BadNumber:
+        self.bad = True
+        return _BadNumber(code, msg)
+
+    def on_constant(self, token: str) -> _BadNumber:
+        return self._refuse("invalid_json", f"{token} is not a JSON number")
+
+    def on_float(self, token: str) -> float | _BadNumber:
+        value = float(token)
+        if math.isfinite(value):
+            return value
+        return self._refuse("number_out_of_range",
+                            f"{_clip(token)} is not a finite number (it overflows a 64-bit float)")
+
+    def on_int(self, token: str) -> int | _BadNumber:
+        if len(token) <= 20:  # longer cannot fit, and int() of thousands of digits is refused by Python
+            value = int(token)
+            if INT64_MIN <= value <= INT64_MAX:
+                return value
+        return self._refuse("number_out_of_range", f"{_clip(token)} is outside the 64-bit integer range")
+
+
+def json_body_problem(body: bytes) -> BodyProblem | None:
+    """The first reason a JSON request body must be refused before any route sees it, with
+    the path of the field at fault; None if the body may pass.
+
+    Refused, at any depth: numbers keel cannot store and read back (``NaN``/``Infinity``,
+    which are not JSON though Python's parser takes them; literals that overflow a double
+    such as ``1e999``/``-1e999``; integers beyond 64 bits), NUL characters and unpaired
+    surrogates in strings or keys (PostgreSQL cannot store the one, no response can encode
+    the other), and nesting deeper than :data:`MAX_JSON_DEPTH` (responses echoing such data
+    fail to serialize). Accepting any of these would store a value that later breaks the run
+    or every read of the thread, so one check here covers every route and field. A body
+    that is not JSON at all is left to the route (422/400 as usual). The parse's number
+    hooks see every number; the walk that names the field runs only when one was bad, or
+    when a ``\\u`` escape or enough brackets to nest that deep make a string or the depth
+    suspect (a plain JSON parse is cheaper than scanning the bytes for risky literals).
     """
     if not body:
         return None
-    if (body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH and b"\\u" not in body and b"NaN" not in body
-            and b"Infinity" not in body):
-        return None
+    hooks = _NumberHooks()
     try:
-        doc = json.loads(body, parse_constant=_not_json_number)
-    except _NotJsonNumber as e:
-        return "invalid_json", f"{e} is not a JSON number"
+        doc = json.loads(body, parse_constant=hooks.on_constant, parse_float=hooks.on_float, parse_int=hooks.on_int)
     except RecursionError:
-        return "nesting_too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        return BodyProblem("nesting_too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     except ValueError:  # not JSON (or not UTF-8): the route's own parsing answers
         return None
-    stack: list[tuple[Any, int]] = [(doc, 0)]
+    if not hooks.bad and b"\\u" not in body and body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH:
+        return None
+    return _first_problem(doc)
+
+
+def _first_problem(doc: Any) -> BodyProblem | None:
+    """Walk the parsed body in document order (iteratively: it may be deep)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
     while stack:
-        node, depth = stack.pop()
-        if isinstance(node, (dict, list)):
-            if depth >= MAX_JSON_DEPTH:
-                return "nesting_too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
-            items = node.items() if isinstance(node, dict) else ((None, v) for v in node)
-            for k, v in items:
-                if k is not None and _UNSTORABLE.search(k):
-                    return "invalid_value", "a key contains a NUL character or an unpaired surrogate"
-                stack.append((v, depth + 1))
-        elif isinstance(node, str) and _UNSTORABLE.search(node):
-            return "invalid_value", "a string contains a NUL character or an unpaired surrogate"
+        node, path = stack.pop()
+        if isinstance(node, _BadNumber):
+            return BodyProblem(node.code, node.msg, path)
+        if isinstance(node, str):
+            if _UNSTORABLE.search(node):
+                return BodyProblem("invalid_value", "a string contains a NUL character or an unpaired surrogate", path)
+        elif isinstance(node, (dict, list)):
+            if len(path) >= MAX_JSON_DEPTH:
+                return BodyProblem("nesting_too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels", path)
+            items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+            for k, _ in items:
+                if isinstance(k, str) and _UNSTORABLE.search(k):
+                    return BodyProblem("invalid_value", "a key contains a NUL character or an unpaired surrogate",
+                                       path + (k.encode("unicode_escape").decode("ascii"),))
+            stack.extend((v, path + (k,)) for k, v in reversed(items))
     return None
 
 
@@ -134,7 +200,7 @@ class _RequestContext:
                         return
                 problem = json_body_problem(bytes(body))
                 if problem is not None:
-                    await self._refuse(send_with_id, cid, 422, *problem)
+                    await self._refuse_field(send_with_id, cid, problem)
                     return
                 sent = False
 
@@ -154,9 +220,21 @@ class _RequestContext:
     async def _too_large(self, send: Send, cid: str) -> None:
         await self._refuse(send, cid, 413, "payload_too_large", f"request body exceeds {self.max_body} bytes")
 
+    @classmethod
+    async def _refuse_field(cls, send: Send, cid: str, problem: BodyProblem) -> None:
+        """422 shaped like a validation error: the field path in ``detail[].loc``/``field`` and ``reason``."""
+        loc = ["body", *problem.path]
+        field = ".".join(str(x) for x in problem.path)
+        detail = [{"loc": loc, "field": field, "msg": problem.msg, "type": problem.code}]
+        await cls._refuse(send, cid, 422, problem.code, detail, reason=f"{field or 'body'}: {problem.msg}")
+
     @staticmethod
-    async def _refuse(send: Send, cid: str, status: int, code: str, detail: str) -> None:
-        body = json.dumps({"detail": detail, "code": code, "request_id": cid}).encode()
+    async def _refuse(send: Send, cid: str, status: int, code: str, detail: str | list[dict[str, Any]],
+                      reason: str | None = None) -> None:
+        out: dict[str, Any] = {"detail": detail, "code": code}
+        if reason is not None:
+            out["reason"] = reason
+        body = json.dumps({**out, "request_id": cid}).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -215,6 +293,7 @@ def create_app(
             "Authenticate with `x-api-key: KEY` or `Authorization: Bearer KEY`."
         ),
         lifespan=lifespan,
+        default_response_class=KeelJSONResponse,  # non-finite floats read back as null (api.models.json_bytes)
     )
     app.state.keel = state
 

@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["register", "main"]
 
@@ -40,19 +40,20 @@ def _logging() -> None:
             h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [cid=%(correlation_id)s] %(message)s"))
 
 
-"""Advisory-lock key serializing the first-start schema setup of concurrent processes."""
-
-
-def _warm_up(rt: Any, modules: list[str] | None) -> Any:
+def _warm_up(rt: Any, modules: list[str] | None, installed: set[str] | None = None) -> Any:
     """Create every store's tables, the checkpointer's and the queue's, and compile the
     graphs, once, before serving. On Postgres this happens under an advisory lock:
     ``CREATE TABLE IF NOT EXISTS`` and PostgresSaver's migrations are not safe when two
-    processes run them at the same moment on a fresh database."""
+    processes run them at the same moment on a fresh database.
+
+    Every step is idempotent, so the whole set-up is retried (:func:`_start_up`) when the
+    database goes away part-way; ``installed`` (kept across those attempts) names the
+    extension modules already installed, which are not installed twice."""
     from api.queue import RunQueue
     from api.services import graph_ids
 
-    def setup() -> Any:
-        _imports(rt, modules)
+    with rt.setup_lock():
+        _imports(rt, modules, installed)
         rt.db  # noqa: B018 - builds every store's tables
         queue = RunQueue(rt.db).setup()
         rt.checkpointer  # noqa: B018
@@ -60,17 +61,37 @@ def _warm_up(rt: Any, modules: list[str] | None) -> Any:
             rt.graph(g)
         return queue
 
-    with rt.setup_lock():
-        return setup()
+
+def _start_up(rt: Any, what: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` (a start-up step touching the database), retried with exponential backoff and
+    jitter while the database is unavailable, for up to ``KEEL_STARTUP_TIMEOUT_S``: a worker or
+    server started next to a database that is restarting or not up yet waits for it instead of
+    exiting. Configuration errors (credentials, unknown database) fail at once."""
+    from keel.db import retry_while_unavailable
+
+    if not rt.settings.is_postgres:
+        return fn()
+    return retry_while_unavailable(fn, timeout_s=rt.settings.startup_timeout_s, what=what)
 
 
-def _imports(rt: Any, modules: list[str] | None) -> None:
-    """Import extension modules; a module's ``keel_install(runtime)`` is called (graphs, instrumentation)."""
+def _cannot_start(what: str, e: Exception) -> int:
+    """Report a start-up failure as one line (no stack trace); the exit status."""
+    print(f"{what}: cannot start: {e}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _imports(rt: Any, modules: list[str] | None, installed: set[str] | None = None) -> None:
+    """Import extension modules; a module's ``keel_install(runtime)`` is called (graphs,
+    instrumentation), once per module name in ``installed`` (a retried start-up)."""
     for name in modules or []:
+        if installed is not None and name in installed:
+            continue
         mod = importlib.import_module(name)
         hook = getattr(mod, "keel_install", None)
         if callable(hook):
             hook(rt)
+        if installed is not None:
+            installed.add(name)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -78,21 +99,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from keel.db import StartupError
 
     _logging()
     rt = _runtime()
-    _warm_up(rt, args.imports)
     embedded = not rt.settings.is_postgres if args.embedded_worker is None else args.embedded_worker
-    if not rt.settings.is_postgres:
-        rt.ensure_fixtures()
-    app = create_app(
-        rt,
-        embedded_worker=embedded,
-        rate_per_minute=args.rate_per_minute or rt.settings.api_rate_per_minute,
-        max_body_bytes=args.max_body_bytes or rt.settings.api_max_body_bytes,
-        worker_concurrency=args.concurrency,
-        worker_kwargs={"lease_s": args.lease_seconds or rt.settings.worker_lease_s},
-    )
+    installed: set[str] = set()
+
+    def start() -> Any:
+        _warm_up(rt, args.imports, installed)
+        if not rt.settings.is_postgres:
+            rt.ensure_fixtures()
+        return create_app(
+            rt,
+            embedded_worker=embedded,
+            rate_per_minute=args.rate_per_minute or rt.settings.api_rate_per_minute,
+            max_body_bytes=args.max_body_bytes or rt.settings.api_max_body_bytes,
+            worker_concurrency=args.concurrency,
+            worker_kwargs={"lease_s": args.lease_seconds or rt.settings.worker_lease_s},
+        )
+
+    try:
+        app = _start_up(rt, "keel serve", start)
+    except StartupError as e:
+        return _cannot_start("keel serve", e)
     where = "Postgres" if rt.settings.is_postgres else f"SQLite in {rt.settings.data_dir}"
     print(f"keel serve: http://{args.host}:{args.port} on {where}; "
           f"{'in-process worker' if embedded else 'runs are executed by `keel worker` processes'}", flush=True)
@@ -122,10 +152,15 @@ def _demo_tenant(rt: Any) -> str:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Execute queued runs until SIGTERM/SIGINT."""
     from api.worker import run_workers
+    from keel.db import StartupError
 
     _logging()
     rt = _runtime()
-    queue = _warm_up(rt, args.imports)
+    installed: set[str] = set()
+    try:
+        queue = _start_up(rt, "keel worker", lambda: _warm_up(rt, args.imports, installed))
+    except StartupError as e:
+        return _cannot_start("keel worker", e)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -7,15 +7,24 @@ values and otherwise refused with a reason rather than silently ignored.
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.responses import JSONResponse
 
 from keel.audit import AuditRow
 from keel.types import Ticket
 
 __all__ = [
     "Body",
+    "RunConfig",
+    "MAX_RECURSION_LIMIT",
+    "finite_json",
+    "json_bytes",
+    "KeelJSONResponse",
     "AssistantSearch",
     "AssistantCount",
     "ThreadCreate",
@@ -65,10 +74,17 @@ StreamModeName = Literal[
 SUPPORTED_STREAM_MODES = ("values", "updates")
 
 
-class Body(BaseModel):
-    """Base of request bodies: unknown fields are an error."""
+MAX_RECURSION_LIMIT = 1_000
+"""Largest ``config.recursion_limit`` of a run (LangGraph's default is 25; the support
+workflow needs about 10 steps, and per-run caps end a longer run anyway)."""
 
-    model_config = ConfigDict(extra="forbid")
+
+class Body(BaseModel):
+    """Base of request bodies: unknown fields are an error, and so is a float field that is
+    not finite (the request guard in :mod:`api.app` already refuses such numbers anywhere in
+    a body; this keeps typed fields strict even for bodies that reach a model another way)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FieldError(BaseModel):
@@ -95,6 +111,47 @@ class ErrorOut(BaseModel):
     """For invalid fields: a one-line summary."""
     request_id: str | None = None
     """The correlation id to quote."""
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±Infinity) replaced by ``None``.
+
+    The rule for values already stored that JSON cannot carry (rows written before the
+    request guard refused them, or inserted by hand): they read back as ``null``, like
+    JavaScript's ``JSON.stringify`` writes them, so one bad value never makes a thread,
+    run, search or stream unreadable (strict JSON encoders raise on them: a 500)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def json_bytes(value: Any, *, ensure_ascii: bool = False, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Strict JSON (RFC 8259) of ``value``, whatever it holds: every response body of keel's
+    API is written here (:class:`KeelJSONResponse`, the wait and stream bodies).
+
+    Non-finite floats become ``null`` (:func:`finite_json`); a string that cannot be UTF-8
+    (an unpaired surrogate) is written as its ``\\u`` escape. Plain values take the
+    fast path: one ``json.dumps``."""
+    try:
+        text = json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False, separators=(",", ":"), default=default)
+    except ValueError:
+        text = json.dumps(finite_json(value), ensure_ascii=ensure_ascii, allow_nan=False, separators=(",", ":"),
+                          default=default)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json_bytes(value, ensure_ascii=True, default=default)
+
+
+class KeelJSONResponse(JSONResponse):
+    """The API's JSON response: :func:`json_bytes`, so no stored value can make a read fail."""
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
 
 
 def returns(model: Any, status: int = 200) -> dict[str, Any]:
@@ -193,6 +250,10 @@ class RunOut(_Out):
     correlation_id: str | None
     created_by: str | None
     worker: str | None
+    lease_expiries: int = 0
+    """Times the run's lease expired (its worker died or hung) and another worker took it over."""
+    dead_reason: Literal["retries_exhausted", "lease_expired_repeatedly"] | None = None
+    """Why a ``dead`` run was dead-lettered."""
 
 
 class ApprovalSummary(_Out):
@@ -204,6 +265,10 @@ class ApprovalSummary(_Out):
     plan_hash: str | None
     plan: list[dict[str, Any]] | None
     waiting_since: str
+    can_decide: bool
+    """Whether the caller may approve or reject it under the policy pack's ``[approvals]``."""
+    refusal: dict[str, str] | None
+    """When not: ``{code, detail}`` (``not_an_approver``, ``separation_of_duties``)."""
 
 
 class ApprovalPage(_Out):
@@ -212,6 +277,8 @@ class ApprovalPage(_Out):
     limit: int
     offset: int
     next_offset: int | None
+    rules: dict[str, Any]
+    """The pack's ``[approvals]`` in force: approver_roles, separation_of_duties, edits_only_downward."""
 
 
 class ApprovalDetail(ApprovalSummary):
@@ -382,6 +449,25 @@ class HistoryRequest(Body):
     select: list[str] | None = None
 
 
+class RunConfig(Body):
+    """A run's ``config`` (LangGraph's ``RunnableConfig`` keys langgraph-sdk may send).
+
+    Only ``recursion_limit`` changes how keel runs the graph; the others are accepted with
+    their types checked and not used (nodes read identity and clock from the config keel
+    builds, so a client's ``configurable`` is never passed on). A value that would only
+    fail once a worker runs the graph (a limit of 0 or -1, a string, ``true``) is refused
+    here, so a bad request never becomes a failed run."""
+
+    recursion_limit: int | None = Field(default=None, ge=1, le=MAX_RECURSION_LIMIT, strict=True)
+    """Most supersteps the run may take before it fails with ``GraphRecursionError``."""
+    configurable: dict[str, Any] | None = None
+    tags: list[str] | None = Field(default=None, max_length=64)
+    metadata: dict[str, Any] | None = None
+    run_name: str | None = Field(default=None, max_length=256)
+    max_concurrency: int | None = Field(default=None, ge=1, le=1_000, strict=True)
+    run_id: str | None = Field(default=None, max_length=128)
+
+
 class RunCreate(Body):
     """``POST /threads/{id}/runs``, ``/runs/wait`` and ``/runs/stream`` (langgraph-sdk's payload)."""
 
@@ -392,7 +478,7 @@ class RunCreate(Body):
     stream_subgraphs: bool | None = None
     stream_resumable: bool | None = None
     metadata: dict[str, Any] | None = None
-    config: dict[str, Any] | None = None
+    config: RunConfig | None = None
     context: dict[str, Any] | None = None
     checkpoint: CheckpointRef | None = None
     checkpoint_id: str | None = None
@@ -434,6 +520,10 @@ class RunCreate(Body):
         if v:
             raise ValueError("streaming subgraphs is not supported")
         return v
+
+    def run_config(self) -> dict[str, Any] | None:
+        """The validated ``config`` as the plain dict stored with the run (unset keys left out)."""
+        return self.config.model_dump(exclude_none=True) if self.config is not None else None
 
     def modes(self, default: list[str]) -> list[str]:
         """The requested stream modes (only ``values`` and ``updates`` are produced)."""

@@ -23,7 +23,9 @@ Why ``SELECT … FOR UPDATE SKIP LOCKED`` leases rather than a queue library
 Lease protocol: a claim sets ``lease_owner`` and ``lease_expires_at``; the worker
 heartbeats every ``lease/3`` seconds. A run whose lease expired (the worker died or
 hung) is claimable again and the new worker resumes it from the graph's last
-checkpoint. Finishing, retrying and heartbeating are conditioned on still owning the
+checkpoint, up to ``KEEL_WORKER_MAX_LEASE_EXPIRIES`` times: a run whose lease keeps
+expiring (it crashes every worker it lands on) is dead-lettered instead. Finishing,
+retrying and heartbeating are conditioned on still owning the
 lease, so a worker that lost its lease cannot overwrite the new owner's outcome. Times
 are epoch seconds from the workers' clocks (keep hosts NTP-synced; the lease, 30 s by
 default, dwarfs ordinary skew).
@@ -39,6 +41,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
@@ -46,6 +49,9 @@ from keel.db import Database, IntegrityError
 
 __all__ = [
     "RunQueue",
+    "Claim",
+    "LEASE_EXPIRED_REPEATEDLY",
+    "RETRIES_EXHAUSTED",
     "ThreadBusy",
     "NotFound",
     "NotCancellable",
@@ -60,6 +66,12 @@ TERMINAL = ("success", "error", "interrupted", "timeout", "dead")
 """Run statuses after which a run never executes again (``dead`` runs can be retried by an admin)."""
 ACTIVE = ("pending", "running")
 """Run statuses that make a thread busy."""
+
+LEASE_EXPIRED_REPEATEDLY = "lease_expired_repeatedly"
+"""Dead-letter reason: the run's lease expired ``KEEL_WORKER_MAX_LEASE_EXPIRIES`` times (every
+worker that took it died, crashed or hung on it)."""
+RETRIES_EXHAUSTED = "retries_exhausted"
+"""Dead-letter reason: the run failed transiently more than its ``max_retries`` times."""
 
 CHANNEL = "keel_queue"
 """Postgres NOTIFY channel: payload ``""`` when a run became claimable, the run id when it ended."""
@@ -173,6 +185,16 @@ CREATE TABLE IF NOT EXISTS api_decisions (
 )
 """
 
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("api_runs", "lease_expiries", "INTEGER NOT NULL DEFAULT 0"),
+    ("api_runs", "dead_reason", "TEXT"),
+)
+"""Columns added after ``_DDL`` was first applied (databases created before have the tables
+without them). ``_DDL`` itself stays as applied: on Postgres a changed script would run
+again, but its ``CREATE TABLE IF NOT EXISTS`` would not add a column to an existing table.
+Postgres applies these as one more script, once per database (``keel_schema``); SQLite
+checks for each column at start-up."""
+
 _JSON_COLS_THREAD = ("metadata",)
 _JSON_COLS_RUN = ("payload", "stream_mode", "metadata")
 
@@ -197,6 +219,15 @@ def _run(row: dict[str, Any] | None) -> dict[str, Any] | None:
     for c in _JSON_COLS_RUN:
         out[c] = json.loads(out[c])
     return out
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim did: the run leased (or None), and the runs it dead-lettered instead of
+    leasing because their lease had expired too often (for the caller to audit)."""
+
+    run: dict[str, Any] | None
+    dead_lettered: tuple[dict[str, Any], ...] = ()
 
 
 class RunQueue:
@@ -227,6 +258,12 @@ class RunQueue:
                     raise
                 time.sleep(0.2)
         self._add_column("api_threads", "interrupts", "TEXT")
+        if self.db.is_postgres:
+            self.db.executescript(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK});" + ";".join(
+                f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {d}" for t, c, d in _ADDED_COLUMNS))
+        else:
+            for t, c, d in _ADDED_COLUMNS:
+                self._add_column(t, c, d)
         return self
 
     def _add_column(self, table: str, column: str, decl: str) -> None:
@@ -330,6 +367,9 @@ class RunQueue:
                                 self._wake(n.payload)
                             else:  # a run is claimable: one idle worker thread per process tries
                                 self._wake_worker()
+            except psycopg.OperationalError as e:  # a restart or an outage: polling covers the gap
+                log.warning("queue listener lost its connection; polling until it reconnects: %s",
+                            " ".join(str(e).split())[:300])
             except Exception:  # noqa: BLE001 - polling covers the gap; reconnect
                 log.warning("queue listener lost its connection; polling until it reconnects", exc_info=True)
             finally:
@@ -644,7 +684,7 @@ class RunQueue:
         return run  # type: ignore[return-value]
 
     def retry_dead(self, tenant: str, run_id: str) -> dict[str, Any]:
-        """Requeue a dead-lettered run with a fresh retry budget (admin)."""
+        """Requeue a dead-lettered run with a fresh budget of retries and lease expiries (admin)."""
         now = iso_now()
         with self.db.transaction() as tx:
             row = tx.fetchone(
@@ -662,8 +702,9 @@ class RunQueue:
             if other:
                 raise ThreadBusy(row["thread_id"])
             tx.execute(
-                "UPDATE api_runs SET status = 'pending', retries = 0, available_at = ?, lease_owner = NULL,"
-                " lease_expires_at = NULL, error = NULL, finished_at = NULL, updated_at = ? WHERE run_id = ?",
+                "UPDATE api_runs SET status = 'pending', retries = 0, lease_expiries = 0, dead_reason = NULL,"
+                " available_at = ?, lease_owner = NULL, lease_expires_at = NULL, error = NULL, finished_at = NULL,"
+                " updated_at = ? WHERE run_id = ?",
                 (time.time(), now, run_id),
             )
             tx.execute("UPDATE api_threads SET status = 'busy', updated_at = ? WHERE thread_id = ?", (now, row["thread_id"]))
@@ -673,21 +714,34 @@ class RunQueue:
         return self.get_run(tenant, thread_id, run_id)  # type: ignore[return-value]
 
     # -- the lease protocol -------------------------------------------------------------
-    def claim(self, worker_id: str, lease_s: float) -> dict[str, Any] | None:
-        """Lease the oldest runnable run, or None; resumes (a reviewer's decision, someone
-        waiting on it) go before new work.
+    def claim(self, worker_id: str, lease_s: float, *, max_lease_expiries: int | None = None) -> dict[str, Any] | None:
+        """Lease the oldest runnable run, or None (see :meth:`claim_next`)."""
+        return self.claim_next(worker_id, lease_s, max_lease_expiries=max_lease_expiries).run
+
+    def claim_next(self, worker_id: str, lease_s: float, *, max_lease_expiries: int | None = None) -> Claim:
+        """Lease the oldest runnable run; resumes (a reviewer's decision, someone waiting on
+        it) go before new work.
 
         Runnable: pending and due, or running with an expired lease (its worker died).
         Per thread, runs execute one at a time in creation order: the candidate's thread
         row is locked (``SKIP LOCKED``: another worker is claiming on it) and, in a new
         statement that sees every committed claim, no other live or earlier run of the
         thread may exist.
+
+        Taking over an expired lease counts on the run row (``lease_expiries``). A run
+        whose lease has now expired ``max_lease_expiries`` times is dead-lettered
+        (:data:`LEASE_EXPIRED_REPEATEDLY`) instead of leased: a run that kills or hangs
+        every worker it lands on (a poison input, a node that exhausts memory) would
+        otherwise be taken over forever, each time taking a worker down with it. Counted
+        durably because the workers that could remember it are the ones that died.
         """
         now = time.time()
+        dead: list[dict[str, Any]] = []
+        claimed: dict[str, Any] | None = None
         with self.db.transaction() as tx:
             cands = tx.fetchall(
-                "SELECT run_id, thread_id, created_at FROM api_runs WHERE (status = 'pending' AND available_at <= ?)"
-                " OR (status = 'running' AND lease_expires_at < ?)"
+                "SELECT run_id, thread_id, created_at, status, lease_expiries FROM api_runs"
+                " WHERE (status = 'pending' AND available_at <= ?) OR (status = 'running' AND lease_expires_at < ?)"
                 " ORDER BY CASE WHEN kind = 'resume' THEN 0 ELSE 1 END, created_at, run_id LIMIT 16"
                 + self._skip_locked,
                 (now, now),
@@ -695,6 +749,10 @@ class RunQueue:
             for c in cands:
                 th = tx.fetchone(f"SELECT thread_id FROM api_threads WHERE thread_id = ?{self._skip_locked}", (c["thread_id"],))
                 if th is None:
+                    continue
+                expiries = c["lease_expiries"] + (1 if c["status"] == "running" else 0)
+                if c["status"] == "running" and max_lease_expiries is not None and expiries >= max_lease_expiries:
+                    dead.append(self._dead_letter_expired(tx, c["run_id"], expiries, max_lease_expiries))
                     continue
                 blocker = tx.fetchone(
                     "SELECT run_id FROM api_runs WHERE thread_id = ? AND run_id <> ? AND ("
@@ -707,12 +765,33 @@ class RunQueue:
                     continue
                 tx.execute(
                     "UPDATE api_runs SET status = 'running', lease_owner = ?, last_worker = ?, lease_expires_at = ?,"
-                    " attempts = attempts + 1, updated_at = ? WHERE run_id = ?",
-                    (worker_id, worker_id, now + lease_s, iso_now(), c["run_id"]),
+                    " attempts = attempts + 1, lease_expiries = ?, updated_at = ? WHERE run_id = ?",
+                    (worker_id, worker_id, now + lease_s, expiries, iso_now(), c["run_id"]),
                 )
                 tx.execute("UPDATE api_threads SET status = 'busy' WHERE thread_id = ?", (c["thread_id"],))
-                return _run(tx.fetchone("SELECT * FROM api_runs WHERE run_id = ?", (c["run_id"],)))
-        return None
+                claimed = _run(tx.fetchone("SELECT * FROM api_runs WHERE run_id = ?", (c["run_id"],)))
+                break
+        for d in dead:
+            self.notify(d["run_id"])
+            log.warning("run %s dead-lettered: %s", d["run_id"], d["error"])
+        return Claim(claimed, tuple(dead))
+
+    def _dead_letter_expired(self, tx: Any, run_id: str, expiries: int, limit: int) -> dict[str, Any]:
+        """Dead-letter a run whose lease expired once too often (in the claim's transaction)."""
+        now = iso_now()
+        row = tx.fetchone("SELECT last_worker FROM api_runs WHERE run_id = ?", (run_id,))
+        error = (f"{LEASE_EXPIRED_REPEATEDLY}: the run's lease expired {expiries} times (limit {limit}): the worker"
+                 f" running it died, crashed or hung on every attempt (last: {row['last_worker'] if row else '?'})")
+        tx.execute(
+            "UPDATE api_runs SET status = 'dead', dead_reason = ?, lease_expiries = ?, error = ?, lease_owner = NULL,"
+            " lease_expires_at = NULL, updated_at = ?, finished_at = ? WHERE run_id = ?",
+            (LEASE_EXPIRED_REPEATEDLY, expiries, error, now, now, run_id),
+        )
+        out = _run(tx.fetchone("SELECT * FROM api_runs WHERE run_id = ?", (run_id,)))
+        if self._settle_thread(tx, out["thread_id"], "error") == "busy":  # type: ignore[index]
+            self._signal(tx)
+        self._signal(tx, run_id)
+        return out  # type: ignore[return-value]
 
     def heartbeat(self, run_id: str, worker_id: str, lease_s: float) -> tuple[bool, bool]:
         """Extend the lease; returns ``(still_owned, cancel_requested)``."""
@@ -788,9 +867,9 @@ class RunQueue:
             retries = row["retries"] + 1
             if retries > row["max_retries"]:
                 tx.execute(
-                    "UPDATE api_runs SET status = 'dead', retries = ?, error = ?, lease_owner = NULL,"
+                    "UPDATE api_runs SET status = 'dead', dead_reason = ?, retries = ?, error = ?, lease_owner = NULL,"
                     " lease_expires_at = NULL, updated_at = ?, finished_at = ? WHERE run_id = ?",
-                    (retries, error, now, now, run["run_id"]),
+                    (RETRIES_EXHAUSTED, retries, error, now, now, run["run_id"]),
                 )
                 if self._settle_thread(tx, run["thread_id"], "error") == "busy":
                     self._signal(tx)

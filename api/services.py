@@ -2,9 +2,11 @@
 
 :func:`submit_run` is the only code path that queues a run. Every route that starts,
 resumes, replays or forks a thread goes through it, and it sends every resume of a
-pending approval through :func:`keel.approvals.validate_resume` (approver role, same
-tenant, not the requester, matching plan hash, only downward edits): the LangGraph
+pending approval through :func:`keel.approvals.validate_resume` (the policy pack's
+approval rules, same tenant, matching plan hash): the LangGraph
 ``command={"resume": …}`` route and keel's approvals endpoints obey the same rules.
+Every new run (input, replay) is first counted against the daily quotas of the tenant and
+the caller (:func:`admitted`): a spent quota is a 429 with ``Retry-After``, not a queued run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,8 @@ __all__ = [
     "http_error",
     "is_uuid",
     "START_ROLES",
+    "check_admission",
+    "admitted",
 ]
 
 NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
@@ -232,6 +238,8 @@ def run_out(run: dict[str, Any]) -> dict[str, Any]:
         "correlation_id": run["correlation_id"],
         "created_by": run["created_by"],
         "worker": run.get("last_worker"),
+        "lease_expiries": run.get("lease_expiries") or 0,
+        "dead_reason": run.get("dead_reason"),
     }
 
 
@@ -285,7 +293,7 @@ def submit_run(
     ``validate_resume``; a new input on such a thread is refused (409) so the pending
     plan cannot be silently abandoned or bypassed.
     """
-    from keel.approvals import ApprovalError, pending_approval, validate_resume
+    from keel.approvals import ApprovalError, approval_rules, decider_refusal, pending_approval, validate_resume
 
     runtime, queue = st.runtime, st.queue
     aid, graph_id = resolve_assistant(assistant_id)
@@ -306,10 +314,11 @@ def submit_run(
             if set(command) != {"resume"} or not isinstance(command.get("resume"), dict):
                 raise http_error(422, "invalid_command", 'an approval is resumed with command={"resume": DECISION}')
             resume = command["resume"]
-            if not principal.can_approve():
-                raise http_error(403, "not_an_approver", "only an approver of the tenant can decide")
-            if thread.get("requester") and thread["requester"] == principal.user_id:
-                raise http_error(403, "separation_of_duties", "the requester of a run cannot approve or reject it")
+            # the pack's approval rules, before an idempotent replay can answer
+            refused = decider_refusal(approval_rules(runtime), role=principal.role, reviewer=principal.user_id,
+                                      requester=thread.get("requester"))
+            if refused is not None:
+                raise http_error(refused.http_status, refused.code, refused.message)
             plan_hash = resume.get("plan_hash")
             if isinstance(plan_hash, str):
                 prior = queue.get_decision(tid, plan_hash)
@@ -340,35 +349,38 @@ def submit_run(
             kind = "input"
             _check_ticket(graph_id, input, principal)
             payload["input"] = input
-    try:
-        run = queue.create_run(
-            principal.tenant,
-            tid,
-            assistant_id=aid,
-            graph_id=graph_id,
-            kind=kind,
-            payload=payload,
-            created_by=principal.user_id,
-            correlation_id=correlation_id,
-            stream_mode=stream_mode,
-            metadata=metadata,
-            multitask_strategy=multitask_strategy,
-            max_retries=_max_retries(runtime),
-            after_seconds=after_seconds,
-            set_requester=kind == "input",
-            decision=decision,
-        )
-    except ThreadBusy:
-        raise http_error(
-            409, "thread_busy", "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
-        ) from None
-    except NotFound:
-        raise http_error(404, "thread_not_found", f"thread {tid} not found") from None
-    except IntegrityError:
-        prior = queue.get_decision(tid, decision["plan_hash"]) if decision else None
-        if prior is None:
-            raise http_error(409, "conflict", "conflicting concurrent request; retry") from None
-        return _replay_decision(queue, principal, thread, prior, command["resume"])  # type: ignore[index]
+    # a new run (input, replay) is counted against the daily quotas: 429 when one is spent;
+    # a resume is not (a reviewer must be able to finish a run already admitted)
+    with admitted(runtime, principal) if kind != "resume" else nullcontext():
+        try:
+            run = queue.create_run(
+                principal.tenant,
+                tid,
+                assistant_id=aid,
+                graph_id=graph_id,
+                kind=kind,
+                payload=payload,
+                created_by=principal.user_id,
+                correlation_id=correlation_id,
+                stream_mode=stream_mode,
+                metadata=metadata,
+                multitask_strategy=multitask_strategy,
+                max_retries=_max_retries(runtime),
+                after_seconds=after_seconds,
+                set_requester=kind == "input",
+                decision=decision,
+            )
+        except ThreadBusy:
+            raise http_error(
+                409, "thread_busy", "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
+            ) from None
+        except NotFound:
+            raise http_error(404, "thread_not_found", f"thread {tid} not found") from None
+        except IntegrityError:
+            prior = queue.get_decision(tid, decision["plan_hash"]) if decision else None
+            if prior is None:
+                raise http_error(409, "conflict", "conflicting concurrent request; retry") from None
+            return _replay_decision(queue, principal, thread, prior, command["resume"])  # type: ignore[index]
     if kind == "resume" and decision is not None:
         _audit_decision(runtime, principal, thread, decision, correlation_id, run["run_id"])
     return run, False
@@ -404,6 +416,55 @@ def _max_retries(runtime: Any) -> int:
         return int(runtime.policy.budgets.max_retries)
     except Exception:
         return 2
+
+
+# -- admission: the daily quotas, before anything is queued ---------------------------------
+def _quota_refused(principal: Principal, refusal: Any) -> HTTPException:
+    """The 429 of a spent quota (a :class:`guards.budgets.QuotaRefusal`): ``Retry-After``
+    until it frees, code ``tenant_quota_exceeded`` or ``user_quota_exceeded``, and a reason
+    naming the quota."""
+    from keel import metrics
+
+    metrics.admission_refused(principal.tenant, refusal.scope, refusal.quota)
+    return http_error(429, f"{refusal.scope}_quota_exceeded", refusal.message(),
+                      headers={"Retry-After": str(refusal.retry_after_s)})
+
+
+def _quota_clock(runtime: Any) -> Any:
+    """The quotas' day: ``KEEL_NOW`` if set, else the wall clock, never the embedded demo's
+    frozen day (``runtime.now()``), on which a spent quota would never reset."""
+    return runtime.settings.clock()
+
+
+def check_admission(runtime: Any, principal: Principal) -> None:
+    """429 if a new run of ``principal`` would be refused by a daily quota (tenant's or user's).
+
+    A read only: routes that create a thread for the run (tickets, stateless runs,
+    ``if_not_exists``, forks) call it first, so a refused request stores nothing. The
+    count itself is taken by :func:`admitted` in :func:`submit_run`.
+    """
+    refusal = runtime.tokens.check(principal.tenant, principal.user_id, _quota_clock(runtime))
+    if refusal is not None:
+        raise _quota_refused(principal, refusal)
+
+
+@contextmanager
+def admitted(runtime: Any, principal: Principal) -> Iterator[None]:
+    """Count one new run against the tenant's and the user's daily quotas (429 if one is
+    spent, nothing counted), and give it back if the block fails to queue the run.
+
+    Refused here rather than escalated in the run: a spent quota must not turn every
+    request into a stored, escalated run, and the caller learns when to retry.
+    """
+    now = _quota_clock(runtime)
+    refusal = runtime.tokens.admit(principal.tenant, principal.user_id, now)
+    if refusal is not None:
+        raise _quota_refused(principal, refusal)
+    try:
+        yield
+    except BaseException:
+        runtime.tokens.release(principal.tenant, principal.user_id, now)
+        raise
 
 
 # -- waiting for runs ------------------------------------------------------------------------

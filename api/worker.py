@@ -128,6 +128,7 @@ class Worker:
         poll_s: float = 0.5,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
+        max_lease_expiries: int | None = None,
     ) -> None:
         self.runtime = runtime
         self.queue = queue
@@ -136,6 +137,9 @@ class Worker:
         self.poll_s = poll_s
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.max_lease_expiries = (runtime.settings.worker_max_lease_expiries if max_lease_expiries is None
+                                   else max_lease_expiries)
+        """Lease expiries after which a run is dead-lettered (``KEEL_WORKER_MAX_LEASE_EXPIRIES``)."""
 
     primary = True
     """Polls every ``poll_s`` when idle; the other threads of a process (``run_workers``)
@@ -156,8 +160,12 @@ class Worker:
             seen = self.queue.version()
             try:
                 did = self.run_one()
-            except Exception:
-                log.exception("worker %s: claim failed", self.worker_id)
+            except Exception as e:
+                if is_transient(e):  # the database is restarting or away: one line per attempt
+                    log.warning("worker %s: claim failed: %s: %s", self.worker_id, type(e).__name__,
+                                " ".join(str(e).split())[:300])
+                else:
+                    log.exception("worker %s: claim failed", self.worker_id)
                 did = False
                 stop.wait(self.poll_s)
             if not did:
@@ -166,9 +174,12 @@ class Worker:
 
     def run_one(self) -> bool:
         """Claim one run and execute it; False when nothing was runnable."""
-        run = self.queue.claim(self.worker_id, self.lease_s)
+        claim = self.queue.claim_next(self.worker_id, self.lease_s, max_lease_expiries=self.max_lease_expiries)
+        for dead in claim.dead_lettered:
+            self._audit_dead_letter(dead)
+        run = claim.run
         if run is None:
-            return False
+            return bool(claim.dead_lettered)
         token = correlation_var.set(run["correlation_id"])
         try:
             self.execute(run)
@@ -284,9 +295,29 @@ class Worker:
                 if is_transient(e):
                     status = self.queue.retry_later(run, self.worker_id, msg, base=self.backoff_base, cap=self.backoff_cap)
                     log.warning("run %s: transient failure (%s); now %s", rid, msg, status)
+                    if status == "dead":
+                        self._audit_dead_letter(run, reload=True)
                 else:
                     self.queue.finish(run, self.worker_id, "error", "error", msg)
                     log.exception("run %s failed", rid)
+
+    def _audit_dead_letter(self, run: dict[str, Any], *, reload: bool = False) -> None:
+        """An audit row for a run that went to the dead letters, with the reason
+        (``reload``: ``run`` is the claimed row; read the dead one first).
+
+        Written after the run row (another transaction: the audit chain has its own); a
+        crash in between leaves the reason on the run row only (``dead_reason``)."""
+        try:
+            if reload:
+                run = self.queue.get_run_any(run["run_id"]) or run
+            data = {"event": "dead_lettered", "run_id": run["run_id"], "reason": run.get("dead_reason"),
+                    "attempts": run.get("attempts"), "retries": run.get("retries"),
+                    "lease_expiries": run.get("lease_expiries"), "last_worker": run.get("last_worker"),
+                    "error": (run.get("error") or "")[:500]}
+            self.runtime.audit.append(run["tenant"], "run_finished", actor="system", thread_id=run["thread_id"],
+                                      correlation_id=run.get("correlation_id"), data=data)
+        except Exception:  # noqa: BLE001 - the run row already holds the reason
+            log.warning("run %s: could not audit its dead-lettering", run["run_id"], exc_info=True)
 
     @staticmethod
     def _outcome(graph: Any, run: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:

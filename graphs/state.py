@@ -44,7 +44,8 @@ class SupportState(TypedDict, total=False):
     triage: dict[str, Any]
     """Router verdict (``TriageResult``)."""
     screen: dict[str, Any]
-    """Prompt-injection screen of the ticket text."""
+    """Prompt-injection screen (``guards.injection.ScreenResult``) of the ticket text, merged
+    with that of any flagged retrieved text; ``spans`` give each match's field, offsets and class."""
     extraction: dict[str, Any] | None
     """Typed facts from the ticket (``Extraction``)."""
     context: dict[str, Any]

@@ -13,7 +13,8 @@ so a record the customer does not own is never described to them):
 2. ``args``: the arguments the rule needs are present and well-typed.
 3. ``ownership``: every order, subscription or customer named belongs to the ticket's
    customer in the ticket's tenant (missing record: ``not_found``).
-4. the tool's own rule (refund window/amount tiers, order status, identity level, …).
+4. the tool's own rule (refund window/amount tiers, order status, identity level, …);
+   a refund's tiers also over the customer's recent refunds (``refund.velocity``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, NoReturn, Sequence
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StrictBool, ValidationError, field_validator, model_validator
 
 from keel.types import (
     READ_TOOLS,
@@ -47,6 +48,7 @@ __all__ = [
     "RouterPolicy",
     "RoutePolicy",
     "RefundPolicy",
+    "RefundVelocityPolicy",
     "WindowPolicy",
     "StatusPolicy",
     "FixedDecisionPolicy",
@@ -58,6 +60,7 @@ __all__ = [
     "PolicyPack",
     "load_policy",
     "PolicyFacts",
+    "KeelRefund",
     "PlanDecision",
     "PolicyEngine",
     "check_reviewer",
@@ -74,6 +77,7 @@ ReasonCode = Literal[
     "outside_refund_window",
     "amount_exceeds_refundable",
     "amount_over_agent_limit",
+    "velocity_limit",
     "not_cancellable",
     "already_shipped",
     "identity_not_verified",
@@ -93,6 +97,9 @@ ReasonCode = Literal[
 - ``outside_refund_window``: not delivered, or delivered longer ago than the window.
 - ``amount_exceeds_refundable``: more than total − already refunded.
 - ``amount_over_agent_limit``: refund above the approval ceiling (escalate).
+- ``velocity_limit``: with the customer's other recent refunds by keel (executed, pending
+  approval, or earlier in the plan) the refund crosses a tier it does not cross alone, or
+  the customer's count of refunds in the period: approve or escalate instead.
 - ``not_cancellable`` / ``already_shipped``: order status forbids cancel / address change.
 - ``identity_not_verified``: customer identity level below the access rule's minimum.
 - ``suspected_prompt_injection``: flagged ticket asks for a side effect.
@@ -142,17 +149,71 @@ class RoutePolicy(StrictModel):
         return v
 
 
+class RefundVelocityPolicy(StrictModel):
+    """``[refund.velocity]``: the amount tiers over a customer's recent refunds, not one ticket's.
+
+    Why: the tiers judge one refund, so a customer who splits a refund over several
+    tickets (4,500 then 4,499 on one order) stays under every tier. The engine adds keel's
+    own refunds of the customer to the refund's amount before applying the tiers: those
+    executed within the period (by their timestamp on the run clock), those in plans
+    waiting for approval when ``count_pending`` (whatever their age: they may still
+    execute), and the plan's earlier refunds. A fixture's ``refunded_cents`` has no date
+    and is not counted here: it only lowers what is still refundable.
+    """
+
+    period_days: int | None = Field(default=None, ge=1)
+    """The period in days (set this or ``period_hours``, not both)."""
+    period_hours: int | None = Field(default=None, ge=1)
+    """The period in hours."""
+    max_auto_cents: int = Field(ge=0)
+    """The customer's refunds in the period, this one included, above this: approve."""
+    max_approve_cents: int = Field(ge=0)
+    """... above this: escalate."""
+    max_auto_count: int = Field(ge=0)
+    """A refund executes without approval only while the customer's refunds in the period,
+    this one included, number at most this many (0: every refund needs approval)."""
+    count_pending: bool = Field(strict=True)
+    """Refunds in plans waiting for approval count as if executed."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RefundVelocityPolicy":
+        if (self.period_days is None) == (self.period_hours is None):
+            raise ValueError("set exactly one of period_days and period_hours")
+        if self.max_auto_cents > self.max_approve_cents:
+            raise ValueError("max_auto_cents must not exceed max_approve_cents")
+        return self
+
+    @property
+    def period(self) -> timedelta:
+        """How far back executed refunds count."""
+        return timedelta(days=self.period_days or 0, hours=self.period_hours or 0)
+
+    def describe_period(self) -> str:
+        """The period as the pack says it (``30 days``, ``24 hours``)."""
+        return f"{self.period_days} days" if self.period_days else f"{self.period_hours} hours"
+
+
 class RefundPolicy(StrictModel):
-    """Refund tiers (cents) and the delivery window (days, inclusive)."""
+    """Refund tiers (cents), the delivery window (days, inclusive) and the velocity rule."""
 
     auto_max_cents: int = Field(ge=0)
     approve_max_cents: int = Field(ge=0)
     window_days: int = Field(ge=0)
+    velocity: RefundVelocityPolicy
+    """Required: a pack states how refunds across tickets add up (no silent default)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> "RefundPolicy":
         if self.auto_max_cents > self.approve_max_cents:
             raise ValueError("auto_max_cents must not exceed approve_max_cents")
+        v = self.velocity
+        # a per-customer limit below one refund's tier would silently replace that tier
+        if v.max_auto_cents < self.auto_max_cents:
+            raise ValueError(f"velocity.max_auto_cents ({v.max_auto_cents}) is below auto_max_cents "
+                             f"({self.auto_max_cents}): lower auto_max_cents instead")
+        if v.max_approve_cents < self.approve_max_cents:
+            raise ValueError(f"velocity.max_approve_cents ({v.max_approve_cents}) is below approve_max_cents "
+                             f"({self.approve_max_cents}): lower approve_max_cents instead")
         return self
 
 
@@ -198,20 +259,56 @@ class AccessPolicy(StrictModel):
 
 
 class BudgetPolicy(StrictModel):
-    """Per-run caps and the per-tenant daily model-token budget."""
+    """Per-run caps, and the daily quotas (UTC days) of a tenant and of each of its users.
+
+    A user's quota is a share of the tenant's, so one requester key cannot spend the
+    tenant's whole day (see :mod:`guards.budgets`); a share larger than the whole is a
+    mistake in the pack and is refused.
+    """
 
     max_tool_calls: int = Field(ge=1)
     wall_clock_s: float = Field(gt=0)
     max_retries: int = Field(ge=0)
     tenant_daily_tokens: int = Field(ge=0)
+    user_daily_tokens: int = Field(ge=0)
+    tenant_daily_runs: int = Field(ge=1)
+    user_daily_runs: int = Field(ge=1)
+    quota_alert_ratio: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _user_share_within_tenant(self) -> "BudgetPolicy":
+        for quota in ("tokens", "runs"):
+            user, tenant = getattr(self, f"user_daily_{quota}"), getattr(self, f"tenant_daily_{quota}")
+            if user > tenant:
+                raise ValueError(f"user_daily_{quota} ({user}) must not exceed tenant_daily_{quota} ({tenant})")
+        return self
 
 
 class ApprovalPolicy(StrictModel):
-    """Who may review a paused plan and what a reviewer may change."""
+    """The pack's ``[approvals]``: who may decide a paused plan and what a reviewer may change.
 
-    approver_roles: list[str] = Field(default_factory=lambda: ["approver"], min_length=1)
-    separation_of_duties: bool = True
-    edits_only_downward: bool = True
+    The one source of these rules: the graph's approval node, the HTTP API, the listing of
+    pending approvals and the CLI all read them from the pack in force (through
+    :mod:`keel.approvals`), so an operator changes who approves by editing the pack, and no
+    role list is written anywhere else. Every field is required: no silent default.
+    """
+
+    approver_roles: tuple[ReviewerRole, ...] = Field(min_length=1)
+    """Roles that may approve or reject (an unknown role name is rejected on load)."""
+    separation_of_duties: StrictBool
+    """True: the user who started a run may not decide it."""
+    edits_only_downward: StrictBool
+    """True: a reviewer may only lower amounts; False: amounts may also go up (the edited
+    plan is evaluated again either way)."""
+
+    def role_may_decide(self, role: str) -> bool:
+        """Whether a user with ``role`` may approve or reject a plan."""
+        return role in self.approver_roles
+
+    def conflict_of_duties(self, requester: str | None, reviewer: str) -> bool:
+        """Whether separation of duties forbids ``reviewer`` deciding ``requester``'s run
+        (an unnamed reviewer counts as the requester)."""
+        return self.separation_of_duties and (not reviewer or reviewer == requester)
 
 
 class PolicyPack(StrictModel):
@@ -285,6 +382,25 @@ def parse_ts(value: str | datetime | None) -> datetime | None:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
 
 
+class KeelRefund(StrictModel):
+    """A refund keel issued, or may issue, to the ticket's customer: a velocity fact."""
+
+    order_id: str
+    """The order refunded."""
+    amount_cents: int = Field(ge=0)
+    """Its amount."""
+    state: Literal["executed", "pending", "planned"]
+    """``executed``: issued; ``pending``: in a plan waiting for approval; ``planned``: an
+    earlier action of the plan being decided (set by :meth:`PolicyEngine.evaluate_plan`)."""
+    at: datetime
+    """When it was issued (executed) or asked for (pending); naive means UTC."""
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        return v if v.tzinfo is not None else v.replace(tzinfo=timezone.utc)
+
+
 class PolicyFacts(StrictModel):
     """What the engine knows about the ticket's world, read from the back office.
 
@@ -304,6 +420,9 @@ class PolicyFacts(StrictModel):
     """Orders by id (customer_id, status, total_cents, refunded_cents, delivered_at)."""
     subscriptions: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Subscriptions by id (customer_id, period_end, status)."""
+    keel_refunds: list[KeelRefund] = Field(default_factory=list)
+    """The customer's refunds by keel, other than the plan's own: executed ones (at least
+    those of the velocity period) and pending ones (``tools.refund_history``)."""
 
     @field_validator("now")
     @classmethod
@@ -482,15 +601,63 @@ class PolicyEngine:
         if amount > refundable:
             rec.fail("refund.refundable", "amount_exceeds_refundable", f"{amount} > refundable {refundable}")
         rec.ok("refund.refundable", f"{amount} ≤ refundable {refundable}")
+        decision: Decision
         if amount <= p.auto_max_cents:
             rec.ok("refund.tier", f"{amount} ≤ {p.auto_max_cents}: execute")
-            return "execute"
-        if amount <= p.approve_max_cents:
+            decision = "execute"
+        elif amount <= p.approve_max_cents:
             rec.ok("refund.tier", f"{p.auto_max_cents} < {amount} ≤ {p.approve_max_cents}: approve")
-            return "approve"
-        rec.fail(
-            "refund.tier", "amount_over_agent_limit", f"{amount} > {p.approve_max_cents}: escalate", decision="escalate"
+            decision = "approve"
+        else:
+            rec.fail(
+                "refund.tier", "amount_over_agent_limit", f"{amount} > {p.approve_max_cents}: escalate",
+                decision="escalate",
+            )
+        return self._velocity(rec, args["order_id"], amount, decision, facts)
+
+    def _velocity(self, rec: _Recorder, order_id: str, amount: int, decision: Decision, facts: PolicyFacts) -> Decision:
+        """Rule ``refund.velocity``: the tiers over the customer's recent refunds by keel.
+
+        Per order, the refund tiers apply to the order's counted refunds plus this one; per
+        customer, the velocity limits apply to all of them, and to their count. The
+        stricter verdict wins and never lowers the refund's own tier. Refunds not yet
+        issued (pending, earlier in the plan, this one) count on an order at most up to
+        what is still refundable on it: more can never be paid out, and a customer's
+        repeated request for one refund is not several refunds' worth of money.
+        """
+        p = self.pack.refund
+        v = p.velocity
+        since = facts.now - v.period
+        counted = [
+            r for r in facts.keel_refunds
+            if r.state == "planned" or (r.state == "pending" and v.count_pending) or (r.state == "executed" and r.at >= since)
+        ]
+        issued: dict[str, int] = {}
+        queued: dict[str, int] = {order_id: amount}
+        for r in counted:
+            book = issued if r.state == "executed" else queued
+            book[r.order_id] = book.get(r.order_id, 0) + r.amount_cents
+        at_risk = {o: min(q, _refundable(facts.orders.get(o), q)) for o, q in queued.items()}
+        on_order = issued.get(order_id, 0) + at_risk[order_id]
+        on_customer = sum(issued.values()) + sum(at_risk.values())
+        count = len(counted) + 1
+        verdict = _stricter(
+            _stricter(_tier(on_order, p.auto_max_cents, p.approve_max_cents),
+                      _tier(on_customer, v.max_auto_cents, v.max_approve_cents)),
+            "approve" if count > v.max_auto_count else "execute",
         )
+        states = [r.state for r in counted]
+        detail = (
+            f"last {v.describe_period()}, this refund included: order {order_id} {on_order} cents, customer "
+            f"{on_customer} cents in {count} refunds ({states.count('executed')} executed, "
+            f"{states.count('pending')} pending approval, {states.count('planned')} earlier in this plan); "
+            f"automatic up to {p.auto_max_cents} an order, {v.max_auto_cents} and {v.max_auto_count} refunds a "
+            f"customer; approval up to {p.approve_max_cents} an order, {v.max_approve_cents} a customer: {verdict}"
+        )
+        if _SEVERITY[verdict] > _SEVERITY[decision]:
+            rec.fail("refund.velocity", "velocity_limit", detail, decision=verdict)
+        rec.ok("refund.velocity", detail)
+        return decision
 
     def _status_rule(
         self, rec: _Recorder, args: Mapping[str, Any], facts: PolicyFacts, rule: str, allowed: list[str], code: str
@@ -578,8 +745,13 @@ class PolicyEngine:
         text in a ticket never raises an action's authority.
         """
         per_action: list[ActionDecision] = []
+        planned: list[KeelRefund] = []  # the plan's earlier refunds count toward its later ones
         for action in actions:
-            d = self.evaluate(action, facts, route)
+            seen = facts.model_copy(update={"keel_refunds": [*facts.keel_refunds, *planned]}) if planned else facts
+            d = self.evaluate(action, seen, route)
+            if action.tool == "issue_refund" and d.decision in ("execute", "approve"):
+                planned.append(KeelRefund(order_id=action.args["order_id"], amount_cents=action.args["amount_cents"],
+                                          state="planned", at=facts.now))
             if injection_flagged and action.tool in SIDE_EFFECT_TOOLS:
                 d = _escalate_for_injection(d)
             per_action.append(d)
@@ -624,6 +796,21 @@ def _stricter(a: Decision, b: Decision) -> Decision:
     return a if _SEVERITY[a] >= _SEVERITY[b] else b
 
 
+def _tier(cents: int, auto_max: int, approve_max: int) -> Decision:
+    """execute up to ``auto_max``, approve up to ``approve_max``, else escalate."""
+    return "execute" if cents <= auto_max else "approve" if cents <= approve_max else "escalate"
+
+
+def _refundable(order: Mapping[str, Any] | None, default: int) -> int:
+    """What is still refundable on an order (``default`` when the order is not known)."""
+    if order is None:
+        return default
+    total, refunded = order.get("total_cents"), order.get("refunded_cents", 0)
+    if not (_is_int(total) and _is_int(refunded)):
+        return default
+    return max(0, total - refunded)
+
+
 def _escalate_for_injection(d: ActionDecision) -> ActionDecision:
     check = PolicyCheck(
         rule="injection",
@@ -644,36 +831,36 @@ def check_reviewer(
     reviewer_role: str,
     reviewer_tenant: str,
     run_tenant: str,
-    approvals: ApprovalPolicy | None = None,
+    approvals: ApprovalPolicy,
 ) -> list[str]:
     """Reason codes why ``reviewer`` may not approve or reject this run (empty: may).
 
     ``not_approver``: role not in the pack's approver roles. ``wrong_tenant``: reviewer of
-    another tenant. ``separation_of_duties``: the reviewer started the run (or is unnamed).
+    another tenant. ``separation_of_duties``: the reviewer started the run (or is unnamed),
+    when the pack separates duties.
     """
-    policy = approvals or ApprovalPolicy()
     codes: list[str] = []
-    if reviewer_role not in policy.approver_roles:
+    if not approvals.role_may_decide(reviewer_role):
         codes.append("not_approver")
     if not reviewer_tenant or reviewer_tenant != run_tenant:
         codes.append("wrong_tenant")
-    if policy.separation_of_duties and (not reviewer or reviewer == requester):
+    if approvals.conflict_of_duties(requester, reviewer):
         codes.append("separation_of_duties")
     return codes
 
 
 def check_edit(
-    original: ProposedAction, edited_args: Mapping[str, Any], approvals: ApprovalPolicy | None = None
+    original: ProposedAction, edited_args: Mapping[str, Any], approvals: ApprovalPolicy
 ) -> list[str]:
     """Reason codes why a reviewer's edit is refused (empty: allowed).
 
     ``edited_args`` holds the changed arguments (a full argument dict works too). Only
     amounts (``*_cents`` integers) may change, and only downward to a positive value; a
     new key, a changed tool (``tool`` key) or any other changed field is
-    ``edit_not_allowed``; a larger amount is ``edit_raises_amount``. The edited action
-    must still be re-evaluated by the engine: a smaller amount can change its tier.
+    ``edit_not_allowed``; a larger amount is ``edit_raises_amount`` unless the pack allows
+    upward edits (``edits_only_downward = false``). The edited action must still be
+    re-evaluated by the engine: a changed amount can change its tier.
     """
-    policy = approvals or ApprovalPolicy()
     codes: list[str] = []
 
     def add(code: str) -> None:
@@ -689,7 +876,7 @@ def check_edit(
             continue
         if not (key.endswith("_cents") and _is_int(old) and _is_int(new)) or new <= 0:
             add("edit_not_allowed")
-        elif new > old and policy.edits_only_downward:
+        elif new > old and approvals.edits_only_downward:
             add("edit_raises_amount")
     return codes
 

@@ -34,6 +34,7 @@ AuditKind = Literal[
     "run_finished",
     "model_call",
     "admin",
+    "budget_alert",
 ]
 """What an audit row records."""
 

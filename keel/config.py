@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     """Largest request body ``keel serve`` accepts (413 above)."""
     worker_lease_s: float = 30.0
     """How long a worker's claim on a run lasts without a heartbeat."""
+    worker_max_lease_expiries: int = Field(default=3, ge=1)
+    """Times a run's lease may expire (its worker was killed, crashed or hung while running
+    it) before the run is dead-lettered with reason ``lease_expired_repeatedly`` instead of
+    being taken over again: a run that kills every worker it lands on would otherwise be
+    retried forever. An admin's retry from the dead letters resets the count."""
+    startup_timeout_s: float = Field(default=180.0, gt=0)
+    """How long ``keel serve`` and ``keel worker`` keep retrying their start-up (exponential
+    backoff with jitter) while the database is unreachable or restarting, before giving up."""
+    db_pool_timeout_s: float = Field(default=3.0, gt=0)
+    """Longest wait for a pooled Postgres connection. During an outage a request fails after
+    this (HTTP 503 with ``Retry-After``) instead of hanging; psycopg_pool's default is 30 s."""
+    db_connect_timeout_s: int = Field(default=5, ge=2)
+    """libpq ``connect_timeout`` of keel's Postgres connections (an unreachable host, not a
+    refused connection, would otherwise block for the OS's TCP timeout)."""
     log_level: str = "INFO"
     """Level of keel's loggers."""
 

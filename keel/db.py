@@ -13,21 +13,43 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 import select
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Literal, Protocol, Sequence, TypeVar
 
-__all__ = ["Database", "Tx", "IntegrityError", "open_database"]
+from keel.config import Settings
+
+__all__ = [
+    "Database",
+    "Tx",
+    "IntegrityError",
+    "StartupError",
+    "open_database",
+    "db_error_kind",
+    "retry_while_unavailable",
+]
+
+log = logging.getLogger("keel.db")
+
+T = TypeVar("T")
 
 _QMARK = re.compile(r"\?")
 
 
 class IntegrityError(Exception):
     """A constraint was violated (unique key, foreign key); raised for both engines."""
+
+
+class StartupError(Exception):
+    """A process could not start on its database: a configuration error (bad credentials,
+    unknown database, malformed URL) or an outage longer than the start-up timeout. The
+    message is one line meant for the operator."""
 
 
 class Tx(Protocol):
@@ -139,6 +161,13 @@ def _live_pool_class() -> type:
     return LivePool
 
 
+_DEFAULT_POOL_TIMEOUT_S: float = Settings.model_fields["db_pool_timeout_s"].default
+_DEFAULT_CONNECT_TIMEOUT_S: int = Settings.model_fields["db_connect_timeout_s"].default
+_RECONNECT_WINDOW_S = 2.0
+"""How long the pool keeps rescheduling one failed connection attempt (see ``Database``):
+two attempts, a second apart; checkouts start new ones after."""
+
+
 class Database:
     """A connection source for one SQLite file or one Postgres database.
 
@@ -146,7 +175,13 @@ class Database:
     exception, so a store's write is all-or-nothing.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_timeout_s: float = _DEFAULT_POOL_TIMEOUT_S,
+        connect_timeout_s: int = _DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self.is_postgres = url.startswith(("postgres://", "postgresql://"))
         self._pool: Any = None
@@ -158,7 +193,17 @@ class Database:
                 url,
                 min_size=1,
                 max_size=10,
-                kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+                kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row,
+                        "connect_timeout": int(connect_timeout_s)},
+                # a checkout waits this long, then fails (an HTTP 503 with Retry-After) rather
+                # than holding a request for psycopg_pool's default 30 s during an outage
+                timeout=pool_timeout_s,
+                # psycopg_pool retries a failed connection with a doubling delay (1, 2, 4 … s)
+                # until this gives up; then the next checkout starts a fresh attempt at once.
+                # With its default (5 min) a pool whose database was down for a minute could
+                # wait another minute after the database is back before reconnecting, every
+                # checkout meanwhile failing (503) after the pool timeout.
+                reconnect_timeout=_RECONNECT_WINDOW_S,
                 open=True,
             )
         else:
@@ -262,10 +307,112 @@ _DATABASES: dict[str, Database] = {}
 _LOCK = threading.Lock()
 
 
-def open_database(url: str) -> Database:
-    """The process-wide :class:`Database` for ``url`` (one pool per URL)."""
+def open_database(url: str, **options: Any) -> Database:
+    """The process-wide :class:`Database` for ``url`` (one pool per URL); ``options``
+    (timeouts, see :class:`Database`) apply when this call creates it."""
     with _LOCK:
         db = _DATABASES.get(url)
         if db is None:
-            db = _DATABASES[url] = Database(url)
+            db = _DATABASES[url] = Database(url, **options)
         return db
+
+
+# -- start-up against a database that may be down ------------------------------------------
+DbErrorKind = Literal["unavailable", "config", "other"]
+
+_RETRYABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+"""Connection exception, transaction rollback (deadlock, serialization), insufficient
+resources (too many connections), operator intervention (admin or crash shutdown, the
+server starting up: ``AdminShutdown``, ``CannotConnectNow``), system error."""
+_CONFIG_SQLSTATES = ("28", "3D", "3F", "42501")
+"""Invalid authorization, unknown database or schema, insufficient privilege."""
+_CONFIG_MESSAGES = (
+    "password authentication failed", "authentication failed", "no pg_hba.conf entry", "does not exist",
+    "no password supplied", "password is required", "permission denied", "invalid connection option",
+    "invalid integer value", "invalid dsn", "invalid uri", "missing \"=\"", "invalid sslmode",
+    "server does not support ssl", "ssl is required", "unsupported frontend protocol",
+)
+"""libpq reports connection-time failures without an SQLSTATE, so the server's refusals that no
+retry can fix (credentials, unknown role or database, a malformed URL) are told by their
+message. A server with non-English ``lc_messages`` makes these look retryable: start-up then
+retries until its timeout, with the server's reason in every log line."""
+
+
+def db_error_kind(exc: BaseException) -> DbErrorKind:
+    """Whether ``exc`` means the database is unavailable for now (retry), refuses this
+    configuration (fail fast), or is something else (a bug: not the database's doing).
+
+    The exception and its causes are examined, the first database error deciding.
+    """
+    import psycopg
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, psycopg.Error):
+            state = getattr(e, "sqlstate", None) or ""
+            text = " ".join(str(e).lower().split())
+            if state.startswith(_CONFIG_SQLSTATES) or (not state and any(m in text for m in _CONFIG_MESSAGES)):
+                return "config"
+            if state.startswith(_RETRYABLE_SQLSTATE_CLASSES):
+                return "unavailable"
+            if not state and isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
+                return "unavailable"  # refused, reset, timed out, closed by a restart; PoolTimeout
+            return "other"
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return "unavailable"
+        e = e.__cause__ or e.__context__
+    return "other"
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one short line for a log or an error message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def retry_while_unavailable(
+    fn: Callable[[], T],
+    *,
+    timeout_s: float,
+    what: str,
+    base_s: float = 0.5,
+    cap_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``fn()``, retried with exponential backoff and jitter while the database is unavailable.
+
+    For process start-up (``keel serve``, ``keel worker``): a database that is restarting,
+    failing over or not up yet is waited for, up to ``timeout_s``, with one warning per retry
+    (``database unavailable, retrying in Xs: <reason>``). A configuration error (bad
+    credentials, unknown database, malformed URL) raises :class:`StartupError` at once, as
+    does an outage outlasting ``timeout_s``; any other error propagates unchanged. ``fn`` must
+    be safe to call again after a failure part-way (idempotent set-up).
+    """
+    import tenacity
+
+    def announce(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s: database unavailable, retrying in %.1fs: %s", what, delay, _reason(exc) if exc else "?")
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda e: db_error_kind(e) == "unavailable"),
+        # doubling from base_s up to cap_s, plus up to base_s at random: processes that failed
+        # together against one restarting server do not come back in lockstep
+        wait=tenacity.wait_exponential(multiplier=base_s, max=cap_s) + tenacity.wait_random(0, base_s),
+        stop=tenacity.stop_before_delay(timeout_s),
+        before_sleep=announce,
+        sleep=sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(fn)
+    except Exception as e:
+        kind = db_error_kind(e)
+        if kind == "config":
+            raise StartupError(f"database configuration error (check KEEL_DATABASE_URL): {_reason(e)}") from e
+        if kind == "unavailable":
+            raise StartupError(f"database still unavailable after {timeout_s:g}s: {_reason(e)}") from e
+        raise

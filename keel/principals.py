@@ -18,8 +18,10 @@ from keel.types import StrictModel
 __all__ = ["Role", "ROLES", "Principal", "PrincipalStore", "hash_key"]
 
 Role = Literal["requester", "approver", "admin"]
-"""``requester``: starts runs. ``approver``: approves or rejects plans of its tenant.
-``admin``: manages fixtures, keys and dead letters of its tenant (and approves)."""
+"""``requester``: starts runs. ``approver``: reviews plans of its tenant. ``admin``: manages
+fixtures, keys and dead letters of its tenant. Who may approve or reject a plan is not a
+property of the role: the policy pack's ``[approvals] approver_roles`` says (see
+:mod:`keel.approvals`)."""
 
 ROLES: tuple[Role, ...] = ("requester", "approver", "admin")
 
@@ -33,10 +35,6 @@ class Principal(StrictModel):
     """Stable user id; recorded as the actor in the audit log."""
     role: Role
     """What the caller may do."""
-
-    def can_approve(self) -> bool:
-        """Approvers and admins may approve (separation of duties is checked elsewhere)."""
-        return self.role in ("approver", "admin")
 
 
 def hash_key(key: str) -> str:

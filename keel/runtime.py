@@ -75,7 +75,8 @@ class Runtime:
                 return
             import psycopg
 
-            with psycopg.connect(self.db_url, autocommit=True) as conn:
+            with psycopg.connect(self.db_url, autocommit=True,
+                                 connect_timeout=self.settings.db_connect_timeout_s) as conn:
                 while not conn.execute("SELECT pg_try_advisory_lock(%s)", (_SETUP_LOCK,)).fetchone()[0]:
                     time.sleep(0.05)
                 self._setup_depth += 1
@@ -83,7 +84,7 @@ class Runtime:
                     yield
                 finally:
                     self._setup_depth -= 1
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+                    _advisory_unlock(conn)
 
     @cached_property
     def db(self) -> Database:
@@ -91,7 +92,8 @@ class Runtime:
         from guards.budgets import TenantTokenBudget
         from tools.backoffice import BackOffice
 
-        db = open_database(self.db_url)
+        db = open_database(self.db_url, pool_timeout_s=self.settings.db_pool_timeout_s,
+                           connect_timeout_s=self.settings.db_connect_timeout_s)
         with self.setup_lock():
             for store in (BackOffice(db), AuditLog(db), PrincipalStore(db), ThreadIndex(db)):
                 store.setup()
@@ -144,10 +146,10 @@ class Runtime:
 
     @cached_property
     def tokens(self):
-        """Per-tenant daily model-token budget."""
+        """Daily quotas (model tokens, runs) of each tenant and user, from the policy pack."""
         from guards.budgets import TenantTokenBudget
 
-        return TenantTokenBudget(self.db, self.policy.budgets.tenant_daily_tokens)
+        return TenantTokenBudget.from_pack(self.db, self.policy, audit=self.audit)
 
     @cached_property
     def tools(self):
@@ -249,6 +251,19 @@ class Runtime:
             from keel import db as _dbmod
 
             _dbmod._DATABASES.pop(self.db_url, None)
+
+
+def _advisory_unlock(conn: Any) -> None:
+    """Release the set-up lock; a session the server already ended (a restart during
+    set-up) released it by ending, and its error must not hide the one that ended it."""
+    import psycopg
+
+    if conn.closed:
+        return
+    try:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+    except psycopg.Error:
+        log.debug("set-up lock: the session ended before its unlock", exc_info=True)
 
 
 class LeaseLost(Exception):

@@ -2,8 +2,9 @@
 
 LangGraph re-runs this node from its first line on every resume, so everything before
 ``interrupt()`` is pure (it only builds the request from state). A refused resume
-(stale hash, the requester approving their own run, an upward edit) does not end the
-run: the node asks again, with the error in the new interrupt's value.
+(stale hash, a role the pack's ``approver_roles`` does not list, the requester approving
+their own run, an upward edit) does not end the run: the node asks again, with the error
+in the new interrupt's value. The rules are read from the policy pack in force.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.types import interrupt
 
 from graphs.state import SupportState
-from keel.approvals import ApprovalError, apply_edits, check_resume, decided_at
+from guards.injection import reviewer_view
+from keel.approvals import (
+    ApprovalError,
+    apply_edits,
+    approval_rules,
+    check_resume,
+    decided_at,
+)
 from keel.plan import Plan, SignedPlan, sign_plan
 from nodes.common import audit, escalation, output_actions, record_status, traced
 from nodes.policy_check import policy_facts
@@ -47,6 +55,8 @@ def approval_request(state: SupportState) -> dict[str, Any]:
         "policy_version": signed.plan.policy_version,
         "policy_checks": checks,
         "evidence": state.get("evidence") or [],
+        # the injection screen's verdict on the ticket and retrieved text, with its spans
+        "injection": reviewer_view(state.get("screen")),
         "resume": {"decision": "approve | reject", "plan_hash": signed.hash, "reviewer": "USER_ID", "reason": "TEXT",
                    "edits": "[{index, args}] (optional, only downward)"},
     }
@@ -61,7 +71,7 @@ def await_approval(state: SupportState, config: RunnableConfig, *, rt: "Runtime"
     while True:
         value = interrupt(request if error is None else {**request, "error": error})
         try:
-            decision = check_resume(value, request, role_of)
+            decision = check_resume(value, request, approval_rules(rt), role_of)
             break
         except ApprovalError as e:
             error = {"code": e.code, "message": e.message}

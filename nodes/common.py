@@ -142,7 +142,8 @@ def tool_context(rt: "Runtime", state: SupportState, idempotency_key: str | None
 
 
 class TokenBudgetExceeded(Exception):
-    """The tenant's daily model-token budget is spent: the run escalates ``budget_exceeded``."""
+    """The tenant's (or the requester's) daily model-token budget is spent: the run escalates
+    ``budget_exceeded``."""
 
 
 def model_hook(rt: "Runtime", state: SupportState) -> Callable[[Any], None]:
@@ -153,12 +154,14 @@ def model_hook(rt: "Runtime", state: SupportState) -> Callable[[Any], None]:
     next model call of that tenant is then refused.
     """
     tenant = str(state["ticket"]["tenant"])
-    if rt.tokens.remaining(tenant, rt.now()) <= 0:
+    user = state.get("requester")  # the user's daily share too, not only the tenant's
+    clock = rt.settings.clock  # KEEL_NOW or the wall clock: never the demo's frozen day (quotas must reset)
+    if rt.tokens.remaining(tenant, clock(), user=user) <= 0:
         raise TokenBudgetExceeded()
 
     def on_call(call: Any) -> None:
         audit(rt, state, "model_call", call.model_dump(mode="json"), actor=f"model:{call.provider}")
-        rt.tokens.charge(tenant, call.tokens, rt.now(), allow_overdraft=True)
+        rt.tokens.charge(tenant, call.tokens, clock(), allow_overdraft=True, user=user)
 
     return on_call
 

@@ -7,12 +7,13 @@ screened for injected instructions like ticket text: it is data, never instructi
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from graphs.state import SupportState
 from guards.budgets import charge_tool_call, check
-from guards.injection import screen
+from guards.injection import ScreenResult, merge, screen_fields
 from nodes.common import allowlist, ask_model, attempt_budget, escalation, ticket_of, tool_context, traced
 
 if TYPE_CHECKING:
@@ -23,6 +24,35 @@ __all__ = ["retrieve_context"]
 
 class _Budget(Exception):
     pass
+
+
+_STRUCTURED_KEY = re.compile(r"^(?:id|status|currency|locked|plan)$|_(?:id|at|cents|level|enabled)$")
+"""Record fields that hold ids, timestamps, enums or numbers, not free text."""
+
+
+def _record_texts(context: dict[str, Any]) -> dict[str, str]:
+    """The free text of every record read (a carrier's status line, an address, a name,
+    an email), keyed ``kind:ID.field``: text a planner reads, so it is screened like the
+    ticket (a stored address or a carrier note can carry instructions too)."""
+    out: dict[str, str] = {}
+
+    def add(kind: str, rec: Any, rid: str | None = None) -> None:
+        if not isinstance(rec, dict):
+            return
+        rid = str(rec.get("id") or rid or kind)
+        for key, value in rec.items():
+            if isinstance(value, str) and value.strip() and not _STRUCTURED_KEY.search(key):
+                out[f"{kind}:{rid}.{key}"] = value
+            elif isinstance(value, dict):
+                add(f"{kind}.{key}", value, rid)
+
+    add("customer", context.get("customer"))
+    add("account", context.get("account"))
+    for o in [*(context.get("orders") or []), *(context.get("named_orders") or {}).values()]:
+        add("order", o)
+    for sub in [*(context.get("subscriptions") or []), *(context.get("named_subscriptions") or {}).values()]:
+        add("subscription", sub)
+    return out
 
 
 @traced("retrieve_context")
@@ -50,6 +80,7 @@ def retrieve_context(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         evidence.append({"tool": tool, "args": args, "ok": res.ok, "output": res.output, "error": res.error_code})
         return res.output if res.ok else None
 
+    retrieved: list[ScreenResult] = []
     context: dict[str, Any] = {"customer": None, "account": None, "orders": [], "subscriptions": [], "named_orders": {}, "named_subscriptions": {}, "articles": []}
     try:
         if route == "knowledge":
@@ -57,7 +88,11 @@ def retrieve_context(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
             found = read("search_kb", {"query": query, "limit": 3}) or {"results": []}
             safe, dropped = [], []
             for art in found.get("results", []):
-                (dropped if screen(f"{art.get('title', '')}\n{art.get('snippet', '')}").flagged else safe).append(art)
+                shot = screen_fields({f"kb:{art.get('id')}.title": str(art.get("title", "")),
+                                      f"kb:{art.get('id')}.snippet": str(art.get("snippet", ""))}, sep="\n")
+                (dropped if shot.flagged else safe).append(art)
+                if shot.flagged:
+                    retrieved.append(shot)
             context["articles"] = safe
             if dropped:
                 evidence.append({"screened_out_articles": [a["id"] for a in dropped], "reason": "suspected_prompt_injection"})
@@ -82,4 +117,15 @@ def retrieve_context(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     except _Budget:
         return {"budget": budget, "evidence": evidence, **escalation("budget_exceeded")}
 
-    return {"extraction": extraction.model_dump(), "context": context, "evidence": evidence, "budget": budget}
+    update: dict[str, Any] = {"extraction": extraction.model_dump(), "context": context, "evidence": evidence, "budget": budget}
+    records = screen_fields(_record_texts(context), sep=".\n\n")
+    if records.flagged:
+        retrieved.append(records)
+        evidence.append({"retrieved_text_flagged": sorted({s.source for s in records.spans if s.source}),
+                         "reason": "suspected_prompt_injection"})
+    if retrieved:
+        # retrieved text is data like the ticket: a flag here marks the run (the policy then
+        # escalates any side effect, rule 10) and its spans reach the reviewer with the ticket's
+        update["screen"] = merge(ScreenResult.model_validate(state.get("screen") or {"flagged": False, "score": 0.0}),
+                                 *retrieved).model_dump()
+    return update

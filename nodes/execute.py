@@ -6,7 +6,9 @@ decides the signed plan again (the stricter of that and the stored verdict wins)
 approval must name that same hash and have been recorded by the approval node in the
 audit log; and each side effect carries an idempotency key derived from (thread, plan
 hash, action index), so a re-run after a crash or a resume returns the ledger's first
-result instead of acting again.
+result instead of acting again. A refund is decided once more inside its own transaction,
+under its customer's lock (``refund_guard``), so two runs racing cannot both slip under
+the refund velocity limits.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from guards.budgets import charge_tool_call, check
 from keel.plan import PlanIntegrityError, SignedPlan, idempotency_key, verify_plan
 from keel.types import SIDE_EFFECT_TOOLS
 from nodes.common import attempt_budget, audit, escalation, output_actions, tool_context, traced
-from nodes.policy_check import policy_facts
+from nodes.policy_check import policy_facts, refund_guard
 
 if TYPE_CHECKING:
     from keel.runtime import Runtime
@@ -85,7 +87,7 @@ def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         return {"actions": output_actions(state), **escalation(*(fresh.reason_codes or ["plan_not_validated"]))}
     if overall == "approve" and not _approved(rt, state, signed):
         audit(rt, state, "policy_decision", {"refused": "approval_missing", "plan_hash": signed.hash}, actor="executor")
-        return {"actions": output_actions(state), **escalation("approval_missing")}
+        return {"actions": output_actions(state), **escalation("approval_missing", *fresh.reason_codes)}
 
     budget = dict(state.get("budget") or {})
     if state.get("approval"):
@@ -100,7 +102,11 @@ def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
             continue
         key = idempotency_key(signed.plan.thread_id or state.get("thread_id", ""), signed.hash, i) \
             if action.tool in SIDE_EFFECT_TOOLS else None
-        res = rt.tools.call(action.tool, action.args, tool_context(rt, state, key))
+        ctx = tool_context(rt, state, key)
+        if action.tool == "issue_refund":  # decided again under the customer's lock, in the refund's transaction
+            authorized = "approve" if overall == "approve" else "execute"
+            ctx = ctx.model_copy(update={"guard": refund_guard(rt, state, signed, i, authorized)})
+        res = rt.tools.call(action.tool, action.args, ctx)
         budget = charge_tool_call(budget, max(0, res.attempts - 1))
         audit(rt, state, "tool_call", {"index": i, "tool": action.tool, "args": action.args, "ok": res.ok,
                                        "error": res.error_code, "replayed": res.replayed, "attempts": res.attempts,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from graphs.state import SupportState
+from keel.gateway.rules import claimed_amounts
 from keel.plan import Plan, sign_plan
 from keel.types import ProposedAction
 from nodes.common import allowlist, ask_model, audit, escalation, ticket_of, traced
@@ -61,6 +62,32 @@ def _merge_repeats(actions: list[ProposedAction]) -> list[ProposedAction]:
     return out
 
 
+def _amounts_from_claims(state: SupportState, actions: list[ProposedAction]) -> list[dict[str, Any]]:
+    """Refunds whose amount the ticket states only inside an authority or policy claim.
+
+    "The limit was raised to $500 by management" is not a request for $500: whatever
+    planner proposed that amount took it from the claim. A full refund of the order is
+    what a request without an amount means, so an amount equal to it is not counted.
+    """
+    ticket = state["ticket"]
+    claimed = claimed_amounts(f"{ticket.get('subject', '')}\n{ticket.get('body', '')}")
+    if not claimed:
+        return []
+    context = state.get("context") or {}
+    orders = {o.get("id"): o for o in context.get("orders") or []}
+    orders.update({k: v for k, v in (context.get("named_orders") or {}).items() if v})
+    out: list[dict[str, Any]] = []
+    for a in actions:
+        amount = a.args.get("amount_cents") if a.tool == "issue_refund" else None
+        if amount not in claimed:
+            continue
+        order = orders.get(a.args.get("order_id")) or {}
+        if amount == int(order.get("total_cents", -1)) - int(order.get("refunded_cents", 0)):
+            continue
+        out.append({"tool": a.tool, "order_id": a.args.get("order_id"), "amount_cents": amount})
+    return out
+
+
 @traced("propose_action")
 def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
     """Plan the actions (or answer a knowledge question)."""
@@ -100,6 +127,10 @@ def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
             return escalation("invalid_plan")
         actions.append(ProposedAction(tool=a.tool, args=args))
     actions = _merge_repeats(actions)
+    from_claims = _amounts_from_claims(state, actions)
+    if from_claims:
+        return escalation("suspected_prompt_injection",
+                          evidence=[*state.get("evidence", []), {"amount_from_claim": from_claims}])
 
     signed = sign_plan(
         Plan(

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from graphs.state import SupportState
 from guards.budgets import new_budget
-from guards.injection import screen
+from guards.injection import screen_fields
 from keel.types import SIDE_EFFECT_OPERATIONS, Ticket
 from nodes.common import ask_model, audit, escalation, record_status, traced
 
@@ -48,10 +48,11 @@ def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dic
 
     state = {**state, **base, "ticket": ticket.model_dump()}
     record_status(rt, state, "running")
-    shot = screen(f"{ticket.subject}\n{ticket.body}")
+    # subject and body screened as one text; each span names its field and offsets into it
+    shot = screen_fields({"subject": ticket.subject, "body": ticket.body}, customer_id=ticket.customer_id)
     result, stop = ask_model(rt, state, "triage", lambda hook: rt.gateway.triage(ticket, on_call=hook))
     if stop is not None:
-        return {**base, "ticket": ticket.model_dump(), "route": "unknown", "confidence": 0.0, **stop}
+        return {**base, "ticket": ticket.model_dump(), "screen": shot.model_dump(), "route": "unknown", "confidence": 0.0, **stop}
 
     route, reasons = result.route, list(result.reason_codes)
     if route != "unknown" and result.confidence < rt.policy.router.min_confidence:
@@ -75,7 +76,8 @@ def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dic
         actor="router",
     )
     if route == "unknown":
-        return {**update, **escalation(*reasons)}
+        # a flagged ticket reaches the reviewer marked as such, whatever else stopped it
+        return {**update, **escalation(*reasons, *(["suspected_prompt_injection"] if shot.flagged else []))}
     if shot.flagged and (not result.intents or any(op in SIDE_EFFECT_OPERATIONS for op in result.intents)):
         return {**update, **escalation("suspected_prompt_injection")}
     return update

@@ -381,12 +381,12 @@ def test_two_operations_of_one_route_are_planned_in_order() -> None:
         ("cancel_order", "O-1"), ("update_shipping_address", "O-2")]
 
 
-def test_local_provider_is_deterministic_and_reports_usage() -> None:
+def test_local_provider_is_deterministic_and_costs_no_tokens() -> None:
     provider = LocalProvider()
     payload = {"ticket": _ticket("Please refund order O-1 in full").model_dump()}
     first, usage = provider.complete("triage", type(triage_text("", "x")), "system", payload)
     second, _ = provider.complete("triage", type(first), "system", payload)
     assert first == second
-    assert usage.tokens_in > 0 and usage.tokens_out > 0
+    assert (usage.tokens_in, usage.tokens_out) == (0, 0)  # it calls no model
     with pytest.raises(ValueError):
         provider.complete("summarise", type(first), "system", payload)

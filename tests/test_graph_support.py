@@ -98,8 +98,12 @@ def test_approval_interrupt_payload_and_resume(rt):
     "value, code",
     [
         ({"decision": "approve", "plan_hash": "0" * 64, "reviewer": "boss"}, "stale_plan"),
-        ({"decision": "approve", "plan_hash": None, "reviewer": "req"}, "separation_of_duties"),
+        # the requester's own run: refused even when the resume claims an approver's role
+        ({"decision": "approve", "plan_hash": None, "reviewer": "req", "reviewer_role": "approver"},
+         "separation_of_duties"),
         ({"decision": "approve", "plan_hash": None, "reviewer": "req2"}, "not_an_approver"),
+        # the shipped pack's approver_roles is ["approver"]: an admin does not decide plans
+        ({"decision": "approve", "plan_hash": None, "reviewer": "adm"}, "not_an_approver"),
         ({"decision": "approve", "plan_hash": None, "reviewer": "boss",
           "edits": [{"index": 0, "args": {"amount_cents": 9999}}]}, "edit_raises_amount"),
         ({"decision": "maybe", "plan_hash": None, "reviewer": "boss"}, "invalid_resume"),
@@ -202,8 +206,7 @@ def test_audit_chain_records_the_run(rt):
 
 def test_tenant_token_budget_escalates_when_spent(rt):
     run(rt, "T-1", thread="first")
-    spent = rt.tokens.used("acme", NOW)
-    assert spent > 0  # every model call is charged to the tenant
+    assert rt.tokens.used("acme", NOW) == 0  # the local provider calls no model: it costs no tokens
     assert [r for r in rt.audit.list("acme", "first") if r.kind == "model_call"]
     rt.tokens.charge("acme", rt.tokens.remaining("acme", NOW), NOW)
     state, _ = run(rt, "T-5", thread="second")

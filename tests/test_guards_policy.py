@@ -87,7 +87,8 @@ def test_bundled_pack_loads_with_version_and_digest() -> None:
     assert PACK.access.reset_mfa.decision == "approve"
     assert PACK.cancel_subscription.immediate == "approve"
     b = PACK.budgets
-    assert (b.max_tool_calls, b.wall_clock_s, b.max_retries, b.tenant_daily_tokens) == (8, 30, 2, 200000)
+    assert (b.max_tool_calls, b.wall_clock_s, b.max_retries, b.tenant_daily_tokens) == (8, 30, 2, 5_000_000)
+    assert (b.user_daily_tokens, b.tenant_daily_runs, b.user_daily_runs, b.quota_alert_ratio) == (500_000, 20_000, 2_000, 0.8)
     assert PACK.approvals.separation_of_duties and PACK.approvals.edits_only_downward
 
 
@@ -101,7 +102,8 @@ def _pack_text(**replace: str) -> str:
 
 def test_operator_edit_changes_decisions_and_digest(tmp_path: Path) -> None:
     p = tmp_path / "edited.toml"
-    p.write_text(_pack_text(**{"auto_max_cents = 5000": "auto_max_cents = 9000", '"support-v1"': '"support-v2"'}))
+    p.write_text(_pack_text(**{"auto_max_cents = 5000": "auto_max_cents = 9000", '"support-v1"': '"support-v2"',
+                               "max_auto_cents = 5000": "max_auto_cents = 9000"}))
     pack = load_policy(p)
     assert pack.version == "support-v2" and pack.sha256 != PACK.sha256
     d = PolicyEngine(pack).evaluate(act("issue_refund", order_id="O-1", amount_cents=8999), facts())
@@ -124,6 +126,11 @@ def test_operator_edit_changes_decisions_and_digest(tmp_path: Path) -> None:
         (_pack_text(**{'immediate = "approve"': 'immediate = "maybe"'}), "immediate"),
         ('sha256 = "00"\n' + DEFAULT_POLICY_PATH.read_text(), "sha256"),
         (DEFAULT_POLICY_PATH.read_text().split("[approvals]")[0], "approvals"),
+        (_pack_text(**{"user_daily_tokens = 500000": "user_daily_tokens = 5000001"}), "must not exceed tenant_daily_tokens"),
+        (_pack_text(**{"user_daily_runs = 2000": "user_daily_runs = 20001"}), "must not exceed tenant_daily_runs"),
+        (_pack_text(**{"user_daily_runs = 2000": "user_daily_runs = 0"}), "user_daily_runs"),
+        (_pack_text(**{"quota_alert_ratio = 0.8": "quota_alert_ratio = 1.5"}), "quota_alert_ratio"),
+        (_pack_text(**{"tenant_daily_runs = 20000      # runs admitted per tenant per UTC day\n": ""}), "tenant_daily_runs"),
     ],
 )
 def test_bad_policy_files_are_rejected_clearly(tmp_path: Path, text: str, fragment: str) -> None:
@@ -308,9 +315,10 @@ def test_refund_records_every_rule_with_evidence() -> None:
         "refund.window",
         "refund.refundable",
         "refund.tier",
+        "refund.velocity",
     ]
     assert all(c.result == "pass" for c in d.checks)
-    assert "5001" in d.checks[-1].detail and "50000" in d.checks[-1].detail
+    assert "5001" in d.checks[-2].detail and "50000" in d.checks[-2].detail
     over = ENGINE.evaluate(act("issue_refund", order_id="O-1", amount_cents=50001), facts())
     assert over.checks[-1].result == "fail" and over.checks[-1].reason_code == "amount_over_agent_limit"
 
@@ -516,15 +524,48 @@ def test_demo_expectations() -> None:
     ],
 )
 def test_check_reviewer(requester: str, reviewer: str, role: str, tenant: str, codes: list[str]) -> None:
-    assert check_reviewer(requester, reviewer, role, tenant, "acme") == codes
+    assert check_reviewer(requester, reviewer, role, tenant, "acme", PACK.approvals) == codes
     assert ENGINE.check_reviewer(requester, reviewer, role, tenant, "acme") == codes
 
 
+def _approvals(**changes: Any) -> ApprovalPolicy:
+    """The shipped pack's ``[approvals]`` with some rules changed (validated again)."""
+    return ApprovalPolicy.model_validate({**PACK.approvals.model_dump(), **changes})
+
+
 def test_separation_of_duties_follows_the_pack() -> None:
-    relaxed = ApprovalPolicy(separation_of_duties=False)
+    relaxed = _approvals(separation_of_duties=False)
     assert check_reviewer("u1", "u1", "approver", "acme", "acme", relaxed) == []
-    admins = ApprovalPolicy(approver_roles=["approver", "admin"])
+    admins = _approvals(approver_roles=["approver", "admin"])
     assert check_reviewer("u1", "u2", "admin", "acme", "acme", admins) == []
+
+
+@pytest.mark.parametrize(
+    ("approvals", "fragment"),
+    [
+        ('approver_roles = ["aprover"]', "approver_roles"),
+        ("approver_roles = []", "approver_roles"),
+        ('separation_of_duties = "yes"', "separation_of_duties"),
+    ],
+)
+def test_bad_approval_rules_are_rejected(tmp_path: Path, approvals: str, fragment: str) -> None:
+    """A misspelt role would lock every reviewer out: the pack is refused on load instead."""
+    text = DEFAULT_POLICY_PATH.read_text()
+    line = next(x for x in text.splitlines() if x.startswith(approvals.split(" =")[0] + " ="))
+    p = tmp_path / "bad.toml"
+    p.write_text(text.replace(line, approvals))
+    with pytest.raises(PolicyError) as e:
+        load_policy(p)
+    assert fragment in str(e.value)
+
+
+def test_approval_rules_have_no_silent_default(tmp_path: Path) -> None:
+    text = DEFAULT_POLICY_PATH.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("edits_only_downward ="))
+    p = tmp_path / "bad.toml"
+    p.write_text(text.replace(line, ""))
+    with pytest.raises(PolicyError, match="edits_only_downward"):
+        load_policy(p)
 
 
 REFUND = act("issue_refund", order_id="O-1", amount_cents=8999, reason="damaged")
@@ -551,12 +592,12 @@ REFUND = act("issue_refund", order_id="O-1", amount_cents=8999, reason="damaged"
     ],
 )
 def test_check_edit(edit: dict[str, Any], codes: list[str]) -> None:
-    assert check_edit(REFUND, edit) == codes
+    assert check_edit(REFUND, edit, PACK.approvals) == codes
     assert ENGINE.check_edit(REFUND, edit) == codes
 
 
 def test_upward_edits_follow_the_pack() -> None:
-    assert check_edit(REFUND, {"amount_cents": 9000}, ApprovalPolicy(edits_only_downward=False)) == []
+    assert check_edit(REFUND, {"amount_cents": 9000}, _approvals(edits_only_downward=False)) == []
 
 
 def test_edited_plan_is_validated_again() -> None:

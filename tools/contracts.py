@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
@@ -34,6 +35,7 @@ __all__ = [
     "ToolError",
     "TransientToolError",
     "ToolEnv",
+    "derived_id",
     "EmailAddress",
     # inputs
     "GetCustomerInput",
@@ -114,6 +116,9 @@ class ToolEnv:
     """The run's clock, stamped on the records a tool writes."""
     idempotency_key: str | None = None
     """The call's idempotency key; new record ids are derived from it."""
+    guard: Callable[[Tx], None] | None = None
+    """The caller's last check, which the runner makes in the call's transaction before
+    the tool acts (:attr:`tools.runner.ToolContext.guard`)."""
 
 
 # --------------------------------------------------------------------------- types
@@ -483,11 +488,17 @@ class UnlockAccountOutput(StrictModel):
 # --------------------------------------------------------------------------- helpers
 
 
+def derived_id(prefix: str, tenant: str, idempotency_key: str) -> str:
+    """The id of the record a keyed call creates: the same on every replay of the key, so
+    a run can also recognise its own records (``tools.refund_history``)."""
+    digest = hashlib.sha256(f"{tenant}\x00{idempotency_key}".encode()).hexdigest()
+    return f"{prefix}-{digest[:16]}"
+
+
 def _new_id(prefix: str, env: ToolEnv) -> str:
     """A record id: derived from the idempotency key (stable on replay), else random."""
     if env.idempotency_key:
-        digest = hashlib.sha256(f"{env.tenant}\x00{env.idempotency_key}".encode()).hexdigest()
-        return f"{prefix}-{digest[:16]}"
+        return derived_id(prefix, env.tenant, env.idempotency_key)
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
 
 

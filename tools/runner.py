@@ -13,6 +13,10 @@ and fail the same way, whichever node makes it:
 7. each attempt runs in a worker thread, in its own transaction, under a timeout
    → ``timeout``; transient failures retry with exponential backoff and jitter, then
    → ``transient_failure``
+8. a side-effecting call's ``ctx.guard``, if any, runs in that transaction before the
+   tool acts (after the ledger lookup: a replay is never re-judged); a ``ToolError`` it
+   raises refuses the call with its code. A decision that depends on other runs' writes
+   (the refund velocity rule) is so taken atomically with this write.
 
 Exactly-once side effects: the side effect and its ``tool_ledger`` row commit in the same
 transaction. A repeated key returns the first result (``replayed=True``) without acting
@@ -81,6 +85,9 @@ class ToolContext(StrictModel):
     """Ties log lines of one run together."""
     now: AwareDatetime
     """The run's clock, stamped on records the tools write."""
+    guard: Callable[[Tx], None] | None = Field(default=None, exclude=True, repr=False)
+    """A side effect's last check, run in its transaction before the tool acts; raises
+    :class:`ToolError` to refuse (recorded in the ledger like the tool's own refusals)."""
 
 
 class ToolResult(StrictModel):
@@ -204,7 +211,8 @@ class ToolRunner:
         if not self._limiter.acquire(ctx.tenant):
             return _fail("rate_limited", "tool rate limit reached for this tenant; try again later")
 
-        env = ToolEnv(ctx.tenant, ctx.customer_id, ctx.now, ctx.idempotency_key if spec.side_effect else None)
+        env = ToolEnv(ctx.tenant, ctx.customer_id, ctx.now, ctx.idempotency_key if spec.side_effect else None,
+                      ctx.guard if spec.side_effect else None)
         digest = args_hash(name, validated)
         attempt = 0
         while True:
@@ -255,6 +263,8 @@ class ToolRunner:
                     if prior is not None:
                         return _from_ledger(prior, env.tenant, spec.name, digest)
                 try:
+                    if env.guard is not None and spec.side_effect:
+                        env.guard(tx)
                     output = spec.fn(self.backoffice, tx, env, args)
                     if not isinstance(output, spec.output_model):
                         raise TypeError(f"{spec.name} returned {type(output).__name__}")

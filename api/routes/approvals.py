@@ -1,10 +1,14 @@
 """Approvals: pending plans of the caller's tenant, and the decisions on them.
 
 Every decision names the plan hash the reviewer saw and goes through
-:func:`api.services.submit_run`, i.e. :func:`keel.approvals.validate_resume`: only an
-approver (or admin) of the tenant, never the run's requester, only for the current plan,
-and edits only downward. Repeating the same decision returns the original run
-(idempotent); a different decision on an already decided plan is 409.
+:func:`api.services.submit_run`, i.e. :func:`keel.approvals.validate_resume`: the policy
+pack's ``[approvals]`` rules decide who may approve (``approver_roles``), whether the run's
+requester may (``separation_of_duties``) and which edits are allowed
+(``edits_only_downward``), only for the current plan. Repeating the same decision returns
+the original run (idempotent); a different decision on an already decided plan is 409.
+
+Every member of the tenant sees its pending approvals; each one says whether the caller
+may decide it (``can_decide``) and, if not, why (``refusal``), by the same rules.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
 
 from api.deps import ApiState, correlation_id, get_principal, get_state
+from api.models import KeelJSONResponse as JSONResponse  # non-finite floats read back as null
 from api.models import MAX_OFFSET, ApprovalDetail, ApprovalPage, ApproveBody, DecisionOut, EditBody, RejectBody, returns
 from api.services import await_run, http_error, run_out, submit_run, thread_or_404, wait_result
+from guards.policy import ApprovalPolicy
+from keel.approvals import approval_rules, decider_refusal
 from keel.principals import Principal
 
 router = APIRouter(tags=["approvals"])
@@ -45,16 +51,20 @@ def _recorded(th: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _summary(th: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+def _summary(rules: ApprovalPolicy, p: Principal, th: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+    requester = req.get("requester") or th.get("requester")
+    refused = decider_refusal(rules, role=p.role, reviewer=p.user_id, requester=requester)
     return {
         "thread_id": th["thread_id"],
         "tenant": th["tenant"],
-        "requester": req.get("requester") or th.get("requester"),
+        "requester": requester,
         "ticket_id": req.get("ticket_id"),
         "route": req.get("route"),
         "plan_hash": req.get("plan_hash"),
         "plan": req.get("plan"),
         "waiting_since": th["updated_at"],
+        "can_decide": refused is None,
+        "refusal": None if refused is None else {"code": refused.code, "detail": refused.message},
     }
 
 
@@ -65,16 +75,18 @@ def list_approvals(limit: int = Query(20, ge=1, le=200), offset: int = Query(0, 
     total = st.queue.count_threads(p.tenant, "interrupted")
     rows = st.queue.search_threads(p.tenant, status="interrupted", limit=limit, offset=offset,
                                    sort_by="updated_at", sort_order="asc")
+    rules = approval_rules(st.runtime)
     items = []
     for th in rows:
         req = _recorded(th)
         if req is None:  # a thread parked before keel recorded interrupts on the thread row
             req = _pending(st, th)
         if req is not None:
-            items.append(_summary(th, req))
+            items.append(_summary(rules, p, th, req))
     nxt = offset + limit if offset + limit < total else None
     # plain JSON values already: skip FastAPI's generic encoder (most of a page's CPU time)
-    return JSONResponse({"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt})
+    return JSONResponse({"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt,
+                         "rules": rules.model_dump(mode="json")})
 
 
 def _preview(st: ApiState, tenant: str, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -108,7 +120,7 @@ def get_approval(thread_id: str, st: ApiState = Depends(get_state), p: Principal
     if req is None:
         raise http_error(404, "not_pending", "no approval is pending on this thread")
     return {
-        **_summary(th, req),
+        **_summary(approval_rules(st.runtime), p, th, req),
         "policy_version": req.get("policy_version"),
         "policy_checks": req.get("policy_checks", []),
         "evidence": req.get("evidence", []),

@@ -9,7 +9,6 @@ stores (``values``/``updates``), so any server can serve any run.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any, AsyncIterator
 
@@ -18,9 +17,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import ApiState, correlation_id, get_principal, get_state
-from api.models import MAX_OFFSET, RunCreate, RunOut, returns
+from api.models import MAX_OFFSET, RunCreate, RunOut, json_bytes, returns
 from api.queue import TERMINAL, NotCancellable, NotFound
-from api.services import await_run, http_error, is_uuid, run_out, submit_run, thread_or_404, wait_result
+from api.services import (await_run, check_admission, http_error, is_uuid, run_out, submit_run, thread_or_404,
+                          wait_result)
 from keel.db import IntegrityError
 from keel.principals import Principal
 
@@ -56,6 +56,8 @@ def _create(st: ApiState, p: Principal, thread_id: str, body: RunCreate, cid: st
     except HTTPException:
         if body.if_not_exists != "create":
             raise
+        if body.command is None:
+            check_admission(st.runtime, p)  # a refused run leaves no thread behind
         try:
             th, _ = st.queue.create_thread(p.tenant, p.user_id, thread_id=_uuid_or_422(thread_id), if_exists="do_nothing")
         except IntegrityError:  # the id is another tenant's: it stays invisible
@@ -63,13 +65,23 @@ def _create(st: ApiState, p: Principal, thread_id: str, body: RunCreate, cid: st
     checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
     if checkpoint_id and (body.input is not None or body.command is not None):
         raise http_error(422, "invalid_request", "a replay from a checkpoint takes no input or command")
+    if checkpoint_id:
+        _checkpoint_or_404(st, th, checkpoint_id)
     return submit_run(
         st, p, th, assistant_id=body.assistant_id, correlation_id=cid, input=body.input, command=body.command,
         checkpoint_id=checkpoint_id, stream_mode=modes, metadata=body.metadata,
-        multitask_strategy=body.multitask_strategy or "reject", config=body.config,
+        multitask_strategy=body.multitask_strategy or "reject", config=body.run_config(),
         interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
         after_seconds=body.after_seconds or 0.0,
     )
+
+
+def _checkpoint_or_404(st: ApiState, th: dict[str, Any], checkpoint_id: str) -> None:
+    """A replay must name a checkpoint of this thread: an unknown one would only fail in the worker."""
+    found = th.get("graph_id") and is_uuid(checkpoint_id) and st.runtime.checkpointer.get_tuple(
+        {"configurable": {"thread_id": th["thread_id"], "checkpoint_ns": "", "checkpoint_id": checkpoint_id}})
+    if not found:
+        raise http_error(404, "checkpoint_not_found", "checkpoint not found")
 
 
 def _uuid_or_422(v: str) -> str:
@@ -104,7 +116,7 @@ async def _wait_body(st: ApiState, run: dict[str, Any]) -> AsyncIterator[bytes]:
         yield b"\n"
     final = task.result()
     result = await to_thread.run_sync(wait_result, st.runtime, st.queue, final)
-    yield json.dumps(result, default=str).encode()
+    yield json_bytes(result, ensure_ascii=True, default=str)
 
 
 def _waiting(st: ApiState, run: dict[str, Any]) -> StreamingResponse:
@@ -124,7 +136,7 @@ async def wait_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_s
 
 
 def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
-    out = f"event: {event}\ndata: {json.dumps(data, default=str)}\n"
+    out = f"event: {event}\ndata: {json_bytes(data, ensure_ascii=True, default=str).decode()}\n"
     if event_id is not None:
         out += f"id: {event_id}\n"
     return (out + "\n").encode()
@@ -188,6 +200,8 @@ def _create_stateless(st: ApiState, p: Principal, body: RunCreate, cid: str, def
                          "waits): send on_completion 'keep' or omit it; `keel prune` removes finished threads")
     if body.checkpoint is not None or body.checkpoint_id is not None:
         raise http_error(422, "invalid_request", "a stateless run starts on a new thread: it has no checkpoint")
+    if body.command is None:
+        check_admission(st.runtime, p)  # a refused run leaves no thread behind
     th, _ = st.queue.create_thread(p.tenant, p.user_id, thread_id=str(uuid.uuid4()))
     try:
         run, _ = _create(st, p, th["thread_id"], body, cid, default_modes)
@@ -280,8 +294,11 @@ async def join_stream(thread_id: str, run_id: str, request: Request, stream_mode
                       st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> StreamingResponse:
     """Replays the run's stored events (after ``Last-Event-ID``) and follows it to the end."""
     run = await to_thread.run_sync(_run_or_404, st, p, thread_id, run_id)
-    last = request.headers.get("last-event-id")
-    after = int(last) if last and last.isdigit() else -1
+    last = request.headers.get("last-event-id") or ""
+    numeric = last.isascii() and last.isdigit()  # "²" is a digit to str.isdigit, not to int()
+    if numeric and len(last) > 18:  # not a seq keel sent, and beyond a SQL integer
+        raise http_error(422, "invalid_last_event_id", "Last-Event-ID is not an event id of this run")
+    after = int(last) if numeric else -1
     return StreamingResponse(_tail(st, run, stream_mode or None, after, send_metadata=after < 0),
                              media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 

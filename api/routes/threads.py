@@ -30,6 +30,7 @@ from api.queue import NotFound, ThreadBusy
 from api.services import (
     START_ROLES,
     await_run,
+    check_admission,
     http_error,
     is_uuid,
     run_out,
@@ -211,6 +212,7 @@ def _replay_sync(thread_id: str, body: ReplayBody, st: ApiState, p: Principal, c
         raise http_error(404, "checkpoint_not_found", "checkpoint not found")
     target = th
     if body.fork:
+        check_admission(st.runtime, p)  # a refused fork leaves no thread behind
         target, _ = st.queue.create_thread(p.tenant, p.user_id, metadata={**(body.metadata or {}), "forked_from": {
             "thread_id": thread_id, "checkpoint_id": body.checkpoint_id}})
         _copy_checkpoint(saver, tup, target["thread_id"])

@@ -11,12 +11,16 @@ safe to store and show.
 Every attempt yields a :class:`GatewayCall` (task, provider, ok, tokens, ms, error),
 passed to the gateway's ``on_call`` hook and to a per-call hook, so the caller can audit,
 trace and charge the tenant's token budget. A hook that raises stops the task (how a
-budget hook refuses more spending).
+budget hook refuses more spending). The tokens are what a model provider reported, or an
+estimate when it reported none (a model call is never free); a provider that calls no
+model (``charges_tokens = False``, the local rules) is charged nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,13 +39,15 @@ from keel.gateway.base import (
     ModelProvider,
     PlanningInput,
     Task,
+    Usage,
 )
 from keel.gateway.local import LocalProvider
 from keel.gateway.openai_provider import OpenAIProvider
 from keel.gateway.prompts import system_prompt
 from keel.types import Extraction, PlanProposal, Route, Ticket, TriageResult
 
-__all__ = ["ModelGateway", "GatewayResult", "CallHook", "gateway_from_settings", "provider_from_name"]
+__all__ = ["ModelGateway", "GatewayResult", "CallHook", "gateway_from_settings", "provider_from_name",
+           "estimate_tokens", "charged_tokens"]
 
 log = logging.getLogger("keel.gateway")
 
@@ -125,7 +131,7 @@ class ModelGateway:
             error: str | None = None
             try:
                 raw, usage = provider.complete(task, schema, system, payload)
-                tokens_in, tokens_out = usage.tokens_in, usage.tokens_out
+                tokens_in, tokens_out = charged_tokens(provider, usage, system, payload, raw)
                 value = _validate(schema, raw)
                 if check is not None:
                     check(value)
@@ -156,6 +162,35 @@ class ModelGateway:
         for hook in (self.on_call, on_call):
             if hook is not None:
                 hook(call)
+
+
+# ------------------------------------------------------------------ charging
+def estimate_tokens(text: str) -> int:
+    """Rough token count (4 characters a token) for a model that reports no usage."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def _text_of(raw: Any) -> str:
+    if isinstance(raw, BaseModel):
+        return raw.model_dump_json()
+    return raw if isinstance(raw, str) else json.dumps(raw, default=str)
+
+
+def charged_tokens(provider: ModelProvider, usage: Usage, system: str, payload: dict[str, Any], raw: Any) -> tuple[int, int]:
+    """``(tokens_in, tokens_out)`` to charge for one answered call.
+
+    Nothing for a provider that calls no model (``charges_tokens = False``): charging the
+    deterministic rules made an offline tenant's day run out after ~150 runs. A model's
+    own report when it gave one; else an estimate of what it read (system prompt and
+    payload) and wrote, since a real call is never free and an endpoint that omits usage
+    must not make spending invisible to the budget.
+    """
+    if not getattr(provider, "charges_tokens", True):
+        return 0, 0
+    if usage.tokens_in or usage.tokens_out:
+        return usage.tokens_in, usage.tokens_out
+    return (estimate_tokens(system) + estimate_tokens(json.dumps(payload, default=str)),
+            estimate_tokens(_text_of(raw)))
 
 
 # ------------------------------------------------------------------ validation

@@ -3,34 +3,31 @@
 It is the default and the last fallback, so keel works (and its tests run) with no
 network and no key. It reads the ticket with :mod:`keel.gateway.rules` and plans with
 the mapping below. It only *proposes*: every action still goes through the guards.
+It calls no model, so it costs no tokens: its calls are charged nothing against the
+tenant's daily token budget (the run quotas bound how much of it a tenant may use).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
 from pydantic import BaseModel
 
 from keel.gateway.base import OPERATION_TOOL, ROUTE_OPERATIONS, PlanningInput, Usage
-from keel.gateway.rules import READ_ONLY_OPERATIONS, analyze, extract_text, reship_reason, triage_text
+from keel.gateway.rules import READ_ONLY_OPERATIONS, analyze, claimed_amounts, extract_text, reship_reason, triage_text
 from keel.types import Extraction, Operation, PlanProposal, ProposedAction, Route, Ticket, TriageResult
 
-__all__ = ["LocalProvider", "plan_locally", "estimate_tokens"]
+__all__ = ["LocalProvider", "plan_locally"]
 
 _OPEN_STATUSES = ("shipped", "placed", "paid")
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count (4 characters a token) so local calls still exercise budgets."""
-    return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
 class LocalProvider:
     """Rule-based :class:`~keel.gateway.base.ModelProvider`; same input, same output."""
 
     name = "local"
+    charges_tokens = False
+    """It calls no model: the gateway charges its calls nothing (``gateway.charged_tokens``)."""
 
     def complete(
         self, task: str, schema: type[BaseModel], system: str, payload: dict[str, Any]
@@ -46,11 +43,7 @@ class LocalProvider:
             out = self.plan(PlanningInput.model_validate(payload))
         else:
             raise ValueError(f"unknown task {task!r}")
-        usage = Usage(
-            tokens_in=estimate_tokens(system) + estimate_tokens(json.dumps(payload, default=str)),
-            tokens_out=estimate_tokens(out.model_dump_json()),
-        )
-        return out, usage
+        return out, Usage()  # no model was called: no tokens were spent
 
     def triage(self, ticket: Ticket) -> TriageResult:
         """Route the ticket (see :func:`keel.gateway.rules.triage_text`)."""
@@ -118,6 +111,8 @@ def _action_for(ext: Extraction, planning: PlanningInput) -> tuple[ProposedActio
         args = {"order_id": order_id}
         if op == "refund":
             amount = ext.amount_cents
+            if amount is not None and amount in claimed_amounts(f"{ticket.subject}\n{ticket.body}"):
+                amount = None  # the number of a claim ("limit raised to $500"), not the customer's ask
             if amount is None:
                 record = _order_record(order_id, planning)
                 if record is None:

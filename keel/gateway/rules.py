@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from guards.injection import claim_clauses
 from keel.gateway.base import OPERATION_ROUTE, ROUTE_OPERATIONS
 from keel.types import Extraction, Operation, Route, TriageResult
 
@@ -39,6 +40,7 @@ __all__ = [
     "find_order_ids",
     "find_subscription_ids",
     "find_amount_cents",
+    "claimed_amounts",
     "is_full_refund",
     "find_timing",
     "find_new_email",
@@ -503,13 +505,9 @@ def _to_cents(whole: str, frac: str | None, unit: str) -> int:
     return number * 100 + int(frac or 0)
 
 
-def find_amount_cents(text: str) -> int | None:
-    """The stated amount in cents ("$20", "$75.50", "20 dollars", "2000 cents").
-
-    With several amounts, the one nearest a refund word wins ("I paid $120, refund $40"),
-    ties going to the later one.
-    """
-    found: list[tuple[int, int, int]] = []  # (start, end, cents)
+def _money(text: str) -> list[tuple[int, int, int]]:
+    """Every stated amount: ``(start, end, cents)``, overlapping forms counted once."""
+    found: list[tuple[int, int, int]] = []
     taken: list[tuple[int, int]] = []
     for rx, unit in _MONEY:
         for m in rx.finditer(text):
@@ -517,11 +515,40 @@ def find_amount_cents(text: str) -> int | None:
                 continue
             taken.append((m.start(), m.end()))
             found.append((m.start(), m.end(), _to_cents(m.group(1), m.group(2), unit)))
+    return found
+
+
+def _in_claim(start: int, end: int, claims: tuple[tuple[int, int], ...]) -> bool:
+    return any(start < b and a < end for a, b in claims)
+
+
+def claimed_amounts(text: str) -> frozenset[int]:
+    """Amounts that ``text`` states only inside an authority, policy or system claim
+    ("the limit was raised to $500", "approved up to $500"): never a refund amount."""
+    claims = claim_clauses(text)
+    if not claims:
+        return frozenset()
+    found = _money(text)
+    inside = {c for s, e, c in found if _in_claim(s, e, claims)}
+    outside = {c for s, e, c in found if not _in_claim(s, e, claims)}
+    return frozenset(inside - outside)
+
+
+def find_amount_cents(text: str) -> int | None:
+    """The stated amount in cents ("$20", "$75.50", "20 dollars", "2000 cents").
+
+    With several amounts, the one nearest a refund word wins ("I paid $120, refund $40"),
+    ties going to the later one. An amount inside an authority or policy claim ("the limit
+    was raised to $500 by management", see :func:`guards.injection.claim_clauses`) is the
+    claim's, not the customer's request, and is never taken.
+    """
+    claims = claim_clauses(text)
+    found = [f for f in _money(text) if not _in_claim(f[0], f[1], claims)]
     if not found:
         return None
     if len(found) == 1:
         return found[0][2]
-    cues = [m.start() for m in _REFUND_WORD.finditer(text)]
+    cues = [m.start() for m in _REFUND_WORD.finditer(text) if not _in_claim(m.start(), m.end(), claims)]
     if not cues:
         return sorted(found)[-1][2]
 

@@ -14,12 +14,16 @@ from typing import Any, Iterator
 
 import httpx
 
+from guards.policy import load_policy
 from support.api_helpers import demo_tickets, load_demo, new_tenant, serve_in_thread
 
 ROLES = ("requester", "approver", "admin")
 EVERYONE = frozenset(ROLES)
 STARTERS = frozenset({"requester", "admin"})
-DECIDERS = frozenset({"approver", "admin"})
+DECIDERS = frozenset(load_policy().approvals.approver_roles)
+"""Who approves or rejects: the shipped policy pack's ``[approvals] approver_roles``."""
+REVIEWERS = frozenset({"approver", "admin"})
+"""Who reads the tenant's audit log and dead letters (a role rule of the API, not the pack's)."""
 ADMINS = frozenset({"admin"})
 NOBODY: frozenset[str] = frozenset()
 
@@ -59,11 +63,11 @@ ROLE_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/approvals/{thread_id}/reject"): DECIDERS,
     ("POST", "/approvals/{thread_id}/edit"): DECIDERS,
     ("GET", "/threads/{thread_id}/audit"): EVERYONE,
-    ("GET", "/audit"): DECIDERS,
+    ("GET", "/audit"): REVIEWERS,
     ("GET", "/audit/verify"): EVERYONE,
     ("POST", "/tickets"): STARTERS,
     ("POST", "/fixtures"): ADMINS,
-    ("GET", "/dead-letters"): DECIDERS,
+    ("GET", "/dead-letters"): REVIEWERS,
     ("POST", "/dead-letters/{run_id}/retry"): ADMINS,
 }
 """Who may call what (the rest get 403). ``/audit/verify`` is open to every role of the
