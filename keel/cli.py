@@ -149,9 +149,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             out.print("\nRuns waiting for a human approval:")
             for r in waiting:
                 out.print(f"  {r['ticket_id']}: thread {r['thread_id']}")
+            from keel.approvals import approval_rules, decider_refusal
+
+            rules = approval_rules(rt)  # the demo user the pack in force lets decide
+            decider = next((u for u, role in DEMO_USERS.items() if decider_refusal(
+                rules, role=role, reviewer=u, requester="demo-requester") is None), "demo-approver")
             out.print(f"\nReview them with [bold]{prog} approvals[/], then approve or reject one, e.g.:")
-            out.print(f"  {prog} approve {waiting[0]['thread_id']} --as demo-approver")
-            out.print(f"  {prog} reject {waiting[0]['thread_id']} --as demo-approver --reason 'not eligible'")
+            out.print(f"  {prog} approve {waiting[0]['thread_id']} --as {decider}")
+            out.print(f"  {prog} reject {waiting[0]['thread_id']} --as {decider} --reason 'not eligible'")
         return 0
     finally:
         rt.close()
@@ -159,25 +164,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- approvals ---------------------------------------------------------------------------
 def cmd_approvals(args: argparse.Namespace) -> int:
-    """List pending approvals with plan, evidence and policy checks."""
-    from keel.approvals import pending_approval
+    """List pending approvals with plan, evidence and policy checks; with ``--as USER``,
+    whether that user may decide each one under the policy pack's ``[approvals]``."""
+    from keel.approvals import approval_rules, pending_approval
 
     rt = _runtime()
     try:
+        rules = approval_rules(rt)
         rows = rt.threads.list(tenant=args.tenant, status="awaiting_approval", limit=args.limit)
         items = []
         for row in rows:
             req = pending_approval(rt, row["thread_id"])
-            if req is not None:
-                items.append(req)
+            if req is None:
+                continue
+            items.append({**req, **_may_decide(rt, args.as_user, req)} if args.as_user else req)
         if args.json:
             print(json.dumps(items, indent=2, ensure_ascii=False))
             return 0
         if not items:
             print("no pending approvals")
             return 0
+        print(f"decided by role {' or '.join(rules.approver_roles)} (policy {rt.policy.version})"
+              f"{', never by the requester' if rules.separation_of_duties else ''}\n")
         for req in items:
             print(f"thread {req['thread_id']}  tenant {req['tenant']}  ticket {req['ticket_id']}  requested by {req['requester']}")
+            if "can_decide" in req:
+                print(f"  {args.as_user} {'may decide' if req['can_decide'] else 'may not decide (' + req['refusal'] + ')'}")
             print(f"  plan {req['plan_hash'][:16]}… (policy {req['policy_version']})")
             for i, a in enumerate(req["plan"]):
                 print(f"  [{i}] {a['tool']} {json.dumps(a['args'], ensure_ascii=False)} -> {a['decision']}")
@@ -191,6 +203,17 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         return 0
     finally:
         rt.close()
+
+
+def _may_decide(rt: Any, user: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Whether ``user`` may decide ``request`` under the pack in force, and if not, why."""
+    from keel.approvals import approval_rules, decider_refusal
+
+    who = rt.principals.get(request["tenant"], user)
+    if who is None:
+        return {"can_decide": False, "refusal": "unknown_user"}
+    refused = decider_refusal(approval_rules(rt), role=who.role, reviewer=who.user_id, requester=request.get("requester"))
+    return {"can_decide": refused is None, "refusal": refused.code if refused else None}
 
 
 def _decide(args: argparse.Namespace, decision: str) -> int:
@@ -324,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--tenant")
     a.add_argument("--limit", type=int, default=50)
     a.add_argument("--json", action="store_true")
+    a.add_argument("--as", dest="as_user", help="say whether this user may decide each plan")
     a.set_defaults(func=cmd_approvals)
 
     for name, func in (("approve", cmd_approve), ("reject", cmd_reject)):
@@ -352,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tenant", help="only this tenant's runs")
     pr.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     pr.set_defaults(func=cmd_prune)
+
+    from evals.cli import register as register_eval
+
+    register_eval(sub)  # keel eval: quality report on labelled datasets
 
     try:
         from api.cli import register
