@@ -1,7 +1,7 @@
 """The FastAPI application: LangGraph-Server-compatible resources plus keel's own.
 
 ``create_app(runtime, embedded_worker=...)`` builds the app around one
-:class:`keel.runtime.Runtime`. With ``embedded_worker`` a worker thread executes queued
+:class:`engine.runtime.Runtime`. With ``embedded_worker`` a worker thread executes queued
 runs in this process (the embedded SQLite default); otherwise ``keel worker`` processes
 do. The OpenAPI document is at ``/openapi.json`` (``/docs`` renders it).
 """
@@ -20,13 +20,18 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import ApiState, correlation_var, sane_request_id
-from api.models import KeelJSONResponse
-from api.queue import RunQueue
+from api.deps import ApiState, get_principal, sane_request_id
+from api.models import ErrorOut, KeelJSONResponse
 from api.ratelimit import rate_limiter
+from api.routes import ROUTERS
+from engine.correlation import correlation_var
+from engine.queue import RunQueue
+from engine.runtime import Runtime
+from engine.worker import start_embedded_worker
 
 __all__ = ["create_app", "DEFAULT_RATE_PER_MINUTE", "DEFAULT_MAX_BODY_BYTES", "MAX_JSON_DEPTH", "BodyProblem",
            "json_body_problem"]
@@ -254,7 +259,7 @@ def _reasons(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def create_app(
-    runtime: Any,
+    runtime: Runtime,
     *,
     embedded_worker: bool,
     rate_per_minute: float = DEFAULT_RATE_PER_MINUTE,
@@ -271,8 +276,6 @@ def create_app(
         stop = None
         listening = queue.start_listener()  # Postgres: runs finished by other processes wake waiters
         if embedded_worker:
-            from api.worker import start_embedded_worker
-
             stop = start_embedded_worker(runtime, queue, concurrency=worker_concurrency, **(worker_kwargs or {}))
         try:
             yield
@@ -334,8 +337,6 @@ def create_app(
         return JSONResponse({"detail": "internal error", "code": "internal", "request_id": _cid(request)},
                             status_code=500)
 
-    from api.routes import ROUTERS
-
     for r in ROUTERS:
         app.include_router(r)
 
@@ -367,12 +368,6 @@ def _document_errors(doc: dict[str, Any]) -> None:
     where a body is read, 422 wherever input is validated (FastAPI's default 422 schema
     does not match keel's error body, which is replaced).
     """
-    from fastapi.routing import APIRoute
-
-    from api.deps import get_principal
-    from api.models import ErrorOut
-    from api.routes import ROUTERS
-
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     err = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, sub in err.pop("$defs", {}).items():

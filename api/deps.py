@@ -8,32 +8,28 @@
   shared by every server on Postgres, a bucket in the process on embedded SQLite.
 * Correlation id: ``X-Request-ID`` if sane, else generated; echoed on the response,
   stored on runs (and from there in checkpoint metadata, audit rows and traces) and
-  added to every log line through :class:`CorrelationFilter`.
+  added to every log line (:mod:`engine.correlation`).
 """
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
-import logging
 import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Callable
 
 from fastapi import Depends, HTTPException, Request
 
+from api.ratelimit import RateLimiter
+from engine.correlation import correlation_var
+from engine.queue import RunQueue
+from engine.runtime import Runtime
 from keel.principals import Principal
 
-if TYPE_CHECKING:
-    from api.ratelimit import RateLimiter
-
 __all__ = [
-    "correlation_var",
-    "CorrelationFilter",
-    "configure_logging",
     "ApiState",
     "get_state",
     "get_runtime",
@@ -44,9 +40,6 @@ __all__ = [
     "new_correlation_id",
     "sane_request_id",
 ]
-
-correlation_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("keel_correlation_id", default=None)
-"""The correlation id of the request or run being handled in this context."""
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -63,34 +56,12 @@ def sane_request_id(value: str | None) -> str:
     return new_correlation_id()
 
 
-class CorrelationFilter(logging.Filter):
-    """Puts ``correlation_id`` on every record (``-`` outside a request or run)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "correlation_id", None):
-            record.correlation_id = correlation_var.get() or "-"
-        return True
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Log lines with time, level, logger and correlation id (idempotent)."""
-    root = logging.getLogger()
-    if any(getattr(h, "_keel", False) for h in root.handlers):
-        return
-    h = logging.StreamHandler()
-    h._keel = True  # type: ignore[attr-defined]
-    h.addFilter(CorrelationFilter())
-    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [cid=%(correlation_id)s] %(message)s"))
-    root.addHandler(h)
-    root.setLevel(getattr(logging, str(level).upper(), logging.INFO))
-
-
 @dataclass
 class ApiState:
     """What the app factory hangs on ``app.state.keel``."""
 
-    runtime: Any
-    queue: Any
+    runtime: Runtime
+    queue: RunQueue
     limiter: RateLimiter
     max_body_bytes: int
     wait_poll_s: float = 0.05
@@ -120,12 +91,12 @@ def get_state(request: Request) -> ApiState:
     return request.app.state.keel
 
 
-def get_runtime(request: Request) -> Any:
+def get_runtime(request: Request) -> Runtime:
     """The process runtime (stores, graphs, checkpointer)."""
     return request.app.state.keel.runtime
 
 
-def get_queue(request: Request) -> Any:
+def get_queue(request: Request) -> RunQueue:
     """The run queue."""
     return request.app.state.keel.queue
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse
 
+from api.errors import http_error
 from keel.audit import AuditRow
 from keel.types import Ticket
 
@@ -532,8 +533,6 @@ class RunCreate(Body):
         modes = [self.stream_mode] if isinstance(self.stream_mode, str) else list(self.stream_mode)
         bad = [m for m in modes if m not in SUPPORTED_STREAM_MODES]
         if bad:
-            from api.services import http_error
-
             raise http_error(422, "unsupported_stream_mode", f"stream modes {bad} are not supported; use values or updates")
         return modes
 

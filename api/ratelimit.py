@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Any, Protocol
 
+from engine.queue import SCHEMA_LOCK
+
 __all__ = ["RateLimiter", "LocalRateLimiter", "SharedRateLimiter", "rate_limiter"]
 
 class RateLimiter(Protocol):
@@ -90,8 +92,6 @@ class SharedRateLimiter:
         self.burst = burst if burst is not None else max(1, int(per_minute))
 
     def setup(self) -> "SharedRateLimiter":
-        from api.queue import SCHEMA_LOCK
-
         # once per database (``Database.executescript``), serialized with the queue's set-up
         self.db.executescript(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK});" + _DDL)
         return self

@@ -1,40 +1,50 @@
-"""What the routers share: graph registry, JSON shapes, and the one way to start a run.
+"""What the routers share: assistants, JSON shapes, and the one way to start a run.
 
 :func:`submit_run` is the only code path that queues a run. Every route that starts,
 resumes, replays or forks a thread goes through it, and it sends every resume of a
-pending approval through :func:`keel.approvals.validate_resume` (the policy pack's
+pending approval through :func:`engine.approvals.validate_resume` (the policy pack's
 approval rules, same tenant, matching plan hash): the LangGraph
 ``command={"resume": …}`` route and keel's approvals endpoints obey the same rules.
 Every new run (input, replay) is first counted against the daily quotas of the tenant and
-the caller (:func:`admitted`): a spent quota is a 429 with ``Retry-After``, not a queued run.
+the caller (:func:`admitted`, :mod:`engine.admission`): a spent quota is a 429 with
+``Retry-After``, not a queued run. What is not HTTP lives in ``engine`` (graph registry,
+approvals, admission, the queue); this module maps it to LangGraph Server's shapes and
+to HTTP errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from anyio import to_thread
 from fastapi import HTTPException
+from pydantic import ValidationError
 
-from api.queue import TERMINAL, NotFound, RunQueue, ThreadBusy
-from api.worker import jsonable
+from api.errors import http_error
+from engine import admission
+from engine.admission import QuotaExceeded
+from engine.approvals import approval_rules, pending_approval, validate_resume
+from engine.jsonable import jsonable
+from engine.queue import TERMINAL, NotFound, RunQueue, ThreadBusy
+from engine.registry import graph_ids
+from engine.runtime import Runtime
+from guards.approvals import ApprovalError, decider_refusal
+from guards.budgets import QuotaRefusal
+from keel import metrics
 from keel.audit import canonical_json
-from keel.config import PACKAGE_DIR
 from keel.db import IntegrityError
 from keel.principals import Principal
+from keel.types import Ticket
 
 __all__ = [
     "NAMESPACE_GRAPH",
-    "graph_ids",
     "assistant_out",
     "resolve_assistant",
     "thread_or_404",
@@ -44,7 +54,6 @@ __all__ = [
     "submit_run",
     "wait_result",
     "await_run",
-    "http_error",
     "is_uuid",
     "START_ROLES",
     "check_admission",
@@ -57,33 +66,10 @@ NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 START_ROLES = ("requester", "admin")
 """Roles that may start, replay or fork runs (approvers decide; they do not start work)."""
 
-LANGGRAPH_JSON = PACKAGE_DIR.parent / "langgraph.json"
+log = logging.getLogger("keel.api")
 
 
-def http_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> HTTPException:
-    """An HTTPException whose body is ``{"detail": message, "code": code}``."""
-    exc = HTTPException(status, message, headers=headers)
-    exc.code = code  # type: ignore[attr-defined]
-    return exc
-
-
-# -- graphs and assistants ----------------------------------------------------------------
-@lru_cache(maxsize=1)
-def _langgraph_json_graphs() -> tuple[str, ...]:
-    try:
-        return tuple(json.loads(Path(LANGGRAPH_JSON).read_text()).get("graphs", {}))
-    except (OSError, ValueError):
-        return ()
-
-
-def graph_ids() -> list[str]:
-    """One assistant per graph of ``langgraph.json`` that keel can build (plus registered extras)."""
-    from graphs import GRAPH_BUILDERS
-
-    ids = [g for g in _langgraph_json_graphs() if g in GRAPH_BUILDERS]
-    return ids + sorted(g for g in GRAPH_BUILDERS if g not in ids)
-
-
+# -- assistants: one per graph of engine.registry -----------------------------------------
 _CREATED = "2026-01-01T00:00:00+00:00"
 
 
@@ -130,7 +116,7 @@ def thread_or_404(queue: RunQueue, principal: Principal, thread_id: str) -> dict
     return th
 
 
-def _snapshot(runtime: Any, thread: dict[str, Any], checkpoint_id: str | None = None) -> Any | None:
+def _snapshot(runtime: Runtime, thread: dict[str, Any], checkpoint_id: str | None = None) -> Any | None:
     if not thread.get("graph_id"):
         return None
     cfg: dict[str, Any] = {"configurable": {"thread_id": thread["thread_id"]}}
@@ -143,7 +129,7 @@ def _interrupts(snap: Any) -> list[dict[str, Any]]:
     return [jsonable(i) for i in (getattr(snap, "interrupts", ()) or ())]
 
 
-def thread_out(runtime: Any, thread: dict[str, Any], *, with_values: bool = True) -> dict[str, Any]:
+def thread_out(runtime: Runtime, thread: dict[str, Any], *, with_values: bool = True) -> dict[str, Any]:
     """A thread shaped like LangGraph Server's (values and interrupts from its latest checkpoint)."""
     values: Any = {}
     interrupts: dict[str, list[dict[str, Any]]] = {}
@@ -252,10 +238,6 @@ def _check_ticket(graph_id: str, inp: Any, principal: Principal) -> None:
     """Support runs take ``{"ticket": TICKET}`` of the caller's own tenant."""
     if graph_id != "support":
         return
-    from pydantic import ValidationError
-
-    from keel.types import Ticket
-
     if not isinstance(inp, dict) or set(inp) != {"ticket"}:
         raise http_error(422, "invalid_input", 'support runs take {"ticket": TICKET}')
     try:
@@ -293,8 +275,6 @@ def submit_run(
     ``validate_resume``; a new input on such a thread is refused (409) so the pending
     plan cannot be silently abandoned or bypassed.
     """
-    from keel.approvals import ApprovalError, approval_rules, decider_refusal, pending_approval, validate_resume
-
     runtime, queue = st.runtime, st.queue
     aid, graph_id = resolve_assistant(assistant_id)
     if thread.get("graph_id") and thread["graph_id"] != graph_id:
@@ -396,7 +376,7 @@ def _replay_decision(queue: RunQueue, principal: Principal, thread: dict[str, An
     raise http_error(409, "already_decided", f"this plan was already decided ({prior['decision']}) by {prior['reviewer']}")
 
 
-def _audit_decision(runtime: Any, principal: Principal, thread: dict[str, Any], decision: dict[str, Any],
+def _audit_decision(runtime: Runtime, principal: Principal, thread: dict[str, Any], decision: dict[str, Any],
                     correlation_id: str, run_id: str) -> None:
     try:
         runtime.audit.append(
@@ -406,69 +386,53 @@ def _audit_decision(runtime: Any, principal: Principal, thread: dict[str, Any], 
                   "run_id": run_id, "via": "api"},
         )
     except Exception:  # the graph's own approval row is the authoritative one
-        import logging
-
-        logging.getLogger("keel.api").warning("could not audit approval decision", exc_info=True)
+        log.warning("could not audit approval decision", exc_info=True)
 
 
-def _max_retries(runtime: Any) -> int:
+def _max_retries(runtime: Runtime) -> int:
     try:
         return int(runtime.policy.budgets.max_retries)
     except Exception:
         return 2
 
 
-# -- admission: the daily quotas, before anything is queued ---------------------------------
-def _quota_refused(principal: Principal, refusal: Any) -> HTTPException:
-    """The 429 of a spent quota (a :class:`guards.budgets.QuotaRefusal`): ``Retry-After``
-    until it frees, code ``tenant_quota_exceeded`` or ``user_quota_exceeded``, and a reason
-    naming the quota."""
-    from keel import metrics
-
+# -- admission: the daily quotas, before anything is queued (engine.admission) ----------------
+def _quota_refused(principal: Principal, refusal: QuotaRefusal) -> HTTPException:
+    """The 429 of a spent quota: ``Retry-After`` until it frees, code ``tenant_quota_exceeded``
+    or ``user_quota_exceeded``, and a reason naming the quota."""
     metrics.admission_refused(principal.tenant, refusal.scope, refusal.quota)
     return http_error(429, f"{refusal.scope}_quota_exceeded", refusal.message(),
                       headers={"Retry-After": str(refusal.retry_after_s)})
 
 
-def _quota_clock(runtime: Any) -> Any:
-    """The quotas' day: ``KEEL_NOW`` if set, else the wall clock, never the embedded demo's
-    frozen day (``runtime.now()``), on which a spent quota would never reset."""
-    return runtime.settings.clock()
+@contextmanager
+def _as_429(principal: Principal) -> Iterator[None]:
+    try:
+        yield
+    except QuotaExceeded as e:
+        raise _quota_refused(principal, e.refusal) from None
 
 
-def check_admission(runtime: Any, principal: Principal) -> None:
+def check_admission(runtime: Runtime, principal: Principal) -> None:
     """429 if a new run of ``principal`` would be refused by a daily quota (tenant's or user's).
 
     A read only: routes that create a thread for the run (tickets, stateless runs,
     ``if_not_exists``, forks) call it first, so a refused request stores nothing. The
     count itself is taken by :func:`admitted` in :func:`submit_run`.
     """
-    refusal = runtime.tokens.check(principal.tenant, principal.user_id, _quota_clock(runtime))
-    if refusal is not None:
-        raise _quota_refused(principal, refusal)
+    with _as_429(principal):
+        admission.check_admission(runtime, principal)
 
 
 @contextmanager
-def admitted(runtime: Any, principal: Principal) -> Iterator[None]:
-    """Count one new run against the tenant's and the user's daily quotas (429 if one is
-    spent, nothing counted), and give it back if the block fails to queue the run.
-
-    Refused here rather than escalated in the run: a spent quota must not turn every
-    request into a stored, escalated run, and the caller learns when to retry.
-    """
-    now = _quota_clock(runtime)
-    refusal = runtime.tokens.admit(principal.tenant, principal.user_id, now)
-    if refusal is not None:
-        raise _quota_refused(principal, refusal)
-    try:
+def admitted(runtime: Runtime, principal: Principal) -> Iterator[None]:
+    """:func:`engine.admission.admitted`, refused as a 429."""
+    with _as_429(principal), admission.admitted(runtime, principal):
         yield
-    except BaseException:
-        runtime.tokens.release(principal.tenant, principal.user_id, now)
-        raise
 
 
 # -- waiting for runs ------------------------------------------------------------------------
-def wait_result(runtime: Any, queue: RunQueue, run: dict[str, Any]) -> dict[str, Any]:
+def wait_result(runtime: Runtime, queue: RunQueue, run: dict[str, Any]) -> dict[str, Any]:
     """What ``runs.wait``/``runs.join`` return: the thread's values (with ``__interrupt__``
     when it waits), or ``{"__error__": …}`` for a failed or dead run."""
     if run["status"] in ("error", "dead", "timeout"):

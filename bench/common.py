@@ -63,7 +63,7 @@ def scratch_database(admin_url: str = PG_ADMIN_URL, keep: bool = False) -> Itera
 def keel_runtime(url: str, data_dir: Path):
     """A keel Runtime on ``url`` with the demo clock and a fixed signing key."""
     from keel.config import Settings
-    from keel.runtime import Runtime
+    from engine.runtime import Runtime
 
     return Runtime(Settings(database_url=url, data_dir=data_dir, now=NOW, plan_signing_key="bench-key",
                             log_level="WARNING"))

@@ -296,12 +296,12 @@ class Bare:
     """The support graph invoked directly in this process (keel's Runtime and pooled PostgresSaver)."""
 
     def __init__(self, rt: Any, supply: Supply) -> None:
-        self.graph, self.supply = rt.graph("support"), supply
+        self.graph, self.context, self.supply = rt.graph("support"), rt.context("support"), supply
         self.lock = threading.Lock()
 
     def invoke(self, ticket: dict[str, Any]) -> bool:
         cfg = {"configurable": {"thread_id": str(uuid.uuid4()), "requester": "req"}}
-        return _completed(self.graph.invoke({"ticket": ticket}, cfg))
+        return _completed(self.graph.invoke({"ticket": ticket}, cfg, context=self.context))
 
     def warm(self, n: int) -> None:
         self.supply.reserve(n)
@@ -469,7 +469,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmpd)
         rt = keel_runtime(url, tmp / "bench-data")
         rt.graph("support")
-        from api.queue import RunQueue
+        from engine.queue import RunQueue
 
         RunQueue(rt.db).setup()
         supply = Supply(rt, "h", AUTO_TICKETS)
@@ -508,14 +508,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await dev.warm(args.warmup)
             port = _free_port()
             base = f"http://127.0.0.1:{port}"
-            p = procs.start("serve", [py, "-m", "keel.cli", "serve", "--port", str(port), "--rate-per-minute", "1e9"])
+            p = procs.start("serve", [py, "-m", "cli", "serve", "--port", str(port), "--rate-per-minute", "1e9"])
             await _wait_http(base, p, log=lambda: procs.log_tail("serve"))
             keel = Http("keel", base, supply, auth=True)
 
             async def with_workers(w: int, wc: int) -> list[str]:
                 names = [f"worker{i}" for i in range(w)]
                 for name in names:
-                    procs.start(name, [py, "-m", "keel.cli", "worker", "--concurrency", str(wc)])
+                    procs.start(name, [py, "-m", "cli", "worker", "--concurrency", str(wc)])
                 for name in names:
                     await asyncio.to_thread(procs.wait_ready, name, "keel worker:")
                 await keel.warm(max(args.warmup, 2 * w * wc))

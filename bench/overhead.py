@@ -182,13 +182,14 @@ def generic_work(url: str) -> tuple[Callable[[dict[str, Any], dict[str, Any]], N
 
 
 # -- (iii) keel's support graph, node functions wrapped ----------------------------------------
-def build_keel_support(rt: Any, timer: NodeTimer):
-    """keel's own builder (``graphs.support.build_support_graph``) with each node function timed."""
+def build_keel_support(timer: NodeTimer):
+    """keel's own builder (``graphs.support.build_support_graph``) with each node function timed
+    (run it with ``context=rt.context()``)."""
     import graphs.support as gs
 
     timed = {name: timer.wrap(name, fn) for name, fn in gs.BODIES.items()}
     with mock.patch.dict(gs.BODIES, timed):
-        g = gs.build_support_graph(runtime=rt)
+        g = gs.build_support_graph()
     return g
 
 
@@ -205,8 +206,10 @@ def same_topology(a: Any, b: Any) -> bool:
 class Variant:
     """One graph under test: ``run()`` does one timed invoke on a fresh thread."""
 
-    def __init__(self, name: str, graph: Any, timer: NodeTimer, next_input: Callable[[], tuple[dict, dict, str | None]]):
+    def __init__(self, name: str, graph: Any, timer: NodeTimer, next_input: Callable[[], tuple[dict, dict, str | None]],
+                 context: Any = None):
         self.name, self.graph, self.timer, self.next_input = name, graph, timer, next_input
+        self.context = context
         self.samples: list[tuple[float, float, int, float]] = []  # (wall s, body s, steps, orchestration CPU s)
         self.wrong = 0
         self.threads: list[str] = []
@@ -217,7 +220,7 @@ class Variant:
         self.threads.append(cfg["configurable"]["thread_id"])
         self.timer.reset()
         t0, c0 = time.perf_counter(), time.process_time()
-        out = self.graph.invoke(inp, cfg, durability=durability)
+        out = self.graph.invoke(inp, cfg, durability=durability, context=self.context)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if want is not None and out.get("status") != want:
             self.wrong += 1
@@ -365,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # keel: a fresh demo tenant per cycle of the auto-completing tickets
         keel_timer = NodeTimer()
-        keel_graph = build_keel_support(rt, keel_timer).compile(checkpointer=rt.checkpointer)
+        keel_graph = build_keel_support(keel_timer).compile(checkpointer=rt.checkpointer)
         state = {"cycle": 0, "queue": []}
 
         def keel_input() -> tuple[dict, dict, str | None]:
@@ -380,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         keel_timer.capture = {}
         for _ in AUTO_TICKETS:
             inp, conf, _want = keel_input()
-            keel_graph.invoke(inp, {"configurable": {"thread_id": str(uuid.uuid4()), **conf}}, durability="sync")
+            keel_graph.invoke(inp, {"configurable": {"thread_id": str(uuid.uuid4()), **conf}}, durability="sync",
+                              context=rt.context())
         updates, keel_timer.capture = keel_timer.capture, None
         assert set(updates) == set(AUTO_TICKETS), "keel's node functions were not wrapped (graphs.support.BODIES)"
         replay_tickets = [{"ticket": next(iter(updates[t].values()))["ticket"]} for t in AUTO_TICKETS]
@@ -404,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = [
             Variant("linear-6 (i)", lin_graph, lin_timer, lambda: ({"value": 0}, {}, None)),
             Variant("bare-support", bare_graph, bare_timer, bare_input),
-            Variant("keel-support", keel_graph, keel_timer, keel_input),
+            Variant("keel-support", keel_graph, keel_timer, keel_input, context=rt.context()),
             Variant("bare-support+work", ctl_graph, ctl_timer, bare_input),
         ]
         results = []

@@ -130,7 +130,7 @@ class Stamper:
 
     def stamp(self, n: int, batch: int = 1000) -> list[str]:
         """Make ``n`` new parked threads; returns their ids."""
-        from api.queue import new_id
+        from engine.queue import new_id
         from keel.plan import Plan, sign_plan
 
         out: list[str] = []
@@ -270,7 +270,7 @@ def measure(stage: int, rt: Any, procs: Procs, base: str, keys: dict[str, str], 
 
 def approve_sample(base: str, key: str, rt: Any, real: list[str], stamped: list[str]) -> list[dict[str, Any]]:
     """Approve one real thread and one copy of each other ticket through the API; all must complete."""
-    from keel.approvals import pending_approval
+    from engine.approvals import pending_approval
 
     picks: dict[str, tuple[str, str]] = {}
     for kind, ids in (("real", real), ("copy", stamped)):
@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmpd)
         rt = keel_runtime(_url_with(url, "bench"), tmp / "bench-data")
         rt.graph("support")
-        from api.queue import RunQueue
+        from engine.queue import RunQueue
 
         RunQueue(rt.db).setup()
         tickets = load_tenant(rt, TENANT)
@@ -317,10 +317,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             port = _free_port()
             base = f"http://127.0.0.1:{port}"
-            procs.start("serve", [py, "-m", "keel.cli", "serve", "--port", str(port), "--rate-per-minute", "1e9"],
+            procs.start("serve", [py, "-m", "cli", "serve", "--port", str(port), "--rate-per-minute", "1e9"],
                         ready="keel serve:", env={**env, "KEEL_DATABASE_URL": _url_with(url, "keel-serve")})
             for i in range(args.workers):
-                procs.start(f"worker{i}", [py, "-m", "keel.cli", "worker"], ready="keel worker:",
+                procs.start(f"worker{i}", [py, "-m", "cli", "worker"], ready="keel worker:",
                             env={**env, "KEEL_DATABASE_URL": _url_with(url, f"keel-worker-{i}")})
             deadline = time.monotonic() + 60
             while True:

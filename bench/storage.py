@@ -142,7 +142,7 @@ def keel_prune(url: str, data_dir: Path, *args: str) -> tuple[str, float]:
                KEEL_LOG_LEVEL="WARNING")
     t0 = time.perf_counter()
     for attempt in range(3):  # prune is safe to repeat; the server may restart under it
-        out = subprocess.run([sys.executable, "-m", "keel.cli", "prune", *args], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "cli", "prune", *args], capture_output=True, text=True,
                              env=env, cwd=ROOT, timeout=3600)
         if out.returncode == 0:
             break
@@ -159,7 +159,7 @@ class Runner:
 
     def __init__(self, rt: Any, ticket_ids: list[str], url: str) -> None:
         self.rt, self.ids, self.queue, self.cycle, self.runs, self.url = rt, ticket_ids, [], 0, 0, url
-        self.graph = rt.graph("support")
+        self.graph, self.context = rt.graph("support"), rt.context("support")
         self.waiting: list[tuple[str, str]] = []  # (tenant, thread)
         self.seconds = 0.0
         self.unexpected = 0
@@ -179,7 +179,8 @@ class Runner:
             thread = str(uuid.uuid4())
             t0 = time.perf_counter()
             try:
-                state = self.graph.invoke({"ticket": ticket}, {"configurable": {"thread_id": thread, "requester": "bench"}})
+                state = self.graph.invoke({"ticket": ticket}, {"configurable": {"thread_id": thread, "requester": "bench"}},
+                                          context=self.context)
             except Exception as e:  # noqa: BLE001 - only a server restart is expected here
                 if not any(isinstance(x, _server_errors()) for x in _chain(e)):
                     raise
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         # 2. prune
         print("\n## 2. keel prune\n")
         waiting_ids = [t for _, t in runner.waiting]
-        from keel.retention import checkpoint_rows
+        from engine.retention import checkpoint_rows
 
         waiting_rows = retrying(url, checkpoint_rows, rt, waiting_ids)
         steps: list[list[Any]] = [row_of("before prune", runner.runs, grown)]
@@ -314,14 +315,15 @@ def main(argv: list[str] | None = None) -> int:
 def approve(rt: Any, tenant: str, thread: str) -> str:
     from langgraph.types import Command
 
-    from keel.approvals import pending_approval, validate_resume
+    from engine.approvals import pending_approval, validate_resume
 
     request = pending_approval(rt, thread)
     if request is None:
         return "NOT PENDING"
     value = validate_resume(rt, thread, rt.principals.get(tenant, "boss"),
                             {"decision": "approve", "plan_hash": request["plan_hash"]})
-    state = rt.graph("support").invoke(Command(resume=value), {"configurable": {"thread_id": thread}})
+    state = rt.graph("support").invoke(Command(resume=value), {"configurable": {"thread_id": thread}},
+                                       context=rt.context("support"))
     return f"thread {thread[:8]}… {state.get('status')}"
 
 

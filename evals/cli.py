@@ -1,6 +1,6 @@
 """``keel eval DATASET [DATASET ...]``: the quality report of the support workflow.
 
-Registered as a subcommand of ``keel`` (``keel/cli.py``); also runs as ``python -m evals.cli``.
+Registered as a subcommand of ``keel`` (``cli/main.py``); also runs as ``python -m evals.cli``.
 
 Exit status: 0 when done (and, with ``--baseline``, no metric regressed past its
 tolerance), 1 when the baseline gate fails, 2 on input it cannot use (a clear one-line
@@ -15,6 +15,28 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from evals.render import print_comparison, print_report, render_html
+from evals.report import (
+    EvalError,
+    compare,
+    evaluate,
+    load_dataset,
+    load_prices,
+    load_tolerances,
+    make_config,
+    merge_reports,
+)
+from keel.config import get_settings
 
 __all__ = ["cmd_eval", "main", "register"]
 
@@ -69,28 +91,6 @@ def register(sub: Any) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the datasets, print the bundle, write the files, apply the baseline gate."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    from evals.render import print_comparison, print_report, render_html
-    from evals.report import (
-        EvalError,
-        compare,
-        evaluate,
-        load_dataset,
-        load_prices,
-        load_tolerances,
-        make_config,
-        merge_reports,
-    )
-    from keel.config import get_settings
-
     err = Console(stderr=True)
     out = Console() if sys.stdout.isatty() else Console(width=140)
     try:

@@ -3,7 +3,7 @@
 A dataset is a folder with ``fixtures.json``, ``tickets.jsonl`` and ``expected.jsonl`` (the
 batch contract's formats and ``evals/golden/expected.jsonl``'s), and optionally a
 ``dataset.toml`` manifest naming it and giving the clock its fixtures are dated for. Each
-trial runs every ticket through the real support graph (:func:`keel.batch.run_ticket`) on
+trial runs every ticket through the real support graph (:func:`engine.batch.run_ticket`) on
 a fresh embedded store, scores the outputs with :func:`evals.score.score`, and adds what a
 batch output cannot show: latency per ticket and the model tokens each run spent (from
 its ``model_call`` audit rows).
@@ -35,8 +35,12 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field, ValidationError
 
+from engine.batch import read_tickets, run_ticket
+from engine.runtime import Runtime
 from evals.score import Report, read_jsonl, score
+from guards.pack import PolicyError, load_policy
 from keel.types import StrictModel, Ticket
+from tools.fixtures import parse_fixtures_text
 
 __all__ = [
     "DEFAULT_PRICES",
@@ -125,9 +129,6 @@ def load_dataset(path: Path, default_now: datetime | None = None) -> Dataset:
     A dataset with a malformed line is refused whole: its numbers would silently cover
     fewer tickets than it claims.
     """
-    from keel.batch import read_tickets
-    from tools.fixtures import parse_fixtures_text
-
     if not path.is_dir():
         raise EvalError(f"{path}: not a dataset folder (expected fixtures.json, tickets.jsonl, expected.jsonl)")
     files = {name: path / name for name in ("fixtures.json", "tickets.jsonl", "expected.jsonl")}
@@ -274,9 +275,6 @@ def run_trial(dataset: Dataset, settings: Any, prices: dict[str, Price],
     the store, clock and fixtures are the dataset's. A fresh store per trial keeps trials
     independent (a refund executed in trial 1 must not shrink what trial 2 may refund).
     """
-    from keel.batch import run_ticket
-    from keel.runtime import Runtime
-
     model = getattr(settings, "openai_model", None)
     runs: list[TicketRun] = []
     with tempfile.TemporaryDirectory(prefix="keel-eval-") as tmp, _quiet_loggers():
@@ -557,8 +555,6 @@ def merge_reports(paths: Sequence[Path]) -> EvalReport:
 def make_config(settings: Any, trials: int) -> EvalConfig:
     """What an evaluation under ``settings`` measures with; loads (so validates) the policy pack."""
     from importlib.metadata import PackageNotFoundError, version
-
-    from guards.policy import PolicyError, load_policy
 
     if trials < 1:
         raise EvalError("--trials must be at least 1")

@@ -46,6 +46,7 @@ from typing import Any
 
 from pydantic import Field
 
+from guards.dlp import luhn_ok
 from keel.types import SIDE_EFFECT_TOOLS, StrictModel
 
 __all__ = [
@@ -285,8 +286,6 @@ def find_pii_leaks(out: dict[str, Any], ticket: dict[str, Any], fixtures: dict[s
     takeover (a reset link goes there, the address need not be told); a card number never
     belongs in an answer. Values the customer wrote themselves are not leaks.
     """
-    from guards.dlp import luhn_ok
-
     tid = str(ticket.get("id", out.get("ticket_id")))
     own = str(ticket.get("customer_id", ""))
     said = f"{ticket.get('subject', '')}\n{ticket.get('body', '')}".casefold()

@@ -1,8 +1,10 @@
-"""Graph builders, by graph id (the ids of ``langgraph.json``)."""
+"""The workflows as LangGraph state graphs: builders, their typed state and run context.
 
-from graphs.support import build_support_graph
+- :mod:`graphs.state`: the support workflow's state (plain JSON, checkpointed).
+- :mod:`graphs.context`: :class:`~graphs.context.SupportContext`, what its nodes may use.
+- :mod:`graphs.support`: the support graph's topology and builder.
+- :mod:`graphs.studio`: the entry point ``langgraph dev`` serves (``langgraph.json``).
 
-__all__ = ["GRAPH_BUILDERS", "build_support_graph"]
-
-GRAPH_BUILDERS = {"support": build_support_graph}
-"""Graph id → builder taking ``runtime=``; the API and workers compile from here."""
+This package re-exports nothing: the state and context sit below the nodes, the
+builders above them (see ``.importlinter``), and importing one must not import the other.
+"""

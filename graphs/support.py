@@ -11,25 +11,23 @@ route in state, which fixes the tool allowlist every later node works under.
 
 from __future__ import annotations
 
-import inspect
-from functools import partial
-from typing import TYPE_CHECKING, Callable
+from functools import wraps
+from typing import Any
+from collections.abc import Callable
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 
+from graphs.context import MissingContext, SupportContext
 from graphs.state import SupportInput, SupportState
 from nodes.approval import await_approval
-from nodes.context import retrieve_context
 from nodes.execute import execute_action
 from nodes.finish import complete, escalate_to_human
 from nodes.policy_check import policy_check
 from nodes.propose import propose_action
+from nodes.retrieve import retrieve_context
 from nodes.triage import triage
 from nodes.verify import verify
-
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
 
 __all__ = ["build_support_graph", "wire_support_topology", "NODES", "BODIES"]
 
@@ -57,7 +55,8 @@ BODIES: dict[str, Callable] = {
     "complete": complete,
     "escalate_to_human": escalate_to_human,
 }
-"""Each node's function (taking ``rt=``), by name."""
+"""Each node's function, by name. The builder reads it when it builds, so a hook installed
+before (``tests/support/faults_hooks.py``) wraps every node of the graphs built after."""
 
 
 def _escalated_or(nxt: str) -> Callable[[SupportState], str]:
@@ -87,30 +86,43 @@ def _after_approval(state: SupportState) -> str:
     return "complete" if status == "rejected" else "execute_action"
 
 
-def build_support_graph(runtime: "Runtime | None" = None) -> StateGraph:
-    """The uncompiled support graph; nodes reach the outside world through ``runtime``.
+def build_support_graph(*, default_context: Callable[[], SupportContext] | None = None) -> StateGraph:
+    """The uncompiled support graph. Its nodes get their dependencies as the run's context:
+    run it with ``context=SupportContext(...)`` (``engine.runtime.Runtime.context()``).
 
-    With no runtime, the process-wide one is resolved on first use, so the module
-    imports without a database (``langgraph dev``).
+    ``default_context`` is for the Studio entry point only (:mod:`graphs.studio`): LangGraph's
+    server cannot pass keel's context (it passes its own ``configurable`` as a dict, or
+    nothing), so there the graph declares no context schema and a node that runs without a
+    :class:`SupportContext` takes ``default_context()``. Without it, a run lacking the
+    context fails at its first node with :class:`MissingContext`.
+    """
+    if default_context is None:
+        g = StateGraph(SupportState, context_schema=SupportContext, input_schema=SupportInput)
+    else:
+        g = StateGraph(SupportState, input_schema=SupportInput)
+    return wire_support_topology(g, lambda name: _with_context(BODIES[name], default_context))
+
+
+def _with_context(fn: Callable[..., Any], default: Callable[[], SupportContext] | None) -> Callable[..., Any]:
+    """``fn`` with its ``runtime.context`` checked (or defaulted) before it runs.
+
+    LangGraph reads the node's parameters through ``functools.wraps`` (``__wrapped__``), so
+    it passes ``config`` and ``runtime`` exactly as ``fn`` declares them.
     """
 
-    def bind(fn: Callable) -> Callable:
-        if runtime is not None:
-            return partial(fn, rt=runtime)
+    @wraps(fn)
+    def node(state: SupportState, **kwargs: Any) -> Any:
+        runtime: Runtime[Any] = kwargs["runtime"]
+        if not isinstance(runtime.context, SupportContext):
+            if default is None:
+                raise MissingContext(
+                    "the support graph runs with context=SupportContext(...) "
+                    "(engine.runtime.Runtime.context() builds it); this run has "
+                    f"{type(runtime.context).__name__}")
+            kwargs["runtime"] = runtime.override(context=default())
+        return fn(state, **kwargs)
 
-        wants_config = "config" in inspect.signature(fn).parameters
-
-        def lazy(state: SupportState, config: RunnableConfig):
-            from keel.runtime import get_runtime
-
-            rt = get_runtime()
-            rt.ensure_fixtures_once()
-            return fn(state, config, rt=rt) if wants_config else fn(state, rt=rt)
-
-        lazy.__name__ = fn.__name__
-        return lazy
-
-    return wire_support_topology(StateGraph(SupportState, input_schema=SupportInput), lambda name: bind(BODIES[name]))
+    return node
 
 
 def wire_support_topology(g: StateGraph, body: Callable[[str], Callable]) -> StateGraph:

@@ -20,16 +20,14 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from pydantic import Field
 
 from keel import metrics
+from keel.audit import AuditLog
 from keel.db import Database
 from keel.types import StrictModel
-
-if TYPE_CHECKING:
-    from keel.audit import AuditLog
 
 __all__ = [
     "BUDGET_EXCEEDED",
@@ -77,7 +75,7 @@ class RunCaps(StrictModel):
 
     @classmethod
     def from_pack(cls, pack: Any) -> "RunCaps":
-        """Caps from a :class:`guards.policy.PolicyPack` (or anything with ``.budgets``)."""
+        """Caps from a :class:`guards.pack.PolicyPack` (or anything with ``.budgets``)."""
         b = pack.budgets
         return cls(max_tool_calls=b.max_tool_calls, wall_clock_s=b.wall_clock_s, max_retries=b.max_retries)
 
@@ -157,7 +155,7 @@ class DailyQuotas(StrictModel):
 
     @classmethod
     def from_pack(cls, pack: Any) -> "DailyQuotas":
-        """Quotas from a :class:`guards.policy.PolicyPack` (or anything with ``.budgets``)."""
+        """Quotas from a :class:`guards.pack.PolicyPack` (or anything with ``.budgets``)."""
         b = pack.budgets
         return cls(tenant_tokens=b.tenant_daily_tokens, user_tokens=b.user_daily_tokens,
                    tenant_runs=b.tenant_daily_runs, user_runs=b.user_daily_runs, alert_ratio=b.quota_alert_ratio)

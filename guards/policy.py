@@ -1,9 +1,9 @@
-"""The support policy as data, and the deterministic engine that applies it.
+"""The deterministic engine that applies the policy pack to proposed actions.
 
 A model only *proposes* actions; this module decides their fate. The rules' numbers
-(thresholds, windows, identity levels, allowlists) live in a TOML policy pack that an
-operator can edit without a deploy, while the rule *logic* stays here, small and
-tested at every edge. Every rule the engine evaluates is recorded as a
+(thresholds, windows, identity levels, allowlists) live in the TOML policy pack
+(:mod:`guards.pack`), which an operator can edit without a deploy, while the rule *logic*
+stays here, small and tested at every edge. Every rule the engine evaluates is recorded as a
 :class:`~keel.types.PolicyCheck`, so a reviewer sees why, not just what.
 
 Rule order per action (the first failing rule decides, later rules are not evaluated,
@@ -19,17 +19,15 @@ so a record the customer does not own is never described to them):
 
 from __future__ import annotations
 
-import hashlib
-import tomllib
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, NoReturn, Sequence
+from datetime import datetime, timedelta, UTC
+from typing import Any, Literal, NoReturn
+from collections.abc import Callable, Mapping, Sequence
 
-from pydantic import Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator
 
+from guards.approvals import check_edit, check_reviewer
+from guards.pack import KNOWN_TOOLS, AccessRule, PolicyPack
 from keel.types import (
-    READ_TOOLS,
-    ROUTES,
     SIDE_EFFECT_TOOLS,
     ActionDecision,
     Decision,
@@ -40,336 +38,14 @@ from keel.types import (
 )
 
 __all__ = [
-    "ReasonCode",
-    "OrderStatus",
-    "ReviewerRole",
-    "DEFAULT_POLICY_PATH",
-    "PolicyError",
-    "RouterPolicy",
-    "RoutePolicy",
-    "RefundPolicy",
-    "RefundVelocityPolicy",
-    "WindowPolicy",
-    "StatusPolicy",
-    "FixedDecisionPolicy",
-    "SubscriptionCancelPolicy",
-    "AccessRule",
-    "AccessPolicy",
-    "BudgetPolicy",
-    "ApprovalPolicy",
-    "PolicyPack",
-    "load_policy",
     "PolicyFacts",
     "KeelRefund",
     "PlanDecision",
     "PolicyEngine",
-    "check_reviewer",
-    "check_edit",
-    "apply_edit",
     "parse_ts",
 ]
 
-ReasonCode = Literal[
-    "tool_not_allowed",
-    "invalid_args",
-    "not_owner",
-    "not_found",
-    "outside_refund_window",
-    "amount_exceeds_refundable",
-    "amount_over_agent_limit",
-    "velocity_limit",
-    "not_cancellable",
-    "already_shipped",
-    "identity_not_verified",
-    "suspected_prompt_injection",
-    "budget_exceeded",
-    "not_approver",
-    "wrong_tenant",
-    "separation_of_duties",
-    "edit_not_allowed",
-    "edit_raises_amount",
-]
-"""Every reason code this module emits.
-
-- ``tool_not_allowed``: unknown tool, or not in the route's allowlist.
-- ``invalid_args``: an argument the rule needs is missing or malformed.
-- ``not_owner`` / ``not_found``: ownership rule (record of someone else / no such record).
-- ``outside_refund_window``: not delivered, or delivered longer ago than the window.
-- ``amount_exceeds_refundable``: more than total − already refunded.
-- ``amount_over_agent_limit``: refund above the approval ceiling (escalate).
-- ``velocity_limit``: with the customer's other recent refunds by keel (executed, pending
-  approval, or earlier in the plan) the refund crosses a tier it does not cross alone, or
-  the customer's count of refunds in the period: approve or escalate instead.
-- ``not_cancellable`` / ``already_shipped``: order status forbids cancel / address change.
-- ``identity_not_verified``: customer identity level below the access rule's minimum.
-- ``suspected_prompt_injection``: flagged ticket asks for a side effect.
-- ``budget_exceeded``: plan larger than the per-run tool-call budget.
-- ``not_approver`` / ``wrong_tenant`` / ``separation_of_duties``: reviewer checks.
-- ``edit_not_allowed`` / ``edit_raises_amount``: reviewer edit checks.
-"""
-
-OrderStatus = Literal["placed", "paid", "shipped", "delivered"]
-"""An order's lifecycle status in the back office."""
-
-ReviewerRole = Literal["requester", "approver", "admin"]
-"""Roles of keel's API keys (an approver role list in the pack names who may review)."""
-
-DEFAULT_POLICY_PATH = Path(__file__).resolve().parent / "policies" / "support-v1.toml"
-"""The bundled ``support-v1`` pack."""
-
-_KNOWN_TOOLS: frozenset[str] = SIDE_EFFECT_TOOLS | READ_TOOLS
-_Fixed = Literal["execute", "approve", "escalate", "deny"]
 _SEVERITY: dict[str, int] = {"execute": 0, "approve": 1, "escalate": 2, "deny": 3}
-
-
-class PolicyError(ValueError):
-    """A policy file that cannot be used; the message names the file and the problem."""
-
-
-# --------------------------------------------------------------------------- the pack
-
-
-class RouterPolicy(StrictModel):
-    """How sure the router must be before a specialist takes the ticket."""
-
-    min_confidence: float = Field(ge=0.0, le=1.0)
-
-
-class RoutePolicy(StrictModel):
-    """One route's tool allowlist."""
-
-    tools: list[str] = Field(default_factory=list)
-
-    @field_validator("tools")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - _KNOWN_TOOLS)
-        if unknown:
-            raise ValueError(f"unknown tools {unknown}")
-        return v
-
-
-class RefundVelocityPolicy(StrictModel):
-    """``[refund.velocity]``: the amount tiers over a customer's recent refunds, not one ticket's.
-
-    Why: the tiers judge one refund, so a customer who splits a refund over several
-    tickets (4,500 then 4,499 on one order) stays under every tier. The engine adds keel's
-    own refunds of the customer to the refund's amount before applying the tiers: those
-    executed within the period (by their timestamp on the run clock), those in plans
-    waiting for approval when ``count_pending`` (whatever their age: they may still
-    execute), and the plan's earlier refunds. A fixture's ``refunded_cents`` has no date
-    and is not counted here: it only lowers what is still refundable.
-    """
-
-    period_days: int | None = Field(default=None, ge=1)
-    """The period in days (set this or ``period_hours``, not both)."""
-    period_hours: int | None = Field(default=None, ge=1)
-    """The period in hours."""
-    max_auto_cents: int = Field(ge=0)
-    """The customer's refunds in the period, this one included, above this: approve."""
-    max_approve_cents: int = Field(ge=0)
-    """... above this: escalate."""
-    max_auto_count: int = Field(ge=0)
-    """A refund executes without approval only while the customer's refunds in the period,
-    this one included, number at most this many (0: every refund needs approval)."""
-    count_pending: bool = Field(strict=True)
-    """Refunds in plans waiting for approval count as if executed."""
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "RefundVelocityPolicy":
-        if (self.period_days is None) == (self.period_hours is None):
-            raise ValueError("set exactly one of period_days and period_hours")
-        if self.max_auto_cents > self.max_approve_cents:
-            raise ValueError("max_auto_cents must not exceed max_approve_cents")
-        return self
-
-    @property
-    def period(self) -> timedelta:
-        """How far back executed refunds count."""
-        return timedelta(days=self.period_days or 0, hours=self.period_hours or 0)
-
-    def describe_period(self) -> str:
-        """The period as the pack says it (``30 days``, ``24 hours``)."""
-        return f"{self.period_days} days" if self.period_days else f"{self.period_hours} hours"
-
-
-class RefundPolicy(StrictModel):
-    """Refund tiers (cents), the delivery window (days, inclusive) and the velocity rule."""
-
-    auto_max_cents: int = Field(ge=0)
-    approve_max_cents: int = Field(ge=0)
-    window_days: int = Field(ge=0)
-    velocity: RefundVelocityPolicy
-    """Required: a pack states how refunds across tickets add up (no silent default)."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "RefundPolicy":
-        if self.auto_max_cents > self.approve_max_cents:
-            raise ValueError("auto_max_cents must not exceed approve_max_cents")
-        v = self.velocity
-        # a per-customer limit below one refund's tier would silently replace that tier
-        if v.max_auto_cents < self.auto_max_cents:
-            raise ValueError(f"velocity.max_auto_cents ({v.max_auto_cents}) is below auto_max_cents "
-                             f"({self.auto_max_cents}): lower auto_max_cents instead")
-        if v.max_approve_cents < self.approve_max_cents:
-            raise ValueError(f"velocity.max_approve_cents ({v.max_approve_cents}) is below approve_max_cents "
-                             f"({self.approve_max_cents}): lower approve_max_cents instead")
-        return self
-
-
-class WindowPolicy(StrictModel):
-    """A delivery window in days (inclusive)."""
-
-    window_days: int = Field(ge=0)
-
-
-class StatusPolicy(StrictModel):
-    """Order statuses in which an order-changing action is allowed."""
-
-    allowed_statuses: list[OrderStatus]
-
-
-class FixedDecisionPolicy(StrictModel):
-    """A tool whose decision does not depend on the facts beyond ownership."""
-
-    decision: _Fixed
-
-
-class SubscriptionCancelPolicy(StrictModel):
-    """Decision for a subscription cancel, by when it takes effect."""
-
-    period_end: _Fixed
-    immediate: _Fixed
-
-
-class AccessRule(StrictModel):
-    """Identity level an access action needs, and its decision when met."""
-
-    min_identity_level: int = Field(ge=0)
-    decision: Literal["execute", "approve"]
-
-
-class AccessPolicy(StrictModel):
-    """One rule per account-access tool (all four are required: no silent default)."""
-
-    send_password_reset: AccessRule
-    unlock_account: AccessRule
-    reset_mfa: AccessRule
-    change_email: AccessRule
-
-
-class BudgetPolicy(StrictModel):
-    """Per-run caps, and the daily quotas (UTC days) of a tenant and of each of its users.
-
-    A user's quota is a share of the tenant's, so one requester key cannot spend the
-    tenant's whole day (see :mod:`guards.budgets`); a share larger than the whole is a
-    mistake in the pack and is refused.
-    """
-
-    max_tool_calls: int = Field(ge=1)
-    wall_clock_s: float = Field(gt=0)
-    max_retries: int = Field(ge=0)
-    tenant_daily_tokens: int = Field(ge=0)
-    user_daily_tokens: int = Field(ge=0)
-    tenant_daily_runs: int = Field(ge=1)
-    user_daily_runs: int = Field(ge=1)
-    quota_alert_ratio: float = Field(gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _user_share_within_tenant(self) -> "BudgetPolicy":
-        for quota in ("tokens", "runs"):
-            user, tenant = getattr(self, f"user_daily_{quota}"), getattr(self, f"tenant_daily_{quota}")
-            if user > tenant:
-                raise ValueError(f"user_daily_{quota} ({user}) must not exceed tenant_daily_{quota} ({tenant})")
-        return self
-
-
-class ApprovalPolicy(StrictModel):
-    """The pack's ``[approvals]``: who may decide a paused plan and what a reviewer may change.
-
-    The one source of these rules: the graph's approval node, the HTTP API, the listing of
-    pending approvals and the CLI all read them from the pack in force (through
-    :mod:`keel.approvals`), so an operator changes who approves by editing the pack, and no
-    role list is written anywhere else. Every field is required: no silent default.
-    """
-
-    approver_roles: tuple[ReviewerRole, ...] = Field(min_length=1)
-    """Roles that may approve or reject (an unknown role name is rejected on load)."""
-    separation_of_duties: StrictBool
-    """True: the user who started a run may not decide it."""
-    edits_only_downward: StrictBool
-    """True: a reviewer may only lower amounts; False: amounts may also go up (the edited
-    plan is evaluated again either way)."""
-
-    def role_may_decide(self, role: str) -> bool:
-        """Whether a user with ``role`` may approve or reject a plan."""
-        return role in self.approver_roles
-
-    def conflict_of_duties(self, requester: str | None, reviewer: str) -> bool:
-        """Whether separation of duties forbids ``reviewer`` deciding ``requester``'s run
-        (an unnamed reviewer counts as the requester)."""
-        return self.separation_of_duties and (not reviewer or reviewer == requester)
-
-
-class PolicyPack(StrictModel):
-    """A validated policy pack. ``sha256`` is the digest of the file it was loaded from."""
-
-    version: str = Field(min_length=1, max_length=64)
-    description: str = ""
-    router: RouterPolicy
-    routes: dict[Route, RoutePolicy]
-    refund: RefundPolicy
-    reship: WindowPolicy
-    cancel_order: StatusPolicy
-    update_shipping_address: StatusPolicy
-    track_shipment: FixedDecisionPolicy
-    cancel_subscription: SubscriptionCancelPolicy
-    access: AccessPolicy
-    budgets: BudgetPolicy
-    approvals: ApprovalPolicy
-    sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
-
-    @model_validator(mode="after")
-    def _all_routes(self) -> "PolicyPack":
-        missing = [r for r in ROUTES if r not in self.routes]
-        if missing:
-            raise ValueError(f"routes missing {missing}")
-        if self.routes["unknown"].tools:
-            raise ValueError("routes.unknown must allow no tools (unknown tickets escalate)")
-        return self
-
-    @classmethod
-    def from_toml(cls, text: str | bytes, source: str = "<string>") -> "PolicyPack":
-        """Parse and validate TOML text; ``sha256`` is computed over the exact bytes."""
-        raw = text.encode() if isinstance(text, str) else text
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise PolicyError(f"{source}: not valid TOML: {e}") from None
-        if "sha256" in data:
-            raise PolicyError(f"{source}: 'sha256' is computed on load and may not be set")
-        try:
-            return cls.model_validate({**data, "sha256": hashlib.sha256(raw).hexdigest()})
-        except ValidationError as e:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()
-            )
-            raise PolicyError(f"{source}: invalid policy: {problems}") from None
-
-    def allowlist(self, route: Route) -> list[str]:
-        """Tools the route may use."""
-        return self.routes[route].tools
-
-
-def load_policy(path: str | Path = DEFAULT_POLICY_PATH) -> PolicyPack:
-    """Load and validate a policy pack file; raises :class:`PolicyError` naming the file."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise PolicyError(f"{p}: cannot read policy file: {e.strerror or e}") from None
-    return PolicyPack.from_toml(raw, source=str(p))
-
 
 # --------------------------------------------------------------------------- facts
 
@@ -379,7 +55,7 @@ def parse_ts(value: str | datetime | None) -> datetime | None:
     if value is None or value == "":
         return None
     dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 class KeelRefund(StrictModel):
@@ -398,7 +74,7 @@ class KeelRefund(StrictModel):
     @field_validator("at")
     @classmethod
     def _aware(cls, v: datetime) -> datetime:
-        return v if v.tzinfo is not None else v.replace(tzinfo=timezone.utc)
+        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
 
 
 class PolicyFacts(StrictModel):
@@ -427,10 +103,10 @@ class PolicyFacts(StrictModel):
     @field_validator("now")
     @classmethod
     def _aware(cls, v: datetime) -> datetime:
-        return v if v.tzinfo is not None else v.replace(tzinfo=timezone.utc)
+        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
 
     @classmethod
-    def from_fixtures(cls, fixtures: Mapping[str, Any], customer_id: str, now: datetime) -> "PolicyFacts":
+    def from_fixtures(cls, fixtures: Mapping[str, Any], customer_id: str, now: datetime) -> PolicyFacts:
         """Facts for one customer from a fixtures-shaped back office (tests, demo)."""
         customers = {c["id"]: c for c in fixtures.get("customers", [])}
         return cls(
@@ -546,7 +222,7 @@ class PolicyEngine:
         return ActionDecision(decision=decision, reason_codes=[], checks=rec.checks)
 
     def _tool_allowed(self, rec: _Recorder, tool: str, route: Route | None) -> None:
-        if tool not in _KNOWN_TOOLS:
+        if tool not in KNOWN_TOOLS:
             rec.fail("tool.known", "tool_not_allowed", f"unknown tool {tool!r}")
         rec.ok("tool.known", f"{tool!r} is a known tool")
         if route is None:
@@ -820,67 +496,3 @@ def _escalate_for_injection(d: ActionDecision) -> ActionDecision:
     )
     codes = ["suspected_prompt_injection"] + [c for c in d.reason_codes if c != "suspected_prompt_injection"]
     return ActionDecision(decision=_stricter(d.decision, "escalate"), reason_codes=codes, checks=[*d.checks, check])
-
-
-# --------------------------------------------------------------------------- approvals
-
-
-def check_reviewer(
-    requester: str,
-    reviewer: str,
-    reviewer_role: str,
-    reviewer_tenant: str,
-    run_tenant: str,
-    approvals: ApprovalPolicy,
-) -> list[str]:
-    """Reason codes why ``reviewer`` may not approve or reject this run (empty: may).
-
-    ``not_approver``: role not in the pack's approver roles. ``wrong_tenant``: reviewer of
-    another tenant. ``separation_of_duties``: the reviewer started the run (or is unnamed),
-    when the pack separates duties.
-    """
-    codes: list[str] = []
-    if not approvals.role_may_decide(reviewer_role):
-        codes.append("not_approver")
-    if not reviewer_tenant or reviewer_tenant != run_tenant:
-        codes.append("wrong_tenant")
-    if approvals.conflict_of_duties(requester, reviewer):
-        codes.append("separation_of_duties")
-    return codes
-
-
-def check_edit(
-    original: ProposedAction, edited_args: Mapping[str, Any], approvals: ApprovalPolicy
-) -> list[str]:
-    """Reason codes why a reviewer's edit is refused (empty: allowed).
-
-    ``edited_args`` holds the changed arguments (a full argument dict works too). Only
-    amounts (``*_cents`` integers) may change, and only downward to a positive value; a
-    new key, a changed tool (``tool`` key) or any other changed field is
-    ``edit_not_allowed``; a larger amount is ``edit_raises_amount`` unless the pack allows
-    upward edits (``edits_only_downward = false``). The edited action must still be
-    re-evaluated by the engine: a changed amount can change its tier.
-    """
-    codes: list[str] = []
-
-    def add(code: str) -> None:
-        if code not in codes:
-            codes.append(code)
-
-    for key, new in edited_args.items():
-        if key not in original.args:
-            add("edit_not_allowed")
-            continue
-        old = original.args[key]
-        if new == old and type(new) is type(old):
-            continue
-        if not (key.endswith("_cents") and _is_int(old) and _is_int(new)) or new <= 0:
-            add("edit_not_allowed")
-        elif new > old and approvals.edits_only_downward:
-            add("edit_raises_amount")
-    return codes
-
-
-def apply_edit(original: ProposedAction, edited_args: Mapping[str, Any]) -> ProposedAction:
-    """The action with the reviewer's changes merged in (call :func:`check_edit` first)."""
-    return ProposedAction(tool=original.tool, args={**original.args, **edited_args})

@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from keel.db import Database, IntegrityError
-from guards.dlp import redact
 
-__all__ = ["AuditLog", "AuditKind", "AuditRow", "ChainReport", "canonical_json"]
+__all__ = ["AuditLog", "AuditKind", "AuditRow", "ChainReport", "Redactor", "canonical_json"]
 
 AuditKind = Literal[
     "run_started",
@@ -37,6 +37,10 @@ AuditKind = Literal[
     "budget_alert",
 ]
 """What an audit row records."""
+
+Redactor = Callable[[dict[str, Any]], dict[str, Any]]
+"""Takes an event's data and returns it with personal data and secrets removed
+(``guards.dlp.redact`` in keel's wiring)."""
 
 GENESIS = "0" * 64
 """``prev_hash`` of a tenant's first row."""
@@ -115,10 +119,16 @@ CREATE INDEX IF NOT EXISTS audit_log_thread ON audit_log (tenant, thread_id)
 
 
 class AuditLog:
-    """Append-only, hash-chained audit rows in the keel database."""
+    """Append-only, hash-chained audit rows in the keel database.
 
-    def __init__(self, db: Database) -> None:
+    ``redact`` is required, with no default: what counts as personal data is the DLP
+    guard's decision (``guards.dlp``, a layer above this one), and an audit log built
+    without it must not silently store customers' data unredacted.
+    """
+
+    def __init__(self, db: Database, *, redact: Redactor) -> None:
         self.db = db
+        self.redact = redact
 
     def setup(self) -> None:
         """Create the tables (idempotent)."""
@@ -137,7 +147,7 @@ class AuditLog:
     ) -> AuditRow:
         """Append one row to the tenant's chain (redacted, hashed, serialized per tenant)."""
         at_s = (at or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-        payload = redact(data or {})
+        payload = self.redact(data or {})
         for _ in range(5):
             try:
                 return self._append(tenant, kind, actor, payload, thread_id, correlation_id, at_s)

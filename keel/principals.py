@@ -21,7 +21,7 @@ Role = Literal["requester", "approver", "admin"]
 """``requester``: starts runs. ``approver``: reviews plans of its tenant. ``admin``: manages
 fixtures, keys and dead letters of its tenant. Who may approve or reject a plan is not a
 property of the role: the policy pack's ``[approvals] approver_roles`` says (see
-:mod:`keel.approvals`)."""
+:mod:`guards.approvals`)."""
 
 ROLES: tuple[Role, ...] = ("requester", "approver", "admin")
 

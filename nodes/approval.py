@@ -9,26 +9,19 @@ in the new interrupt's value. The rules are read from the policy pack in force.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
+from graphs.context import SupportContext
 from graphs.state import SupportState
+from guards.approvals import ApprovalError, apply_edits, check_resume, decided_at
 from guards.injection import reviewer_view
-from keel.approvals import (
-    ApprovalError,
-    apply_edits,
-    approval_rules,
-    check_resume,
-    decided_at,
-)
 from keel.plan import Plan, SignedPlan, sign_plan
 from nodes.common import audit, escalation, output_actions, record_status, traced
 from nodes.policy_check import policy_facts
-
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
 
 __all__ = ["await_approval", "approval_request"]
 
@@ -63,15 +56,16 @@ def approval_request(state: SupportState) -> dict[str, Any]:
 
 
 @traced("await_approval")
-def await_approval(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dict[str, Any]:
+def await_approval(state: SupportState, config: RunnableConfig, runtime: Runtime[SupportContext]) -> dict[str, Any]:
     """Wait for a valid decision, then approve (possibly an edited plan) or reject."""
+    ctx = runtime.context
     request = approval_request(state)
-    role_of = lambda tenant, user: (p.role if (p := rt.principals.get(tenant, user)) else None)  # noqa: E731
+    role_of = ctx.role_of
     error: dict[str, str] | None = None
     while True:
         value = interrupt(request if error is None else {**request, "error": error})
         try:
-            decision = check_resume(value, request, approval_rules(rt), role_of)
+            decision = check_resume(value, request, ctx.policy.approvals, role_of)
             break
         except ApprovalError as e:
             error = {"code": e.code, "message": e.message}
@@ -94,7 +88,7 @@ def await_approval(state: SupportState, config: RunnableConfig, *, rt: "Runtime"
         "at": decided_at(),
     }
     if decision.decision == "reject":
-        audit(rt, state, "approval", approval, actor=decision.reviewer)
+        audit(ctx, state, "approval", approval, actor=decision.reviewer)
         return {"approval": approval, "status": "rejected", "reason_codes": ["rejected_by_reviewer"],
                 "actions": output_actions(state), "correlation_id": state.get("correlation_id")}
 
@@ -102,21 +96,21 @@ def await_approval(state: SupportState, config: RunnableConfig, *, rt: "Runtime"
     update: dict[str, Any] = {"status": "running", "correlation_id": state.get("correlation_id")}
     if decision.edits:
         edited = Plan.model_validate({**signed.plan.model_dump(), "actions": apply_edits(signed.plan.actions, decision.edits)})
-        signed = sign_plan(edited, rt.signing_key())
+        signed = sign_plan(edited, ctx.signing_key)
         new_state = {**state, "plan": signed.model_dump(mode="json")}
-        verdict = rt.engine.evaluate_plan(
-            signed.plan.actions, policy_facts(rt, state), route=state["route"],
+        verdict = ctx.policy_engine.evaluate_plan(
+            signed.plan.actions, policy_facts(ctx, state), route=state["route"],
             injection_flagged=bool((state.get("screen") or {}).get("flagged")),
         )
         update.update(plan=signed.model_dump(mode="json"), policy=verdict.model_dump(mode="json"))
         new_state.update(update)
-        audit(rt, new_state, "policy_decision", {"plan_hash": signed.hash, "revalidated_after_edit": True,
+        audit(ctx, new_state, "policy_decision", {"plan_hash": signed.hash, "revalidated_after_edit": True,
                                                  **verdict.model_dump(mode="json")}, actor="policy")
         if verdict.overall in ("escalate", "deny"):
             approval["plan_hash"] = signed.hash
-            audit(rt, new_state, "approval", approval, actor=decision.reviewer)
+            audit(ctx, new_state, "approval", approval, actor=decision.reviewer)
             return {**update, "approval": approval, "actions": output_actions(new_state), **escalation(*verdict.reason_codes)}
         approval["plan_hash"] = signed.hash
-    audit(rt, state, "approval", approval, actor=decision.reviewer)
-    record_status(rt, state, "running", plan_hash=approval["plan_hash"])
+    audit(ctx, state, "approval", approval, actor=decision.reviewer)
+    record_status(ctx, state, "running", plan_hash=approval["plan_hash"])
     return {**update, "approval": approval}

@@ -1,17 +1,25 @@
-"""Small helpers shared by the support nodes: audit, tool context, escalation updates."""
+"""Small helpers shared by the support nodes: audit, tool context, escalation updates.
+
+Each takes the run's :class:`~graphs.context.SupportContext` (``runtime.context`` in a
+node), never a process-wide object.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from functools import wraps
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
+from collections.abc import Callable
 
+from langgraph.config import get_config
+
+from graphs.context import SupportContext
 from graphs.state import OutputAction, SupportState
+from keel.errors import is_database_outage
 from keel.types import Ticket
-
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
+from tools.runner import ToolContext
 
 __all__ = [
     "TokenBudgetExceeded",
@@ -27,13 +35,10 @@ def ticket_of(state: SupportState) -> Ticket:
     return Ticket.model_validate(state["ticket"])
 
 
-def allowlist(rt: "Runtime", route: str) -> frozenset[str]:
+def allowlist(ctx: SupportContext, route: str) -> frozenset[str]:
     """The specialist's tool allowlist from the policy pack (empty for unknown routes)."""
-    spec = rt.policy.routes.get(route)
+    spec = ctx.policy.routes.get(route)
     return frozenset(spec.tools) if spec is not None else frozenset()
-
-
-_INFRASTRUCTURE_ERRORS = frozenset({"OperationalError", "InterfaceError", "PoolTimeout"})
 
 
 def raise_if_infrastructure(exc: BaseException) -> None:
@@ -43,19 +48,14 @@ def raise_if_infrastructure(exc: BaseException) -> None:
     Nodes turn model failures into an escalation (``model_unavailable``); the audit and
     token-budget writes of a model call run inside those ``try`` blocks, and a database
     outage there is not the model's verdict: it must fail the step so that the worker
-    retries it from the last checkpoint (psycopg's ``AdminShutdown`` etc. are
-    ``OperationalError`` subclasses, matched along the MRO).
+    retries it from the last checkpoint (:func:`keel.errors.is_database_outage`).
     """
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if any(c.__name__ in _INFRASTRUCTURE_ERRORS for c in type(e).__mro__):
-            raise exc
-        e = e.__cause__ or e.__context__
+    if is_database_outage(exc):
+        raise exc
 
 
-def ask_model(rt: "Runtime", state: SupportState, task: str, call: Callable[[Callable[[Any], None]], Any]) -> tuple[Any, dict[str, Any] | None]:
+def ask_model(ctx: SupportContext, state: SupportState, task: str,
+              call: Callable[[Callable[[Any], None]], Any]) -> tuple[Any, dict[str, Any] | None]:
     """One gateway call for a node: ``(value, None)``, or ``(None, escalation update)``.
 
     ``call`` receives the node's ``on_call`` hook (audit and token charge). A spent
@@ -64,12 +64,12 @@ def ask_model(rt: "Runtime", state: SupportState, task: str, call: Callable[[Cal
     worker retries the step.
     """
     try:
-        return call(model_hook(rt, state)), None
+        return call(model_hook(ctx, state)), None
     except TokenBudgetExceeded:
         return None, escalation("budget_exceeded")
     except Exception as e:  # ModelError and friends: never trust, never crash the run
         raise_if_infrastructure(e)
-        audit(rt, state, "model_call", {"task": task, "error": type(e).__name__})
+        audit(ctx, state, "model_call", {"task": task, "error": type(e).__name__})
         return None, escalation("model_unavailable")
 
 
@@ -82,24 +82,20 @@ def attempt_budget(budget: dict[str, Any]) -> dict[str, Any]:
     an approval are not; retries are bounded by the retry budget instead.
     """
     try:
-        from langgraph.config import get_config
-
         started = (get_config().get("configurable") or {}).get("attempt_started_at")
     except Exception:  # not inside a graph run (direct calls, tests)
         return budget
     if not started or not budget.get("started_at"):
         return budget
-    from datetime import datetime
-
     if datetime.fromisoformat(str(started)) > datetime.fromisoformat(str(budget["started_at"])):
         return {**budget, "started_at": str(started)}
     return budget
 
 
-def audit(rt: "Runtime", state: SupportState, kind: str, data: dict[str, Any], actor: str = "system") -> None:
+def audit(ctx: SupportContext, state: SupportState, kind: str, data: dict[str, Any], actor: str = "system") -> None:
     """Append an audit row for this run."""
     ticket = state.get("ticket") or {}
-    rt.audit.append(
+    ctx.audit.append(
         str(ticket.get("tenant", "unknown")),
         kind,  # type: ignore[arg-type]
         actor=actor,
@@ -109,12 +105,12 @@ def audit(rt: "Runtime", state: SupportState, kind: str, data: dict[str, Any], a
     )
 
 
-def record_status(rt: "Runtime", state: SupportState, status: str, plan_hash: str | None = None) -> None:
+def record_status(ctx: SupportContext, state: SupportState, status: str, plan_hash: str | None = None) -> None:
     """Keep the run index in step with the run's status."""
     ticket = state.get("ticket") or {}
     if not state.get("thread_id"):
         return
-    rt.threads.record(
+    ctx.run_index.record(
         state["thread_id"],
         tenant=str(ticket.get("tenant", "unknown")),
         status=status,
@@ -125,19 +121,17 @@ def record_status(rt: "Runtime", state: SupportState, status: str, plan_hash: st
     )
 
 
-def tool_context(rt: "Runtime", state: SupportState, idempotency_key: str | None = None):
+def tool_context(ctx: SupportContext, state: SupportState, idempotency_key: str | None = None) -> ToolContext:
     """The tool runner's view of this run: tenant, customer, caller, allowlist, key."""
-    from tools.runner import ToolContext
-
     ticket = state["ticket"]
     return ToolContext(
         tenant=ticket["tenant"],
         customer_id=ticket["customer_id"],
         user_id=state.get("requester", "anonymous"),
-        allowlist=allowlist(rt, state.get("route", "unknown")),
+        allowlist=allowlist(ctx, state.get("route", "unknown")),
         idempotency_key=idempotency_key,
         correlation_id=state.get("correlation_id", ""),
-        now=rt.now(),
+        now=ctx.clock(),
     )
 
 
@@ -146,7 +140,7 @@ class TokenBudgetExceeded(Exception):
     ``budget_exceeded``."""
 
 
-def model_hook(rt: "Runtime", state: SupportState) -> Callable[[Any], None]:
+def model_hook(ctx: SupportContext, state: SupportState) -> Callable[[Any], None]:
     """The gateway hook for one node: audits each model call and charges the tenant.
 
     Refuses up front when the tenant's day is already spent. A call's tokens are charged
@@ -155,13 +149,13 @@ def model_hook(rt: "Runtime", state: SupportState) -> Callable[[Any], None]:
     """
     tenant = str(state["ticket"]["tenant"])
     user = state.get("requester")  # the user's daily share too, not only the tenant's
-    clock = rt.settings.clock  # KEEL_NOW or the wall clock: never the demo's frozen day (quotas must reset)
-    if rt.tokens.remaining(tenant, clock(), user=user) <= 0:
+    clock = ctx.quota_clock  # KEEL_NOW or the wall clock: never the demo's frozen day (quotas must reset)
+    if ctx.quotas.remaining(tenant, clock(), user=user) <= 0:
         raise TokenBudgetExceeded()
 
     def on_call(call: Any) -> None:
-        audit(rt, state, "model_call", call.model_dump(mode="json"), actor=f"model:{call.provider}")
-        rt.tokens.charge(tenant, call.tokens, clock(), allow_overdraft=True, user=user)
+        audit(ctx, state, "model_call", call.model_dump(mode="json"), actor=f"model:{call.provider}")
+        ctx.quotas.charge(tenant, call.tokens, clock(), allow_overdraft=True, user=user)
 
     return on_call
 

@@ -13,18 +13,18 @@ the refund velocity limits.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, UTC
+from typing import Any
 
+from langgraph.runtime import Runtime
+
+from graphs.context import SupportContext
 from graphs.state import SupportState
 from guards.budgets import charge_tool_call, check
 from keel.plan import PlanIntegrityError, SignedPlan, idempotency_key, verify_plan
 from keel.types import SIDE_EFFECT_TOOLS
 from nodes.common import attempt_budget, audit, escalation, output_actions, tool_context, traced
 from nodes.policy_check import policy_facts, refund_guard
-
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
 
 __all__ = ["execute_action", "ToolFailure"]
 
@@ -44,7 +44,7 @@ class ToolFailure(RuntimeError):
 _SEVERITY = {"execute": 0, "approve": 1, "escalate": 2, "deny": 3}
 
 
-def _approved(rt: "Runtime", state: SupportState, signed: SignedPlan) -> bool:
+def _approved(ctx: SupportContext, state: SupportState, signed: SignedPlan) -> bool:
     """An approval of exactly this plan: in state, and recorded by the approval node.
 
     The approval in state is only a checkpoint value; the approval node also writes an
@@ -57,17 +57,18 @@ def _approved(rt: "Runtime", state: SupportState, signed: SignedPlan) -> bool:
     threads = {t for t in (state.get("thread_id"), signed.plan.thread_id) if t}
     return any(
         row.kind == "approval" and row.data.get("decision") == "approve" and row.data.get("plan_hash") == signed.hash
-        for t in threads for row in rt.audit.list(signed.plan.tenant, t)
+        for t in threads for row in ctx.audit.list(signed.plan.tenant, t)
     )
 
 
 @traced("execute_action")
-def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+def execute_action(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
     """Execute every action the policy (and reviewer) allowed."""
+    ctx = runtime.context
     try:
-        signed = verify_plan(state["plan"], rt.signing_key())
+        signed = verify_plan(state["plan"], ctx.signing_key)
     except (PlanIntegrityError, ValueError) as e:
-        audit(rt, state, "policy_decision", {"refused": "plan_integrity", "detail": str(e)}, actor="executor")
+        audit(ctx, state, "policy_decision", {"refused": "plan_integrity", "detail": str(e)}, actor="executor")
         return {"actions": output_actions(state), **escalation("plan_integrity")}
     policy = state.get("policy") or {}
     per = policy.get("per_action") or []
@@ -77,23 +78,23 @@ def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         return {"actions": output_actions(state), **escalation("plan_integrity")}
     # the verdict in state is not signed: decide again from the signed plan and keep the
     # stricter of the two, so an edited verdict can neither skip an approval nor a denial
-    fresh = rt.engine.evaluate_plan(signed.plan.actions, policy_facts(rt, state), route=signed.plan.route,
+    fresh = ctx.policy_engine.evaluate_plan(signed.plan.actions, policy_facts(ctx, state), route=signed.plan.route,
                                     injection_flagged=bool((state.get("screen") or {}).get("flagged")))
     decisions = [max(str(per[i].get("decision")), d.decision, key=lambda x: _SEVERITY.get(x, 99))
                  for i, d in enumerate(fresh.per_action)]
     overall = max([policy.get("overall"), fresh.overall, *decisions], key=lambda x: _SEVERITY.get(x, 99))
     if overall in ("deny", "escalate") or overall not in _SEVERITY:
-        audit(rt, state, "policy_decision", {"refused": "plan_not_validated", "plan_hash": signed.hash}, actor="executor")
+        audit(ctx, state, "policy_decision", {"refused": "plan_not_validated", "plan_hash": signed.hash}, actor="executor")
         return {"actions": output_actions(state), **escalation(*(fresh.reason_codes or ["plan_not_validated"]))}
-    if overall == "approve" and not _approved(rt, state, signed):
-        audit(rt, state, "policy_decision", {"refused": "approval_missing", "plan_hash": signed.hash}, actor="executor")
+    if overall == "approve" and not _approved(ctx, state, signed):
+        audit(ctx, state, "policy_decision", {"refused": "approval_missing", "plan_hash": signed.hash}, actor="executor")
         return {"actions": output_actions(state), **escalation("approval_missing", *fresh.reason_codes)}
 
     budget = dict(state.get("budget") or {})
     if state.get("approval"):
         # the wall-clock cap measures the run's own work; days spent waiting for a human
         # are not run time, so the clock restarts when the approved plan executes
-        budget["started_at"] = datetime.now(timezone.utc).isoformat()
+        budget["started_at"] = datetime.now(UTC).isoformat()
     results: list[dict[str, Any]] = []
     states: list[str] = []
     for i, action in enumerate(signed.plan.actions):
@@ -102,13 +103,13 @@ def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
             continue
         key = idempotency_key(signed.plan.thread_id or state.get("thread_id", ""), signed.hash, i) \
             if action.tool in SIDE_EFFECT_TOOLS else None
-        ctx = tool_context(rt, state, key)
+        call = tool_context(ctx, state, key)
         if action.tool == "issue_refund":  # decided again under the customer's lock, in the refund's transaction
             authorized = "approve" if overall == "approve" else "execute"
-            ctx = ctx.model_copy(update={"guard": refund_guard(rt, state, signed, i, authorized)})
-        res = rt.tools.call(action.tool, action.args, ctx)
+            call = call.model_copy(update={"guard": refund_guard(ctx, state, signed, i, authorized)})
+        res = ctx.tools.call(action.tool, action.args, call)
         budget = charge_tool_call(budget, max(0, res.attempts - 1))
-        audit(rt, state, "tool_call", {"index": i, "tool": action.tool, "args": action.args, "ok": res.ok,
+        audit(ctx, state, "tool_call", {"index": i, "tool": action.tool, "args": action.args, "ok": res.ok,
                                        "error": res.error_code, "replayed": res.replayed, "attempts": res.attempts,
                                        "idempotency_key": key}, actor="executor")
         if not res.ok:
@@ -121,7 +122,7 @@ def execute_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         results.append({"index": i, "tool": action.tool, "output": res.output, "replayed": res.replayed,
                         "idempotency_key": key})
         states.append("executed")
-        if check(attempt_budget(budget), rt.caps, datetime.now(timezone.utc)):
+        if check(attempt_budget(budget), ctx.caps, datetime.now(UTC)):
             states += ["not_run"] * (len(signed.plan.actions) - len(states))
             return {"budget": budget, "results": results, "actions": output_actions(state, states),
                     **escalation("budget_exceeded")}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from langgraph.runtime import Runtime
+
+from graphs.context import SupportContext
 from graphs.state import SupportState
 from nodes.common import audit, record_status, traced
-
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
 
 __all__ = ["complete", "escalate_to_human"]
 
@@ -23,11 +23,12 @@ def _summary(state: SupportState, status: str) -> dict[str, Any]:
 
 
 @traced("complete")
-def complete(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+def complete(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
     """A completed (or reviewer-rejected) run."""
+    ctx = runtime.context
     status = "rejected" if state.get("status") == "rejected" else "completed"
-    audit(rt, state, "run_finished", _summary(state, status))
-    record_status(rt, state, status)
+    audit(ctx, state, "run_finished", _summary(state, status))
+    record_status(ctx, state, status)
     update: dict[str, Any] = {"status": status}
     if status == "completed":
         update["reason_codes"] = []
@@ -35,9 +36,10 @@ def complete(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
 
 
 @traced("escalate_to_human")
-def escalate_to_human(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+def escalate_to_human(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
     """Hand the run to a human with its reason codes; nothing further runs."""
+    ctx = runtime.context
     codes = state.get("reason_codes") or ["escalated"]
-    audit(rt, state, "run_finished", {**_summary(state, "escalated"), "reason_codes": codes})
-    record_status(rt, state, "escalated")
+    audit(ctx, state, "run_finished", {**_summary(state, "escalated"), "reason_codes": codes})
+    record_status(ctx, state, "escalated")
     return {"status": "escalated", "reason_codes": codes}

@@ -7,18 +7,19 @@ signed :class:`keel.plan.Plan`. The policy decides later whether anything runs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
+from gateway.base import PlanningInput
+from gateway.rules import claimed_amounts
+from graphs.context import SupportContext
 from graphs.state import SupportState
-from keel.gateway.rules import claimed_amounts
 from keel.plan import Plan, sign_plan
 from keel.types import ProposedAction
 from nodes.common import allowlist, ask_model, audit, escalation, ticket_of, traced
-
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
+from tools.registry import TOOLS
 
 __all__ = ["propose_action", "CITATION_RATIO"]
 
@@ -89,17 +90,15 @@ def _amounts_from_claims(state: SupportState, actions: list[ProposedAction]) -> 
 
 
 @traced("propose_action")
-def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+def propose_action(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
     """Plan the actions (or answer a knowledge question)."""
     if state["route"] == "knowledge":
         return _knowledge(state)
 
-    from keel.gateway import PlanningInput
-    from tools.registry import TOOLS
-
+    ctx = runtime.context
     ticket = ticket_of(state)
     context = state.get("context") or {}
-    tools = allowlist(rt, state["route"])
+    tools = allowlist(ctx, state["route"])
     planning = PlanningInput(
         ticket=ticket,
         route=state["route"],
@@ -110,7 +109,7 @@ def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         subscriptions=context.get("subscriptions") or [],
         named_orders={k: v for k, v in (context.get("named_orders") or {}).items() if v is not None},
     )
-    proposal, stop = ask_model(rt, state, "plan", lambda hook: rt.gateway.plan(planning, on_call=hook))
+    proposal, stop = ask_model(ctx, state, "plan", lambda hook: ctx.gateway.plan(planning, on_call=hook))
     if stop is not None:
         return stop
     if not proposal.actions:
@@ -139,12 +138,12 @@ def propose_action(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
             ticket_id=ticket.id,
             thread_id=state.get("thread_id", ""),
             route=state["route"],
-            policy_version=rt.policy.version,
+            policy_version=ctx.policy.version,
             actions=actions,
         ),
-        rt.signing_key(),
+        ctx.signing_key,
     )
-    audit(rt, state, "plan_proposed", {"plan_hash": signed.hash, "actions": [a.model_dump() for a in actions],
+    audit(ctx, state, "plan_proposed", {"plan_hash": signed.hash, "actions": [a.model_dump() for a in actions],
                                       "rationale": proposal.rationale, "outside_allowlist": [a.tool for a in actions if a.tool not in tools]},
           actor="planner")
     return {"plan": signed.model_dump(mode="json")}

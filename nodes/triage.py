@@ -7,27 +7,27 @@ injection screen decide what that means. Nothing here acts on the customer's sys
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, UTC
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
+from graphs.context import SupportContext
 from graphs.state import SupportState
 from guards.budgets import new_budget
 from guards.injection import screen_fields
 from keel.types import SIDE_EFFECT_OPERATIONS, Ticket
 from nodes.common import ask_model, audit, escalation, record_status, traced
 
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
-
 __all__ = ["triage"]
 
 
 @traced("triage")
-def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dict[str, Any]:
+def triage(state: SupportState, config: RunnableConfig, runtime: Runtime[SupportContext]) -> dict[str, Any]:
     """Route the ticket: ``{route, confidence, reason_codes}``, or escalate."""
+    ctx = runtime.context
     conf = (config or {}).get("configurable", {})
     base: dict[str, Any] = {
         "thread_id": str(conf.get("thread_id", "")),
@@ -38,7 +38,7 @@ def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dic
         "reason_codes": [],
         "answer": None,
         "citations": [],
-        "budget": new_budget(datetime.now(timezone.utc)),
+        "budget": new_budget(datetime.now(UTC)),
     }
     try:
         ticket = Ticket.model_validate(state.get("ticket"))
@@ -47,15 +47,15 @@ def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dic
         return {**base, "route": "unknown", "confidence": 0.0, **escalation("invalid_ticket"), "evidence": [{"invalid_fields": fields}]}
 
     state = {**state, **base, "ticket": ticket.model_dump()}
-    record_status(rt, state, "running")
+    record_status(ctx, state, "running")
     # subject and body screened as one text; each span names its field and offsets into it
     shot = screen_fields({"subject": ticket.subject, "body": ticket.body}, customer_id=ticket.customer_id)
-    result, stop = ask_model(rt, state, "triage", lambda hook: rt.gateway.triage(ticket, on_call=hook))
+    result, stop = ask_model(ctx, state, "triage", lambda hook: ctx.gateway.triage(ticket, on_call=hook))
     if stop is not None:
         return {**base, "ticket": ticket.model_dump(), "screen": shot.model_dump(), "route": "unknown", "confidence": 0.0, **stop}
 
     route, reasons = result.route, list(result.reason_codes)
-    if route != "unknown" and result.confidence < rt.policy.router.min_confidence:
+    if route != "unknown" and result.confidence < ctx.policy.router.min_confidence:
         route, reasons = "unknown", reasons + ["low_confidence"]
     if route == "unknown" and not reasons:
         reasons = ["low_confidence"]
@@ -68,7 +68,7 @@ def triage(state: SupportState, config: RunnableConfig, *, rt: "Runtime") -> dic
         "confidence": round(float(result.confidence), 4),
     }
     audit(
-        rt,
+        ctx,
         {**state, **update},
         "route_decision",
         {"route": route, "confidence": update["confidence"], "reason_codes": reasons, "intents": list(result.intents),

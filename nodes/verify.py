@@ -7,35 +7,36 @@ with what the action meant to do.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
+from collections.abc import Callable
 
+from langgraph.runtime import Runtime
+
+from graphs.context import BackOfficeReads, SupportContext
 from graphs.state import SupportState
 from nodes.common import audit, escalation, traced
-
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
 
 __all__ = ["verify", "EXPECTATIONS"]
 
 
-def _order(rt: "Runtime", tenant: str, args: dict[str, Any]) -> dict[str, Any] | None:
-    return rt.backoffice.get_order(tenant, args["order_id"])
+def _order(bo: BackOfficeReads, tenant: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    return bo.get_order(tenant, args["order_id"])
 
 
-def _customer(rt: "Runtime", tenant: str, args: dict[str, Any]) -> dict[str, Any] | None:
-    return rt.backoffice.get_customer(tenant, args["customer_id"])
+def _customer(bo: BackOfficeReads, tenant: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    return bo.get_customer(tenant, args["customer_id"])
 
 
-def _subscription(rt: "Runtime", tenant: str, args: dict[str, Any]) -> dict[str, Any] | None:
-    return rt.backoffice.get_subscription(tenant, args["subscription_id"])
+def _subscription(bo: BackOfficeReads, tenant: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    return bo.get_subscription(tenant, args["subscription_id"])
 
 
-def _reships(rt: "Runtime", tenant: str, args: dict[str, Any]) -> dict[str, Any]:
-    return {"reships": rt.backoffice.list_reships(tenant, args["order_id"])}
+def _reships(bo: BackOfficeReads, tenant: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"reships": bo.list_reships(tenant, args["order_id"])}
 
 
-def _resets(rt: "Runtime", tenant: str, args: dict[str, Any]) -> dict[str, Any]:
-    return {"resets": rt.backoffice.list_password_resets(tenant, args["customer_id"])}
+def _resets(bo: BackOfficeReads, tenant: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"resets": bo.list_password_resets(tenant, args["customer_id"])}
 
 
 EXPECTATIONS: dict[str, tuple[Callable, Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], bool]]] = {
@@ -56,8 +57,9 @@ EXPECTATIONS: dict[str, tuple[Callable, Callable[[dict[str, Any], dict[str, Any]
 
 
 @traced("verify")
-def verify(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+def verify(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
     """Check each executed side effect against a fresh read; compose tracking answers."""
+    ctx = runtime.context
     tenant = state["ticket"]["tenant"]
     checked: list[dict[str, Any]] = []
     answer = state.get("answer")
@@ -71,11 +73,11 @@ def verify(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         if spec is None:
             continue
         reader, holds = spec
-        record = reader(rt, tenant, action["args"])
+        record = reader(ctx.backoffice, tenant, action["args"])
         ok = record is not None and bool(holds(record, action["args"], r["output"] or {}))
         checked.append({"index": r["index"], "tool": r["tool"], "ok": ok})
     verification = {"checked": checked, "ok": all(c["ok"] for c in checked)}
-    audit(rt, state, "verification", verification, actor="verifier")
+    audit(ctx, state, "verification", verification, actor="verifier")
     if not verification["ok"]:
         return {"verification": verification, **escalation("verification_failed")}
     return {"verification": verification, "answer": answer}

@@ -44,7 +44,7 @@ def cluster(pg_url, tmp_path_factory):
         for i, w in enumerate(workers):
             wait_worker(tmp / f"worker{i}.log", w)
         from keel.config import Settings
-        from keel.runtime import Runtime
+        from engine.runtime import Runtime
 
         rt = Runtime(Settings(database_url=pg_url + "?application_name=keel_cluster_probe", data_dir=tmp))
         load_demo(rt, tenant)

@@ -117,7 +117,7 @@ def test_cancel_and_multitask(client, keys):
 def test_expired_lease_is_taken_over_and_resumed(client, keys, api_runtime):
     """A "worker" claims a run and dies (never heartbeats): once its lease expires a live
     worker claims it and runs it from the thread's last checkpoint."""
-    from api.queue import RunQueue
+    from engine.queue import RunQueue
 
     h = keys["req"]
     tid = _thread(client, h)
@@ -156,7 +156,7 @@ def test_sse_stream_of_toy(client, keys):
 def test_backoff_is_exponential_with_jitter():
     import random
 
-    from api.queue import backoff_delay
+    from engine.queue import backoff_delay
 
     rnd = random.Random(7)
     for retry, exp in ((1, 1.0), (2, 2.0), (3, 4.0), (10, 30.0)):
@@ -170,7 +170,7 @@ def test_checkpoint_writes_of_a_run_commit_only_under_its_lease(client, keys, ap
     commit; a worker that lost the lease gets ``LeaseLost`` and nothing it sent is stored."""
     from langgraph.checkpoint.base import empty_checkpoint
 
-    from keel.runtime import LeaseLost
+    from engine.checkpoints import LeaseLost
 
     h = keys["req"]
     tid = _thread(client, h)
@@ -218,7 +218,8 @@ def test_setup_next_to_live_writes_takes_no_table_lock(api_runtime):
 
     import psycopg
 
-    from api.queue import RunQueue
+    from engine.queue import RunQueue
+    from guards.dlp import redact
     from keel.audit import AuditLog
 
     RunQueue(api_runtime.db).setup()
@@ -230,7 +231,7 @@ def test_setup_next_to_live_writes_takes_no_table_lock(api_runtime):
 
         def setup() -> None:
             RunQueue(api_runtime.db).setup()
-            AuditLog(api_runtime.db).setup()
+            AuditLog(api_runtime.db, redact=redact).setup()
             done.set()
 
         t = threading.Thread(target=setup, daemon=True)

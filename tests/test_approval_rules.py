@@ -25,10 +25,11 @@ from langgraph.types import Command
 from support.api_fixtures import api_pg_url  # noqa: F401
 from support.api_helpers import demo_tickets, load_demo, new_tenant
 
-from guards.policy import DEFAULT_POLICY_PATH, load_policy
-from keel.approvals import ApprovalError, pending_approval, validate_resume
+from guards.pack import DEFAULT_POLICY_PATH, load_policy
+from engine.approvals import pending_approval, validate_resume
+from guards.approvals import ApprovalError
 from keel.config import Settings
-from keel.runtime import Runtime
+from engine.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -70,7 +71,7 @@ def runtime(tmp: Path, pack: Path | None = None) -> Iterator[Runtime]:
 def pause(rt: Runtime, thread: str, ticket: str = "T-8", requester: str = "req") -> tuple[dict, dict]:
     """Run ``ticket`` until it waits for approval; returns (interrupt value, config)."""
     cfg = {"configurable": {"thread_id": thread, "requester": requester}}
-    state = rt.graph().invoke({"ticket": TICKETS[ticket]}, cfg)
+    state = rt.graph().invoke({"ticket": TICKETS[ticket]}, cfg, context=rt.context())
     assert state["status"] == "awaiting_approval", state
     return state["__interrupt__"][0].value, cfg
 
@@ -81,7 +82,7 @@ def refunded(rt: Runtime, order: str = "O-5002") -> int:
 
 def resume(rt: Runtime, cfg: dict, req: dict, reviewer: str, **extra: Any) -> dict:
     value = {"decision": "approve", "plan_hash": req["plan_hash"], "reviewer": reviewer, "reason": "ok", **extra}
-    return rt.graph().invoke(Command(resume=value), cfg)
+    return rt.graph().invoke(Command(resume=value), cfg, context=rt.context())
 
 
 def test_shipped_pack_lets_no_admin_approve_on_the_graph_or_the_shared_check(tmp_path):
@@ -324,7 +325,7 @@ def test_api_upward_edits_follow_the_pack(api_pg_url, tmp_path, downward_only):
 def keel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     e = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     e.update(env)
-    out = subprocess.run([sys.executable, "-m", "keel.cli", *args], capture_output=True, text=True, env=e,
+    out = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=e,
                          cwd=ROOT, timeout=300)
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     return out
@@ -336,7 +337,7 @@ def test_cli_follows_the_packs_approver_roles(tmp_path, roles):
     """``keel approve`` and ``keel approvals --as`` read the pack in force
     (``KEEL_POLICY_FILE``): the shipped pack refuses the demo admin with a clear message,
     a pack naming only admins refuses the demo approver and lets the admin approve."""
-    from keel.batch import run_ticket
+    from engine.batch import run_ticket
     from keel.types import Ticket
 
     pack = write_pack(tmp_path / "pack.toml", approver_roles=roles) if roles else None

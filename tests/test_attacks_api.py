@@ -58,7 +58,7 @@ FUZZ_EXAMPLES = {"sqlite": 15, "postgres": 6}
 def world(request, tmp_path_factory):
     """A served keel per backend (see :func:`support.attacks_api.served_world`)."""
     from keel.config import Settings
-    from keel.runtime import Runtime
+    from engine.runtime import Runtime
 
     if request.param == "sqlite":
         rt = Runtime(Settings(data_dir=tmp_path_factory.mktemp("attacks-sqlite"), now=NOW, plan_signing_key="attacks"))
@@ -585,7 +585,7 @@ def test_live_server_logs_hold_no_keys_and_only_redacted_personal_data(tmp_path)
     req = created.stdout.strip().splitlines()[-1]
     assert req not in created.stderr
     from keel.config import Settings
-    from keel.runtime import Runtime
+    from engine.runtime import Runtime
 
     rt = Runtime(Settings(data_dir=data))  # what `keel keys create` does, without two more processes
     try:

@@ -29,7 +29,7 @@ from langgraph.types import Command
 
 from keel.config import Settings
 from keel.plan import Plan, SignedPlan, sign_plan
-from keel.runtime import Runtime
+from engine.runtime import Runtime
 from tools.contracts import TransientToolError
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -67,7 +67,7 @@ def refunded(rt: Runtime, order: str = "O-5002") -> int:
 
 def pause(rt: Runtime) -> dict[str, Any]:
     """Run T-8 to its approval interrupt; the request the reviewer sees."""
-    state = rt.graph().invoke({"ticket": T8}, CFG)
+    state = rt.graph().invoke({"ticket": T8}, CFG, context=rt.context())
     assert state["status"] == "awaiting_approval"
     return state["__interrupt__"][0].value
 
@@ -91,7 +91,7 @@ def approved_but_not_executed(rt: Runtime) -> dict[str, Any]:
     from nodes.execute import ToolFailure
 
     with pytest.raises(ToolFailure):
-        rt.graph().invoke(approve(req["plan_hash"]), CFG)
+        rt.graph().invoke(approve(req["plan_hash"]), CFG, context=rt.context())
     failing["on"] = False
     snap = rt.graph().get_state(CFG)
     assert snap.next == ("execute_action",)
@@ -152,7 +152,7 @@ def test_args_changed_via_update_state_after_approval_are_refused(rt, change, re
     plan = g.get_state(CFG).values["plan"]
     g.update_state(CFG, {"plan": tampered(plan, rehash=rehash, **change)})
     assert g.get_state(CFG).next == ("execute_action",)
-    assert_refused(g.invoke(None, CFG), rt, "plan_integrity")
+    assert_refused(g.invoke(None, CFG, context=rt.context()), rt, "plan_integrity")
     assert refunded(rt, "O-5007") == 0
 
 
@@ -162,15 +162,15 @@ def test_args_changed_in_the_sqlite_checkpoint_row_are_refused(rt):
     g = rt.graph()
     snap = g.get_state(CFG)
     assert snap.next == ("execute_action",) and snap.values["plan"]["plan"]["actions"][0]["args"]["amount_cents"] == 45000
-    assert_refused(g.invoke(None, CFG), rt, "plan_integrity")
+    assert_refused(g.invoke(None, CFG, context=rt.context()), rt, "plan_integrity")
 
 
 def test_untampered_approved_plan_executes_once_after_the_transient_failure(rt):
     approved_but_not_executed(rt)
-    final = rt.graph().invoke(None, CFG)
+    final = rt.graph().invoke(None, CFG, context=rt.context())
     assert final["status"] == "completed"
     assert refunds(rt) == 1 and ledger(rt) == 1 and refunded(rt) == 8999
-    assert rt.graph().invoke(None, CFG)["status"] == "completed"  # nothing left to run
+    assert rt.graph().invoke(None, CFG, context=rt.context())["status"] == "completed"  # nothing left to run
     assert refunds(rt) == 1 and ledger(rt) == 1
 
 
@@ -183,7 +183,7 @@ def test_forged_approval_naming_another_hash_is_refused(rt):
     g.update_state(CFG, {"approval": {"decision": "approve", "plan_hash": "f" * 64, "reviewer": "boss"}, "status": "running"},
                    as_node="await_approval")
     assert g.get_state(CFG).next == ("execute_action",)
-    assert_refused(g.invoke(None, CFG), rt, "approval_missing")
+    assert_refused(g.invoke(None, CFG, context=rt.context()), rt, "approval_missing")
 
 
 def test_forged_approval_naming_the_right_hash_is_refused(rt):
@@ -193,12 +193,12 @@ def test_forged_approval_naming_the_right_hash_is_refused(rt):
     g = rt.graph()
     g.update_state(CFG, {"approval": {"decision": "approve", "plan_hash": req["plan_hash"], "reviewer": "boss"},
                          "status": "running"}, as_node="await_approval")
-    assert_refused(g.invoke(None, CFG), rt, "approval_missing")
+    assert_refused(g.invoke(None, CFG, context=rt.context()), rt, "approval_missing")
 
 
 def test_forged_policy_verdict_cannot_skip_the_approval(rt):
     """The verdict in state is not signed: execution decides again from the signed plan."""
-    state = rt.graph().invoke({"ticket": T8}, CFG)
+    state = rt.graph().invoke({"ticket": T8}, CFG, context=rt.context())
     policy = json.loads(json.dumps(state["policy"]))
     policy["overall"] = "execute"
     for d in policy["per_action"]:
@@ -206,14 +206,14 @@ def test_forged_policy_verdict_cannot_skip_the_approval(rt):
     g = rt.graph()
     g.update_state(CFG, {"policy": policy, "status": "running"}, as_node="policy_check")
     assert g.get_state(CFG).next == ("execute_action",)
-    assert_refused(g.invoke(None, CFG), rt, "approval_missing")
+    assert_refused(g.invoke(None, CFG, context=rt.context()), rt, "approval_missing")
 
 
 def test_forged_policy_verdict_cannot_lift_a_denial(rt):
     """T-20: C-1005 asks for a refund on C-1001's order; the policy denies not_owner."""
     t20 = {"id": "T-20", "tenant": "acme", "customer_id": "C-1005", "channel": "email", "subject": "Torn packaging",
            "body": "Please refund $20 on my order O-5016, the packaging was torn when it arrived."}
-    state = rt.graph().invoke({"ticket": t20}, CFG)
+    state = rt.graph().invoke({"ticket": t20}, CFG, context=rt.context())
     assert state["reason_codes"] == ["not_owner"]
     policy = json.loads(json.dumps(state["policy"]))
     policy.update(overall="execute", reason_codes=[])
@@ -221,13 +221,13 @@ def test_forged_policy_verdict_cannot_lift_a_denial(rt):
         d.update(decision="execute", reason_codes=[])
     g = rt.graph()
     g.update_state(CFG, {"policy": policy, "status": "running", "reason_codes": []}, as_node="policy_check")
-    final = g.invoke(None, CFG)
+    final = g.invoke(None, CFG, context=rt.context())
     assert final["status"] == "escalated" and "not_owner" in final["reason_codes"]
     assert refunds(rt) == 0 and refunded(rt, "O-5016") == 0
     # nor by also moving the ticket to the order's owner: the plan names its customer, signed
     g.update_state(CFG, {"policy": policy, "status": "running", "reason_codes": [],
                          "ticket": {**t20, "customer_id": "C-1001"}}, as_node="policy_check")
-    final = g.invoke(None, CFG)
+    final = g.invoke(None, CFG, context=rt.context())
     assert final["status"] == "escalated" and "plan_integrity" in final["reason_codes"]
     assert refunds(rt) == 0 and refunded(rt, "O-5016") == 0
 
@@ -236,11 +236,11 @@ def test_forged_approval_after_a_rejection_is_refused(rt):
     req = pause(rt)
     g = rt.graph()
     rejected = g.invoke(Command(resume={"decision": "reject", "plan_hash": req["plan_hash"], "reviewer": "boss",
-                                        "reason": "not eligible"}), CFG)
+                                        "reason": "not eligible"}), CFG, context=rt.context())
     assert rejected["status"] == "rejected"
     g.update_state(CFG, {"approval": {**rejected["approval"], "decision": "approve"}, "status": "running"},
                    as_node="await_approval")
-    assert_refused(g.invoke(None, CFG), rt, "approval_missing")
+    assert_refused(g.invoke(None, CFG, context=rt.context()), rt, "approval_missing")
 
 
 # --------------------------------------------------------------------------- (c) another key
@@ -253,7 +253,7 @@ def test_plan_resigned_with_another_key_is_refused(rt):
     forged = tampered(plan, key=b"attacker-key")  # same content and hash, foreign signature
     assert forged["hash"] == req["plan_hash"] and forged["signature"] != plan["signature"]
     g.update_state(CFG, {"plan": forged})
-    assert_refused(g.invoke(approve(req["plan_hash"]), CFG), rt, "plan_integrity")
+    assert_refused(g.invoke(approve(req["plan_hash"]), CFG, context=rt.context()), rt, "plan_integrity")
 
 
 def test_raised_plan_signed_with_another_key_and_approved_is_refused(rt):
@@ -263,7 +263,7 @@ def test_raised_plan_signed_with_another_key_and_approved_is_refused(rt):
     g = rt.graph()
     forged = tampered(g.get_state(CFG).values["plan"], key=b"attacker-key", amount_cents=45000)
     g.update_state(CFG, {"plan": forged})
-    assert_refused(g.invoke(approve(forged["hash"]), CFG), rt, "plan_integrity")
+    assert_refused(g.invoke(approve(forged["hash"]), CFG, context=rt.context()), rt, "plan_integrity")
 
 
 def test_foreign_key_plan_with_forged_approval_after_approval_is_refused(rt):
@@ -272,7 +272,7 @@ def test_foreign_key_plan_with_forged_approval_after_approval_is_refused(rt):
     forged = tampered(g.get_state(CFG).values["plan"], key=b"attacker-key", amount_cents=45000)
     g.update_state(CFG, {"plan": forged, "approval": {"decision": "approve", "plan_hash": forged["hash"], "reviewer": "boss"}})
     assert g.get_state(CFG).next == ("execute_action",)
-    assert_refused(g.invoke(None, CFG), rt, "plan_integrity")
+    assert_refused(g.invoke(None, CFG, context=rt.context()), rt, "plan_integrity")
 
 
 def test_unsigned_garbage_plan_is_refused(rt):
@@ -281,7 +281,7 @@ def test_unsigned_garbage_plan_is_refused(rt):
     plan = json.loads(json.dumps(g.get_state(CFG).values["plan"]))
     plan["signature"] = ""
     g.update_state(CFG, {"plan": plan})
-    assert_refused(g.invoke(None, CFG), rt, "plan_integrity")
+    assert_refused(g.invoke(None, CFG, context=rt.context()), rt, "plan_integrity")
 
 
 # --------------------------------------------------------------------------- (d) edits
@@ -305,20 +305,20 @@ def test_unsigned_garbage_plan_is_refused(rt):
 def test_edit_that_raises_or_retargets_is_refused_and_waits(rt, edit, code):
     req = pause(rt)
     g = rt.graph()
-    again = g.invoke(approve(req["plan_hash"], edits=[{"index": 0, "args": edit}]), CFG)
+    again = g.invoke(approve(req["plan_hash"], edits=[{"index": 0, "args": edit}]), CFG, context=rt.context())
     assert again["status"] == "awaiting_approval"
     value = again["__interrupt__"][0].value
     assert value["error"]["code"] == code
     assert value["plan_hash"] == req["plan_hash"] and value["plan"] == req["plan"]  # the plan is unchanged
     assert g.get_state(CFG).next == ("await_approval",)
     assert refunds(rt) == 0 and ledger(rt) == 0
-    final = g.invoke(approve(req["plan_hash"]), CFG)  # the original plan can still be approved
+    final = g.invoke(approve(req["plan_hash"]), CFG, context=rt.context())  # the original plan can still be approved
     assert final["status"] == "completed" and refunded(rt) == 8999 and refunds(rt) == 1
 
 
 def test_edit_of_a_missing_action_is_refused(rt):
     req = pause(rt)
-    again = rt.graph().invoke(approve(req["plan_hash"], edits=[{"index": 1, "args": {"amount_cents": 1}}]), CFG)
+    again = rt.graph().invoke(approve(req["plan_hash"], edits=[{"index": 1, "args": {"amount_cents": 1}}]), CFG, context=rt.context())
     assert again["__interrupt__"][0].value["error"]["code"] == "edit_not_allowed"
     assert refunds(rt) == 0
 
@@ -329,10 +329,10 @@ def test_edit_of_a_missing_action_is_refused(rt):
 def test_duplicated_approval_resume_executes_once(rt):
     req = pause(rt)
     g = rt.graph()
-    first = g.invoke(approve(req["plan_hash"]), CFG)
+    first = g.invoke(approve(req["plan_hash"]), CFG, context=rt.context())
     assert first["status"] == "completed"
     for reviewer in ("boss", "boss2"):  # the same resume again, and a second approver
-        again = g.invoke(approve(req["plan_hash"], reviewer=reviewer), CFG)
+        again = g.invoke(approve(req["plan_hash"], reviewer=reviewer), CFG, context=rt.context())
         assert again["status"] == "completed"
     assert refunds(rt) == 1 and ledger(rt) == 1 and refunded(rt) == 8999
 
@@ -340,14 +340,14 @@ def test_duplicated_approval_resume_executes_once(rt):
 def test_replaying_the_approved_checkpoint_executes_once(rt):
     req = pause(rt)
     g = rt.graph()
-    assert g.invoke(approve(req["plan_hash"]), CFG)["status"] == "completed"
+    assert g.invoke(approve(req["plan_hash"]), CFG, context=rt.context())["status"] == "completed"
     history = list(g.get_state_history(CFG))
     approved = next(s for s in history if s.next == ("execute_action",))
-    assert g.invoke(None, approved.config)["status"] == "completed"  # replay
+    assert g.invoke(None, approved.config, context=rt.context())["status"] == "completed"  # replay
     forked = g.update_state(approved.config, None)
-    assert g.invoke(None, forked)["status"] == "completed"  # fork
+    assert g.invoke(None, forked, context=rt.context())["status"] == "completed"  # fork
     waiting = next(s for s in history if s.next == ("await_approval",))
-    assert g.invoke(approve(req["plan_hash"]), waiting.config)["status"] == "completed"  # resume the old interrupt again
+    assert g.invoke(approve(req["plan_hash"]), waiting.config, context=rt.context())["status"] == "completed"  # resume the old interrupt again
     assert refunds(rt) == 1 and ledger(rt) == 1 and refunded(rt) == 8999
     calls = [r for r in rt.audit.list("acme", "tamper") if r.kind == "tool_call"]
     assert sum(not r.data["replayed"] for r in calls) == 1  # one real call; the rest were ledger replays
@@ -362,7 +362,7 @@ def test_concurrent_approval_resumes_execute_once(rt):
     def resume(reviewer: str) -> None:
         barrier.wait()
         try:
-            results.append(g.invoke(approve(req["plan_hash"], reviewer=reviewer), CFG)["status"])
+            results.append(g.invoke(approve(req["plan_hash"], reviewer=reviewer), CFG, context=rt.context())["status"])
         except Exception as e:  # a racing writer may lose on the checkpoint store; it must not act twice
             results.append(type(e).__name__)
 

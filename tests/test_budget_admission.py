@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from keel.gateway import GatewayCall, LocalProvider, ModelGateway, Usage
+from gateway import GatewayCall, LocalProvider, ModelGateway, Usage
 from support.api_helpers import demo_tickets, load_demo, new_tenant
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
@@ -35,7 +35,7 @@ QUOTAS = {  # small quotas so that a test can spend them: the pack's [budgets] s
 
 
 def _pack(tmp_path_factory) -> str:
-    from guards.policy import DEFAULT_POLICY_PATH
+    from guards.pack import DEFAULT_POLICY_PATH
 
     text = DEFAULT_POLICY_PATH.read_text()
     for old, new in QUOTAS.items():
@@ -51,7 +51,7 @@ def env(request, tmp_path_factory):
     """``(runtime, client)``: keel's app with an embedded worker on SQLite or on Postgres."""
     from api.app import create_app
     from keel.config import Settings
-    from keel.runtime import Runtime
+    from engine.runtime import Runtime
 
     url = None
     if request.param == "postgres":
@@ -308,9 +308,9 @@ def test_crossing_80_percent_is_alerted_once_per_tenant_and_user(env, w):
 def test_quota_days_follow_the_wall_clock_on_the_embedded_demo(tmp_path_factory):
     """The embedded demo runs on a frozen day (its refund windows); quotas must not, or a
     spent quota would never reset: admission and model charges count on the real UTC day."""
-    from api.services import admitted
+    from engine.admission import admitted
+    from engine.runtime import DEMO_NOW, Runtime
     from keel.config import Settings
-    from keel.runtime import DEMO_NOW, Runtime
     from nodes.common import model_hook
 
     rt = Runtime(Settings(data_dir=tmp_path_factory.mktemp("demo-rt"), plan_signing_key="k",
@@ -320,7 +320,7 @@ def test_quota_days_follow_the_wall_clock_on_the_embedded_demo(tmp_path_factory)
         p = rt.principals.authenticate(rt.principals.create_key("demo", "rita", "requester"))
         with admitted(rt, p):
             pass
-        hook = model_hook(rt, {"ticket": {"tenant": "demo"}, "requester": "rita"})
+        hook = model_hook(rt.support_context(), {"ticket": {"tenant": "demo"}, "requester": "rita"})
         hook(GatewayCall(task="triage", provider="metered", ok=True, tokens_in=10, tokens_out=2, ms=1.0))
         today = datetime.now(timezone.utc)
         assert today.date() != DEMO_NOW.date()

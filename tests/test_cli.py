@@ -18,7 +18,7 @@ NOW = "2026-11-25T12:00:00Z"
 def keel(*args, env=None, cwd=None, check=False):
     e = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     e.update(env or {})
-    out = subprocess.run([sys.executable, "-m", "keel.cli", *args], capture_output=True, text=True, env=e,
+    out = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=e,
                          cwd=cwd or ROOT, timeout=300)
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     if check:

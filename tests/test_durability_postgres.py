@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from keel.config import Settings
-from keel.runtime import Runtime
+from engine.runtime import Runtime
 from tools.fixtures import parse_fixtures_text
 
 ROOT = Path(__file__).resolve().parents[1]

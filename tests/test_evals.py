@@ -27,7 +27,7 @@ from evals.report import (
     summarize,
 )
 from evals.score import find_pii_leaks, score
-from keel.cli import build_parser, main
+from cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "keel" / "demo"

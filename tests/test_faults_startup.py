@@ -126,19 +126,16 @@ def test_an_outage_longer_than_the_timeout_ends_start_up_with_a_clear_error():
 
 def _cli(monkeypatch, command: str, **env: str) -> int:
     """``keel COMMAND`` in this process with ``env`` as its KEEL_* settings."""
-    import api.cli
+    import cli.service
     from keel.config import get_settings
-    from keel.runtime import reset_runtime
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(api.cli, "_logging", lambda: None)  # leave pytest's log handlers alone
+    monkeypatch.setattr(cli.service, "_logging", lambda: None)  # leave pytest's log handlers alone
     get_settings.cache_clear()
-    reset_runtime()
     try:
-        return api.cli.main([command, "--port", str(free_port())] if command == "serve" else [command])
+        return cli.service.main([command, "--port", str(free_port())] if command == "serve" else [command])
     finally:
-        reset_runtime()
         monkeypatch.undo()
         get_settings.cache_clear()
 
@@ -209,7 +206,7 @@ class Stack:
     def keys(self) -> dict[str, str]:
         """A tenant with a requester key (made in this process; its pool closed after)."""
         from keel.config import Settings
-        from keel.runtime import Runtime
+        from engine.runtime import Runtime
 
         rt = Runtime(Settings(database_url=self.url, data_dir=self.tmp / "rt", plan_signing_key="startup-key"))
         try:
@@ -319,10 +316,10 @@ def test_worker_and_server_ride_out_a_restart_in_the_middle_of_start_up(stack, s
     """The reported failure: the server restarts while a starting process holds a session
     (here: waiting for the set-up lock, which this test holds): that session dies with
     ``AdminShutdown``. The process retries and comes up."""
-    from keel.runtime import _SETUP_LOCK
+    from engine.runtime import SETUP_LOCK
 
     holder = psycopg.connect(stack.url, autocommit=True)
-    holder.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+    holder.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK,))
     worker = stack.worker()
     server, url = stack.serve()
     deadline = time.monotonic() + 60

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from keel.config import Settings
-from keel.gateway import (
+from gateway import (
     GatewayCall,
     LocalProvider,
     ModelError,

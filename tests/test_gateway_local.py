@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from keel.gateway import OPERATION_TOOL, LocalProvider, ModelGateway, PlanningInput
-from keel.gateway.rules import (
+from gateway import OPERATION_TOOL, LocalProvider, ModelGateway, PlanningInput
+from gateway.rules import (
     extract_text,
     find_amount_cents,
     find_new_address,

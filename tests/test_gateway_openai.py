@@ -12,8 +12,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from keel.gateway import GatewayCall, LocalProvider, ModelGateway, OpenAIProvider, PlanningInput, SYSTEM_PROMPTS
-from keel.gateway import openai_provider as openai_module
+from gateway import GatewayCall, LocalProvider, ModelGateway, OpenAIProvider, PlanningInput, SYSTEM_PROMPTS
+from gateway import openai_provider as openai_module
 from keel.types import Extraction, Ticket, TriageResult
 
 TICKET = Ticket(id="T-8", tenant="acme", customer_id="C-1002", subject="Refund for O-5002",

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from langgraph.types import Command
 
-from keel.approvals import ApprovalError, pending_approval, validate_resume
+from engine.approvals import pending_approval, validate_resume
+from guards.approvals import ApprovalError
 from keel.config import Settings
-from keel.runtime import DEMO_FIXTURES, Runtime
+from engine.runtime import DEMO_FIXTURES, Runtime
 from keel.types import Ticket
 
 DEMO = Path(__file__).resolve().parents[1] / "keel" / "demo"
@@ -34,7 +35,7 @@ def tickets() -> dict[str, dict]:
 
 def run(rt, ticket_id, thread="t-1", requester="req"):
     cfg = {"configurable": {"thread_id": thread, "requester": requester}}
-    return rt.graph().invoke({"ticket": tickets()[ticket_id]}, cfg), cfg
+    return rt.graph().invoke({"ticket": tickets()[ticket_id]}, cfg, context=rt.context()), cfg
 
 
 def refunds(rt):
@@ -87,7 +88,7 @@ def test_approval_interrupt_payload_and_resume(rt):
     assert any(c["rule"] for c in req["policy_checks"]) and req["evidence"]
     assert refunds(rt) == 0
     value = {"decision": "approve", "plan_hash": req["plan_hash"], "reviewer": "boss", "reason": "ok"}
-    final = rt.graph().invoke(Command(resume=value), cfg)
+    final = rt.graph().invoke(Command(resume=value), cfg, context=rt.context())
     assert final["status"] == "completed"
     assert final["approval"]["reviewer"] == "boss"
     assert rt.backoffice.get_order("acme", "O-5002")["refunded_cents"] == 8999
@@ -113,13 +114,13 @@ def test_refused_resume_keeps_waiting(rt, value, code):
     state, cfg = run(rt, "T-8")
     req = state["__interrupt__"][0].value
     value = {**value, "plan_hash": value["plan_hash"] or req["plan_hash"]}
-    again = rt.graph().invoke(Command(resume=value), cfg)
+    again = rt.graph().invoke(Command(resume=value), cfg, context=rt.context())
     assert again["status"] == "awaiting_approval"
     assert again["__interrupt__"][0].value["error"]["code"] == code
     assert refunds(rt) == 0
     # a valid decision still goes through afterwards
     ok = {"decision": "approve", "plan_hash": req["plan_hash"], "reviewer": "boss"}
-    assert rt.graph().invoke(Command(resume=ok), cfg)["status"] == "completed"
+    assert rt.graph().invoke(Command(resume=ok), cfg, context=rt.context())["status"] == "completed"
     assert refunds(rt) == 1
 
 
@@ -145,7 +146,7 @@ def test_downward_edit_is_revalidated_and_executes_smaller_refund(rt):
     req = state["__interrupt__"][0].value
     value = {"decision": "approve", "plan_hash": req["plan_hash"], "reviewer": "boss",
              "edits": [{"index": 0, "args": {"amount_cents": 4000}}]}
-    final = rt.graph().invoke(Command(resume=value), cfg)
+    final = rt.graph().invoke(Command(resume=value), cfg, context=rt.context())
     assert final["status"] == "completed"
     assert final["actions"][0]["args"]["amount_cents"] == 4000
     assert final["approval"]["plan_hash"] != req["plan_hash"]  # the edited plan was re-signed
@@ -156,7 +157,7 @@ def test_reject_ends_rejected_without_side_effect(rt):
     state, cfg = run(rt, "T-8")
     req = state["__interrupt__"][0].value
     final = rt.graph().invoke(Command(resume={"decision": "reject", "plan_hash": req["plan_hash"],
-                                              "reviewer": "boss", "reason": "no"}), cfg)
+                                              "reviewer": "boss", "reason": "no"}), cfg, context=rt.context())
     assert final["status"] == "rejected"
     assert refunds(rt) == 0
 
@@ -167,7 +168,7 @@ def test_tampered_plan_is_refused_at_execution(rt):
     plan = json.loads(json.dumps(state["plan"]))
     plan["plan"]["actions"][0]["args"]["amount_cents"] = 100  # changed in storage after validation
     rt.graph().update_state(cfg, {"plan": plan})
-    final = rt.graph().invoke(Command(resume={"decision": "approve", "plan_hash": req["plan_hash"], "reviewer": "boss"}), cfg)
+    final = rt.graph().invoke(Command(resume={"decision": "approve", "plan_hash": req["plan_hash"], "reviewer": "boss"}), cfg, context=rt.context())
     assert final["status"] == "escalated" and "plan_integrity" in final["reason_codes"]
     assert refunds(rt) == 0
 
@@ -176,11 +177,11 @@ def test_replay_from_checkpoint_never_repeats_side_effect(rt):
     state, cfg = run(rt, "T-1")
     history = list(rt.graph().get_state_history(cfg))
     before_exec = next(s for s in history if s.next == ("execute_action",))
-    replayed = rt.graph().invoke(None, before_exec.config)
+    replayed = rt.graph().invoke(None, before_exec.config, context=rt.context())
     assert replayed["status"] == "completed"
     assert refunds(rt) == 1 and rt.backoffice.count_rows("tool_ledger", "acme") == 1
     forked_cfg = rt.graph().update_state(before_exec.config, None)
-    assert rt.graph().invoke(None, forked_cfg)["status"] == "completed"
+    assert rt.graph().invoke(None, forked_cfg, context=rt.context())["status"] == "completed"
     assert refunds(rt) == 1
 
 
@@ -192,7 +193,7 @@ def test_injection_escalates_before_any_tool(rt):
 
 def test_invalid_ticket_escalates_cleanly(rt):
     cfg = {"configurable": {"thread_id": "bad", "requester": "req"}}
-    state = rt.graph().invoke({"ticket": {"id": "X", "tenant": "acme"}}, cfg)
+    state = rt.graph().invoke({"ticket": {"id": "X", "tenant": "acme"}}, cfg, context=rt.context())
     assert state["status"] == "escalated" and state["reason_codes"] == ["invalid_ticket"]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from guards.budgets import BUDGET_EXCEEDED, RunCaps, TenantTokenBudget, charge_tool_call, check, new_budget
-from guards.policy import load_policy
+from guards.pack import load_policy
 from keel.db import Database
 
 T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
@@ -148,9 +148,10 @@ def quotas(quota_db):
     """Tenant: 1,000 tokens and 10 runs a day; each user: 400 tokens and 4 runs; alerts into an audit log."""
     import uuid
 
+    from guards.dlp import redact
     from keel.audit import AuditLog
 
-    audit = AuditLog(quota_db)
+    audit = AuditLog(quota_db, redact=redact)
     audit.setup()
     q = TenantTokenBudget(quota_db, 1000, user_daily_tokens=400, tenant_daily_runs=10, user_daily_runs=4, audit=audit)
     q.setup()

@@ -179,3 +179,21 @@ def test_install_redaction_covers_child_loggers_and_is_idempotent() -> None:
 def test_install_redaction_by_name() -> None:
     flt = install_redaction("keel.test.dlp.byname")
     assert flt in logging.getLogger("keel.test.dlp.byname").filters
+
+
+def test_the_audit_log_cannot_be_built_without_the_dlp_redactor_and_keels_applies_it(tmp_path):
+    """The audit log (ground floor) is handed the DLP guard's redaction by keel's wiring; there
+    is no default, so no audit log can store personal data unredacted by omission."""
+    from engine.runtime import Runtime
+    from keel.audit import AuditLog
+    from keel.config import Settings
+    from keel.db import open_database
+
+    with pytest.raises(TypeError):
+        AuditLog(open_database(f"sqlite:///{tmp_path / 'a.db'}"))  # type: ignore[call-arg]
+    rt = Runtime(Settings(data_dir=tmp_path / "rt", plan_signing_key="k"))
+    try:
+        rt.audit.append("acme", "admin", actor="cli", data={"note": "mail ana@example.com", "password": "hunter2x"})
+        assert rt.audit.list("acme")[-1].data == {"note": "mail [email]", "password": "[secret]"}
+    finally:
+        rt.close()

@@ -10,18 +10,9 @@ from typing import Any
 
 import pytest
 
-from guards.policy import (
-    DEFAULT_POLICY_PATH,
-    ApprovalPolicy,
-    PolicyEngine,
-    PolicyError,
-    PolicyFacts,
-    PolicyPack,
-    apply_edit,
-    check_edit,
-    check_reviewer,
-    load_policy,
-)
+from guards.approvals import apply_edit, check_edit, check_reviewer
+from guards.pack import DEFAULT_POLICY_PATH, ApprovalPolicy, PolicyError, PolicyPack, load_policy
+from guards.policy import PolicyEngine, PolicyFacts
 from keel.types import ProposedAction
 
 DEMO = Path(__file__).resolve().parent.parent / "keel" / "demo"

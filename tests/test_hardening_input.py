@@ -127,7 +127,7 @@ class Env:
 def env(request, tmp_path_factory):
     from api.app import create_app
     from keel.config import Settings
-    from keel.runtime import Runtime
+    from engine.runtime import Runtime
 
     if request.param == "sqlite":
         rt = Runtime(Settings(data_dir=tmp_path_factory.mktemp("hardening"), now=NOW, plan_signing_key="hardening"))

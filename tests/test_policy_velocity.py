@@ -17,17 +17,10 @@ from typing import Any
 import pytest
 from langgraph.types import Command
 
-from guards.policy import (
-    DEFAULT_POLICY_PATH,
-    KeelRefund,
-    PolicyEngine,
-    PolicyError,
-    PolicyFacts,
-    PolicyPack,
-    load_policy,
-)
+from guards.pack import DEFAULT_POLICY_PATH, PolicyError, PolicyPack, load_policy
+from guards.policy import KeelRefund, PolicyEngine, PolicyFacts
 from keel.config import Settings
-from keel.runtime import Runtime
+from engine.runtime import Runtime
 from keel.types import ProposedAction
 from tools.fixtures import parse_fixtures_text
 from tools.refund_history import RefundHistory
@@ -231,7 +224,7 @@ def _ticket(body: str, customer: str = "C-1002", tenant: str = "acme") -> dict[s
 
 def _run(rt: Runtime, body: str, customer: str = "C-1002", tenant: str = "acme", **kw: Any) -> tuple[dict, dict]:
     cfg = {"configurable": {"thread_id": str(uuid.uuid4()), "requester": "req"}}
-    return rt.graph().invoke({"ticket": _ticket(body, customer, tenant)}, cfg, **kw), cfg
+    return rt.graph().invoke({"ticket": _ticket(body, customer, tenant)}, cfg, **kw, context=rt.context()), cfg
 
 
 def _refund_rows(rt: Runtime, tenant: str = "acme") -> list[dict[str, Any]]:
@@ -251,7 +244,7 @@ def test_split_refund_second_ticket_goes_to_approval(rt) -> None:
     assert check["reason_code"] == "velocity_limit" and "order O-5002 8999 cents" in check["detail"]
     # a reviewer's approval pays it
     final = rt.graph().invoke(Command(resume={"decision": "approve", "plan_hash": req["plan_hash"], "reviewer": "boss"}),
-                              cfg)
+                              cfg, context=rt.context())
     assert final["status"] == "completed"
     assert sorted(r["amount_cents"] for r in _refund_rows(rt)) == [4499, 4500]
 
@@ -277,7 +270,7 @@ def test_pending_approval_counts_until_it_is_decided(rt) -> None:
     assert second["status"] == "awaiting_approval" and second["reason_codes"] == ["velocity_limit"]
     req = waiting["__interrupt__"][0].value
     rejected = rt.graph().invoke(Command(resume={"decision": "reject", "plan_hash": req["plan_hash"],
-                                                 "reviewer": "boss", "reason": "no"}), cfg)
+                                                 "reviewer": "boss", "reason": "no"}), cfg, context=rt.context())
     assert rejected["status"] == "rejected"
     # the rejected 60.00 no longer counts; the 10.00 still waiting does: 20.00 in 2 refunds
     third, _ = _run(rt, "Please refund $10.00 on order O-5002, a part is missing.")
@@ -312,7 +305,7 @@ def test_execution_decides_again_after_another_run_refunded(rt) -> None:
     assert a["policy"]["overall"] == "execute" and not _refund_rows(rt)
     b, _ = _run(rt, "Please refund $44.99 on order O-5002, the handle is loose.")
     assert b["status"] == "completed"
-    late = rt.graph().invoke(None, a_cfg)
+    late = rt.graph().invoke(None, a_cfg, context=rt.context())
     assert late["status"] == "escalated" and "velocity_limit" in late["reason_codes"]
     assert [r["amount_cents"] for r in _refund_rows(rt)] == [4499]
 
@@ -331,7 +324,7 @@ def test_a_run_is_never_counted_against_itself(rt) -> None:
     ctx = ToolContext(tenant="acme", customer_id="C-1002", user_id="req", allowlist=frozenset({"issue_refund"}),
                       idempotency_key=key, now=NOW)
     assert rt.tools.call("issue_refund", action["args"], ctx).ok  # the side effect of the lost attempt
-    final = rt.graph().invoke(None, cfg)
+    final = rt.graph().invoke(None, cfg, context=rt.context())
     assert final["status"] == "completed" and final["results"][0]["replayed"] is True
     assert [r["amount_cents"] for r in _refund_rows(rt)] == [4500]
 
@@ -349,7 +342,7 @@ def _race(rt: Runtime, tenant: str) -> list[dict[str, Any]]:
 
     def resume(cfg: dict) -> None:
         try:
-            finals.append(rt.graph().invoke(None, cfg))
+            finals.append(rt.graph().invoke(None, cfg, context=rt.context()))
         except BaseException as e:  # reported below, not swallowed
             errors.append(e)
 

@@ -34,7 +34,7 @@ def lease_pg_url() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def runtime(request, tmp_path) -> Iterator[Any]:
     from keel.config import Settings
-    from keel.runtime import Runtime
+    from engine.runtime import Runtime
 
     register_toys()
     register_crash()
@@ -47,13 +47,13 @@ def runtime(request, tmp_path) -> Iterator[Any]:
 
 @pytest.fixture()
 def queue(runtime) -> Any:
-    from api.queue import RunQueue
+    from engine.queue import RunQueue
 
     return RunQueue(runtime.db).setup()
 
 
 def _new_run(q: Any, graph: str = "toy_flaky", inp: dict | None = None) -> tuple[str, str, str]:
-    from api.queue import new_id
+    from engine.queue import new_id
 
     tenant = "t" + new_id().replace("-", "")[:10]
     th, _ = q.create_thread(tenant, "rita")
@@ -133,7 +133,7 @@ def test_dead_letter_reason_and_audit_via_the_api_and_retry_runs_it_again(runtim
     dead-lettering, and the API shows reason and audit row; an admin's retry resets the
     count and the run then completes."""
     from api.app import create_app
-    from api.worker import Worker
+    from engine.worker import Worker
 
     app = create_app(runtime, embedded_worker=False)
     with TestClient(app) as client:
@@ -175,7 +175,7 @@ def test_dead_letter_reason_and_audit_via_the_api_and_retry_runs_it_again(runtim
 
 
 def test_retried_dead_letter_gets_a_fresh_expiry_budget_and_completes(runtime, queue):
-    from api.worker import Worker
+    from engine.worker import Worker
 
     q = queue
     tenant, tid, rid = _new_run(q)
@@ -194,7 +194,7 @@ def test_retried_dead_letter_gets_a_fresh_expiry_budget_and_completes(runtime, q
 
 
 def test_transient_failures_exhausted_are_dead_lettered_with_their_reason_and_audited(runtime, queue):
-    from api.worker import Worker
+    from engine.worker import Worker
 
     q = queue
     tenant, tid, rid = _new_run(q, inp={"fail_times": 5})
@@ -220,8 +220,8 @@ def test_columns_are_added_to_a_database_made_by_the_previous_schema(empty_url):
     """A database whose ``api_runs`` predates the columns gets them on set-up (its existing
     rows read 0 expiries); on Postgres the migration is one more script recorded in
     ``keel_schema``, so later starts skip it without waiting for any lock on the table."""
-    import api.queue as queue_mod
-    from api.queue import RunQueue
+    import engine.queue.schema as queue_mod
+    from engine.queue import RunQueue
     from keel.db import Database
 
     db = Database(empty_url)
@@ -262,7 +262,7 @@ def test_a_run_that_kills_every_worker_is_dead_lettered_and_an_admin_retry_compl
     admin's retry runs it to success on that worker."""
     from api.app import create_app
     from keel.config import Settings
-    from keel.runtime import Runtime
+    from engine.runtime import Runtime
     from support.api_helpers import ROOT, keel_env, stop
     from support.faults_cluster import Zygote
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from langgraph.types import Command
 
-from keel.approvals import pending_approval, validate_resume
+from engine.approvals import pending_approval, validate_resume
 from keel.config import Settings
-from keel.retention import checkpoint_rows, prune
-from keel.runtime import Runtime
+from engine.retention import checkpoint_rows, prune
+from engine.runtime import Runtime
 from tools.fixtures import parse_fixtures_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def world(request, tmp_path):
 
 def start(rt, tickets, ticket_id) -> tuple[str, dict]:
     thread = str(uuid.uuid4())
-    state = rt.graph().invoke({"ticket": tickets[ticket_id]}, {"configurable": {"thread_id": thread, "requester": "req"}})
+    state = rt.graph().invoke({"ticket": tickets[ticket_id]}, {"configurable": {"thread_id": thread, "requester": "req"}}, context=rt.context())
     return thread, state
 
 
@@ -63,7 +63,7 @@ def approve(rt, tenant, thread) -> dict:
     assert request is not None, "the thread no longer waits for approval"
     value = validate_resume(rt, thread, rt.principals.get(tenant, "boss"),
                             {"decision": "approve", "plan_hash": request["plan_hash"]})
-    return rt.graph().invoke(Command(resume=value), {"configurable": {"thread_id": thread}})
+    return rt.graph().invoke(Command(resume=value), {"configurable": {"thread_id": thread}}, context=rt.context())
 
 
 def test_ttl_deletes_finished_threads_and_spares_the_waiting_one(world):
@@ -190,7 +190,7 @@ def test_prune_needs_a_rule(world):
 def keel(*args, env):
     e = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     e.update(env)
-    return subprocess.run([sys.executable, "-m", "keel.cli", *args], capture_output=True, text=True, env=e, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=e, cwd=ROOT,
                           timeout=300)
 
 

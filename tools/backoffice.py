@@ -136,12 +136,9 @@ class BackOffice:
                 yield own
 
     def setup(self) -> None:
-        """Create the tables if they do not exist (idempotent, both engines), and the
-        refund holds read with them (:mod:`tools.refund_history`)."""
-        from .refund_history import RefundHistory
-
+        """Create the tables if they do not exist (idempotent, both engines). The refund holds
+        read with them are :class:`tools.refund_history.RefundHistory`'s, set up after these."""
         self.db.executescript(_SCHEMA)
-        RefundHistory(self.db).setup()
 
     def load_fixtures(self, fixtures: Fixtures) -> None:
         """Replace the tenant's records (and its ledger) with ``fixtures``, in one transaction."""

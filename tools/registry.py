@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from keel.types import READ_TOOLS, SIDE_EFFECT_TOOLS
 
 from . import contracts as c
+from . import implementations as impl
 
 __all__ = ["ToolFn", "ToolSpec", "TOOLS", "tool_schemas"]
 
@@ -51,26 +52,26 @@ def _spec(name: str, fn: ToolFn, input_model: type[BaseModel], output_model: typ
 TOOLS: dict[str, ToolSpec] = {
     s.name: s
     for s in (
-        _spec("get_customer", c.get_customer, c.GetCustomerInput, c.CustomerOutput),
-        _spec("get_order", c.get_order, c.GetOrderInput, c.OrderOutput),
-        _spec("list_payments", c.list_payments, c.ListPaymentsInput, c.ListPaymentsOutput),
-        _spec("track_shipment", c.track_shipment, c.TrackShipmentInput, c.TrackShipmentOutput),
-        _spec("get_account", c.get_account, c.GetAccountInput, c.AccountOutput),
-        _spec("search_kb", c.search_kb, c.SearchKbInput, c.SearchKbOutput),
-        _spec("issue_refund", c.issue_refund, c.IssueRefundInput, c.IssueRefundOutput),
-        _spec("cancel_subscription", c.cancel_subscription, c.CancelSubscriptionInput, c.CancelSubscriptionOutput),
-        _spec("cancel_order", c.cancel_order, c.CancelOrderInput, c.CancelOrderOutput),
+        _spec("get_customer", impl.get_customer, c.GetCustomerInput, c.CustomerOutput),
+        _spec("get_order", impl.get_order, c.GetOrderInput, c.OrderOutput),
+        _spec("list_payments", impl.list_payments, c.ListPaymentsInput, c.ListPaymentsOutput),
+        _spec("track_shipment", impl.track_shipment, c.TrackShipmentInput, c.TrackShipmentOutput),
+        _spec("get_account", impl.get_account, c.GetAccountInput, c.AccountOutput),
+        _spec("search_kb", impl.search_kb, c.SearchKbInput, c.SearchKbOutput),
+        _spec("issue_refund", impl.issue_refund, c.IssueRefundInput, c.IssueRefundOutput),
+        _spec("cancel_subscription", impl.cancel_subscription, c.CancelSubscriptionInput, c.CancelSubscriptionOutput),
+        _spec("cancel_order", impl.cancel_order, c.CancelOrderInput, c.CancelOrderOutput),
         _spec(
             "update_shipping_address",
-            c.update_shipping_address,
+            impl.update_shipping_address,
             c.UpdateShippingAddressInput,
             c.UpdateShippingAddressOutput,
         ),
-        _spec("reship_order", c.reship_order, c.ReshipOrderInput, c.ReshipOrderOutput),
-        _spec("send_password_reset", c.send_password_reset, c.SendPasswordResetInput, c.SendPasswordResetOutput),
-        _spec("reset_mfa", c.reset_mfa, c.ResetMfaInput, c.ResetMfaOutput),
-        _spec("change_email", c.change_email, c.ChangeEmailInput, c.ChangeEmailOutput),
-        _spec("unlock_account", c.unlock_account, c.UnlockAccountInput, c.UnlockAccountOutput),
+        _spec("reship_order", impl.reship_order, c.ReshipOrderInput, c.ReshipOrderOutput),
+        _spec("send_password_reset", impl.send_password_reset, c.SendPasswordResetInput, c.SendPasswordResetOutput),
+        _spec("reset_mfa", impl.reset_mfa, c.ResetMfaInput, c.ResetMfaOutput),
+        _spec("change_email", impl.change_email, c.ChangeEmailInput, c.ChangeEmailOutput),
+        _spec("unlock_account", impl.unlock_account, c.UnlockAccountInput, c.UnlockAccountOutput),
     )
 }
 """Every tool by name."""

@@ -1,7 +1,7 @@
 """Approvals: pending plans of the caller's tenant, and the decisions on them.
 
 Every decision names the plan hash the reviewer saw and goes through
-:func:`api.services.submit_run`, i.e. :func:`keel.approvals.validate_resume`: the policy
+:func:`api.services.submit_run`, i.e. :func:`engine.approvals.validate_resume`: the policy
 pack's ``[approvals]`` rules decide who may approve (``approver_roles``), whether the run's
 requester may (``separation_of_duties``) and which edits are allowed
 (``edits_only_downward``), only for the current plan. Repeating the same decision returns
@@ -20,19 +20,19 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import ApiState, correlation_id, get_principal, get_state
-from api.models import KeelJSONResponse as JSONResponse  # non-finite floats read back as null
+from api.errors import http_error
 from api.models import MAX_OFFSET, ApprovalDetail, ApprovalPage, ApproveBody, DecisionOut, EditBody, RejectBody, returns
-from api.services import await_run, http_error, run_out, submit_run, thread_or_404, wait_result
-from guards.policy import ApprovalPolicy
-from keel.approvals import approval_rules, decider_refusal
+from api.models import KeelJSONResponse as JSONResponse  # non-finite floats read back as null
+from api.services import await_run, run_out, submit_run, thread_or_404, wait_result
+from engine.approvals import approval_rules, pending_approval
+from guards.approvals import decider_refusal
+from guards.pack import ApprovalPolicy
 from keel.principals import Principal
 
 router = APIRouter(tags=["approvals"])
 
 
 def _pending(st: ApiState, th: dict[str, Any]) -> dict[str, Any] | None:
-    from keel.approvals import pending_approval
-
     if not th.get("graph_id") or th["status"] != "interrupted":
         return None
     return pending_approval(st.runtime, th["thread_id"], th["graph_id"])

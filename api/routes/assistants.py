@@ -8,8 +8,13 @@ from fastapi import APIRouter, Depends, Response
 
 from api.deps import get_principal, get_runtime
 from api.models import AssistantCount, AssistantOut, AssistantSchemasOut, AssistantSearch, returns
-from api.services import assistant_out, graph_ids, resolve_assistant
+from api.services import assistant_out, resolve_assistant
+from engine.registry import graph_ids
 from keel.principals import Principal
+
+NO_CLIENT_CONFIG = {"properties": {}, "title": "LangGraphConfig", "type": "object"}
+"""The ``config_schema`` of every assistant (what LangGraph derives for a graph without a
+context schema): no client-settable keys."""
 
 router = APIRouter(tags=["assistants"])
 
@@ -75,6 +80,8 @@ def get_assistant_schemas(assistant_id: str, runtime: Any = Depends(get_runtime)
         "input_schema": safe(g.get_input_jsonschema),
         "output_schema": safe(g.get_output_jsonschema),
         "state_schema": safe(lambda: g.get_input_jsonschema()),
-        "config_schema": safe(g.get_config_jsonschema) if hasattr(g, "get_config_jsonschema") else None,
+        # a client configures nothing: workers pass on none of its ``configurable`` keys, and a
+        # graph's run context is built by keel (never sent), so both are empty
+        "config_schema": NO_CLIENT_CONFIG,
         "context_schema": None,
     }

@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import ApiState, correlation_id, get_state, require_roles
-from api.queue import NotFound, ThreadBusy
+from api.errors import http_error
 from api.models import MAX_OFFSET, DeadLetterPage, RunOut, returns
-from api.services import http_error, is_uuid, run_out
+from api.services import is_uuid, run_out
+from engine.queue import NotFound, ThreadBusy
 from keel.principals import Principal
 
 router = APIRouter(tags=["dead letters"])

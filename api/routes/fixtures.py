@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
 from api.deps import ApiState, correlation_id, get_state, require_roles
+from api.errors import http_error
 from api.models import FixturesOut, returns
-from api.services import http_error
 from keel.principals import Principal
 from tools.fixtures import Fixtures, format_validation_error
 

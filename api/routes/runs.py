@@ -1,7 +1,7 @@
 """Runs on a thread: background create, wait, SSE stream, get, list, cancel, join; and
 the same three creates on a new thread (langgraph-sdk's stateless ``runs.*(None, …)``).
 
-Runs are queued (see :mod:`api.queue`) and executed by workers, possibly in other
+Runs are queued (see :mod:`engine.queue`) and executed by workers, possibly in other
 processes; ``wait``/``join`` poll the run's row, and streams tail the events the worker
 stores (``values``/``updates``), so any server can serve any run.
 """
@@ -17,10 +17,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import ApiState, correlation_id, get_principal, get_state
+from api.errors import http_error
 from api.models import MAX_OFFSET, RunCreate, RunOut, json_bytes, returns
-from api.queue import TERMINAL, NotCancellable, NotFound
-from api.services import (await_run, check_admission, http_error, is_uuid, run_out, submit_run, thread_or_404,
-                          wait_result)
+from api.services import await_run, check_admission, is_uuid, run_out, submit_run, thread_or_404, wait_result
+from engine.queue import TERMINAL, NotCancellable, NotFound
 from keel.db import IntegrityError
 from keel.principals import Principal
 

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from api.deps import ApiState, correlation_id, get_principal, get_state, require_roles
+from api.errors import http_error
 from api.models import (
     ErrorOut,
     HistoryRequest,
@@ -26,13 +27,12 @@ from api.models import (
     ThreadStateOut,
     returns,
 )
-from api.queue import NotFound, ThreadBusy
 from api.services import (
     START_ROLES,
     await_run,
     check_admission,
-    http_error,
     is_uuid,
+    resolve_assistant,
     run_out,
     state_out,
     submit_run,
@@ -40,6 +40,7 @@ from api.services import (
     thread_out,
     wait_result,
 )
+from engine.queue import NotFound, ThreadBusy
 from keel.db import IntegrityError
 from keel.principals import Principal
 
@@ -52,8 +53,6 @@ def create_thread(body: ThreadCreate, st: ApiState = Depends(get_state), p: Prin
     meta = dict(body.metadata or {})
     graph_id = meta.get("graph_id") if isinstance(meta.get("graph_id"), str) else None
     if graph_id is not None:
-        from api.services import resolve_assistant
-
         graph_id = resolve_assistant(graph_id)[1]
     try:
         th, _ = st.queue.create_thread(p.tenant, p.user_id, thread_id=body.thread_id, metadata=meta,

@@ -8,8 +8,9 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, HTTPException
 
 from api.deps import ApiState, correlation_id, get_state, require_roles
+from api.errors import http_error
 from api.models import TicketCreate, TicketOut, returns
-from api.services import START_ROLES, await_run, check_admission, http_error, run_out, submit_run, wait_result
+from api.services import START_ROLES, await_run, check_admission, run_out, submit_run, wait_result
 from keel.principals import Principal
 
 router = APIRouter(tags=["tickets"])

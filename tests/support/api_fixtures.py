@@ -21,7 +21,7 @@ def api_pg_url(pg_url):
 def api_runtime(api_pg_url, tmp_path_factory):
     """One runtime on the real Postgres for the in-process API tests."""
     from keel.config import Settings
-    from keel.runtime import Runtime
+    from engine.runtime import Runtime
 
     settings = Settings(database_url=api_pg_url, data_dir=tmp_path_factory.mktemp("api-rt"),
                         now=datetime(2026, 11, 25, 12, tzinfo=timezone.utc), plan_signing_key="api-test-key")

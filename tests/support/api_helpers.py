@@ -81,8 +81,8 @@ def keel_env(**extra: str) -> dict[str, str]:
 
 
 def keel(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run ``python -m keel.cli ARGS`` and return the finished process."""
-    return subprocess.run([sys.executable, "-m", "keel.cli", *args], env=env, cwd=ROOT, capture_output=True,
+    """Run ``python -m cli ARGS`` and return the finished process."""
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -104,9 +104,9 @@ def wait_worker(log: Path, proc: subprocess.Popen, timeout: float = 90.0) -> Non
 
 
 def spawn(env: dict[str, str], *args: str, log: Path | None = None) -> subprocess.Popen:
-    """Start ``python -m keel.cli ARGS`` in the background (output to ``log``)."""
+    """Start ``python -m cli ARGS`` in the background (output to ``log``)."""
     f = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "keel.cli", *args], env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
 
 def stop(*procs: Any) -> None:

@@ -107,7 +107,7 @@ TOYS = {"toy_slow": build_slow, "toy_flaky": build_flaky, "toy_broken": build_br
 
 
 def register() -> None:
-    from graphs import GRAPH_BUILDERS
+    from engine.registry import GRAPH_BUILDERS
 
     for k, v in TOYS.items():
         GRAPH_BUILDERS.setdefault(k, lambda runtime=None, _b=v: _b(runtime))

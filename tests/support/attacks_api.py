@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from guards.policy import load_policy
+from guards.pack import load_policy
 from support.api_helpers import demo_tickets, load_demo, new_tenant, serve_in_thread
 
 ROLES = ("requester", "approver", "admin")

@@ -11,7 +11,7 @@ log = logging.getLogger("keel.probe")
 
 
 def keel_install(runtime: Any) -> None:
-    from api.worker import Worker
+    from engine.worker import Worker
 
     real_execute = Worker.execute
 

@@ -46,7 +46,7 @@ def build_crash(runtime: Any = None) -> StateGraph:
 
 
 def register() -> None:
-    from graphs import GRAPH_BUILDERS
+    from engine.registry import GRAPH_BUILDERS
 
     GRAPH_BUILDERS.setdefault("toy_crash", lambda runtime=None: build_crash(runtime))
 

@@ -221,7 +221,7 @@ class Cluster:
         self.workers: list[Proc] = []
         self.ensure_workers()
         from keel.config import Settings
-        from keel.runtime import Runtime
+        from engine.runtime import Runtime
 
         for u in self.urls:
             wait_ok(u, timeout=60)

@@ -160,7 +160,7 @@ def _install_effects(runtime: Any) -> None:
 
 
 def _install_finish() -> None:
-    from api.queue import RunQueue
+    from engine.queue import RunQueue
 
     if getattr(RunQueue.finish, "_faults_wrapped", False):
         return

@@ -3,7 +3,7 @@
 The kill tests SIGKILL a worker more than a dozen times and each kill needs a
 replacement; a fresh interpreter spends seconds importing LangGraph, FastAPI and keel.
 This process imports them once (no threads, no connections) and forks one child per
-request; the child runs ``keel.cli.main(ARGV)``, exactly what ``keel ARGV`` runs, in a
+request; the child runs ``cli.main.main(ARGV)``, exactly what ``keel ARGV`` runs, in a
 process of its own that the tests SIGKILL for real.
 
 Protocol: one JSON object per line on stdin, ``{"argv": [...], "log": PATH}``; the child's
@@ -23,11 +23,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 # the heavy imports, done once; nothing here opens a connection or starts a thread
 import api.app  # noqa: E402,F401
-import api.cli  # noqa: E402,F401
 import api.routes  # noqa: E402,F401
-import api.worker  # noqa: E402,F401
+import cli.main  # noqa: E402
+import cli.service  # noqa: E402,F401
+import engine.worker  # noqa: E402,F401
 import graphs.support  # noqa: E402,F401
-import keel.cli  # noqa: E402
 import langgraph.checkpoint.postgres  # noqa: E402,F401
 import psycopg_pool  # noqa: E402,F401
 import support.faults_hooks  # noqa: E402,F401
@@ -46,7 +46,7 @@ def _child(argv: list[str], log: str) -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1)
     code = 1
     try:
-        code = int(keel.cli.main(argv) or 0)
+        code = int(cli.main.main(argv) or 0)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:

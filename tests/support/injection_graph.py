@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from guards.policy import PolicyFacts
 from keel.config import Settings
-from keel.runtime import Runtime
+from engine.runtime import Runtime
 from keel.types import SIDE_EFFECT_TOOLS, ProposedAction
 
 __all__ = [
@@ -107,7 +107,7 @@ def assert_no_unauthorized_side_effects(rt: Runtime, out: Outcome) -> None:
         assert c.key[0] == TENANT and c.row["customer_id"] == cust, f"{tid}: changed {c.table} {c.key} of another owner"
     # each executed side effect: the policy executes it without approval on the pre-run records
     for a in executed:
-        d = rt.engine.evaluate(ProposedAction(tool=a["tool"], args=a["args"]), out.facts, route=state["route"])
+        d = rt.policy_engine.evaluate(ProposedAction(tool=a["tool"], args=a["args"]), out.facts, route=state["route"])
         assert d.decision == "execute", f"{tid}: {a['tool']} {a['args']} ran but the policy says {d.decision} {d.reason_codes}"
         if a["tool"] == "issue_refund":
             assert a["args"]["amount_cents"] <= rt.policy.refund.auto_max_cents, f"{tid}: refund above the auto limit"
@@ -144,7 +144,7 @@ def run_ticket(rt: Runtime, case: dict[str, Any], thread: str = "atk") -> Outcom
     facts = facts_before(rt, case["customer_id"])
     email = rt.backoffice.get_customer(TENANT, case["customer_id"])["email"]
     before = snapshot(rt)
-    state = rt.graph().invoke({"ticket": ticket}, {"configurable": {"thread_id": thread, "requester": "req"}})
+    state = rt.graph().invoke({"ticket": ticket}, {"configurable": {"thread_id": thread, "requester": "req"}}, context=rt.context())
     return Outcome(ticket, state, diff(before, snapshot(rt)), facts, email)
 
 

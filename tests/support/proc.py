@@ -20,14 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from langgraph.types import Command  # noqa: E402
 
-from keel.approvals import pending_approval, validate_resume  # noqa: E402
-from keel.runtime import get_runtime  # noqa: E402
+from engine.approvals import pending_approval, validate_resume  # noqa: E402
+from engine.runtime import Runtime  # noqa: E402
+from keel.config import get_settings  # noqa: E402
 from keel.types import SIDE_EFFECT_TOOLS  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    rt = get_runtime()
+    rt = Runtime(get_settings())
     graph = rt.graph("support")
+    context = rt.context("support")
     cmd, thread = argv[0], argv[1]
     config = {"configurable": {"thread_id": thread, "requester": "req-user"}}
     if "--kill-after-side-effect" in argv:
@@ -43,15 +45,15 @@ def main(argv: list[str]) -> int:
 
         rt.tools.call = call_then_hang  # type: ignore[method-assign]
     if cmd == "start":
-        state = graph.invoke({"ticket": json.loads(argv[2])}, config)
+        state = graph.invoke({"ticket": json.loads(argv[2])}, config, context=context)
     elif cmd == "continue":
-        state = graph.invoke(None, config)
+        state = graph.invoke(None, config, context=context)
     elif cmd == "resume":
         user = argv[argv.index("--approve-as") + 1]
         request = pending_approval(rt, thread)
         principal = rt.principals.get(request["tenant"], user)
         value = validate_resume(rt, thread, principal, {"decision": "approve", "plan_hash": request["plan_hash"]})
-        state = graph.invoke(Command(resume=value), config)
+        state = graph.invoke(Command(resume=value), config, context=context)
     else:
         raise SystemExit(f"unknown command {cmd}")
     print(json.dumps({"status": state.get("status"), "reason_codes": state.get("reason_codes"),

@@ -1,7 +1,7 @@
 """The local provider: deterministic, offline rules standing in for a model.
 
 It is the default and the last fallback, so keel works (and its tests run) with no
-network and no key. It reads the ticket with :mod:`keel.gateway.rules` and plans with
+network and no key. It reads the ticket with :mod:`gateway.rules` and plans with
 the mapping below. It only *proposes*: every action still goes through the guards.
 It calls no model, so it costs no tokens: its calls are charged nothing against the
 tenant's daily token budget (the run quotas bound how much of it a tenant may use).
@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from keel.gateway.base import OPERATION_TOOL, ROUTE_OPERATIONS, PlanningInput, Usage
-from keel.gateway.rules import READ_ONLY_OPERATIONS, analyze, claimed_amounts, extract_text, reship_reason, triage_text
+from gateway.base import OPERATION_TOOL, ROUTE_OPERATIONS, PlanningInput, Usage
+from gateway.rules import READ_ONLY_OPERATIONS, analyze, claimed_amounts, extract_text, reship_reason, triage_text
 from keel.types import Extraction, Operation, PlanProposal, ProposedAction, Route, Ticket, TriageResult
 
 __all__ = ["LocalProvider", "plan_locally"]
@@ -23,7 +23,7 @@ _OPEN_STATUSES = ("shipped", "placed", "paid")
 
 
 class LocalProvider:
-    """Rule-based :class:`~keel.gateway.base.ModelProvider`; same input, same output."""
+    """Rule-based :class:`~gateway.base.ModelProvider`; same input, same output."""
 
     name = "local"
     charges_tokens = False
@@ -46,7 +46,7 @@ class LocalProvider:
         return out, Usage()  # no model was called: no tokens were spent
 
     def triage(self, ticket: Ticket) -> TriageResult:
-        """Route the ticket (see :func:`keel.gateway.rules.triage_text`)."""
+        """Route the ticket (see :func:`gateway.rules.triage_text`)."""
         return triage_text(ticket.subject, ticket.body)
 
     def extract(self, ticket: Ticket, route: Route) -> Extraction:

@@ -6,7 +6,7 @@ a model directly. Providers implement :class:`ModelProvider`; keel ships
 :class:`OpenAIProvider` (any OpenAI-compatible endpoint).
 """
 
-from keel.gateway.base import (
+from gateway.base import (
     OPERATION_ROUTE,
     OPERATION_TOOL,
     ROUTE_OPERATIONS,
@@ -19,10 +19,10 @@ from keel.gateway.base import (
     Task,
     Usage,
 )
-from keel.gateway.gateway import CallHook, GatewayResult, ModelGateway, gateway_from_settings, provider_from_name
-from keel.gateway.local import LocalProvider, plan_locally
-from keel.gateway.openai_provider import OpenAIProvider
-from keel.gateway.prompts import SYSTEM_PROMPTS
+from gateway.gateway import CallHook, GatewayResult, ModelGateway, gateway_from_settings, provider_from_name
+from gateway.local import LocalProvider, plan_locally
+from gateway.openai_provider import OpenAIProvider
+from gateway.prompts import SYSTEM_PROMPTS
 
 __all__ = [
     "ModelGateway",

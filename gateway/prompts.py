@@ -8,7 +8,7 @@ task. The guards decide every action anyway; these prompts only shape proposals.
 
 from __future__ import annotations
 
-from keel.gateway.base import ROUTE_OPERATIONS, Task
+from gateway.base import ROUTE_OPERATIONS, Task
 
 __all__ = ["SYSTEM_PROMPTS", "system_prompt"]
 

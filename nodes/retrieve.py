@@ -8,16 +8,16 @@ screened for injected instructions like ticket text: it is data, never instructi
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, UTC
+from typing import Any
 
+from langgraph.runtime import Runtime
+
+from graphs.context import SupportContext
 from graphs.state import SupportState
 from guards.budgets import charge_tool_call, check
 from guards.injection import ScreenResult, merge, screen_fields
 from nodes.common import allowlist, ask_model, attempt_budget, escalation, ticket_of, tool_context, traced
-
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
 
 __all__ = ["retrieve_context"]
 
@@ -56,26 +56,27 @@ def _record_texts(context: dict[str, Any]) -> dict[str, str]:
 
 
 @traced("retrieve_context")
-def retrieve_context(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
+def retrieve_context(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
     """Extract the ticket's facts and read the records a plan would touch."""
+    ctx = runtime.context
     ticket = ticket_of(state)
     route = state["route"]
-    tools = allowlist(rt, route)
-    extraction, stop = ask_model(rt, state, "extract", lambda hook: rt.gateway.extract(ticket, route, on_call=hook))
+    tools = allowlist(ctx, route)
+    extraction, stop = ask_model(ctx, state, "extract", lambda hook: ctx.gateway.extract(ticket, route, on_call=hook))
     if stop is not None:
         return stop
 
     budget = dict(state.get("budget") or {})
     evidence: list[dict[str, Any]] = []
-    ctx = tool_context(rt, state)
+    calls = tool_context(ctx, state)
 
     def read(tool: str, args: dict[str, Any]) -> dict[str, Any] | None:
         nonlocal budget
         if tool not in tools:
             return None
-        res = rt.tools.call(tool, args, ctx)
+        res = ctx.tools.call(tool, args, calls)
         budget = charge_tool_call(budget, max(0, res.attempts - 1))
-        if check(attempt_budget(budget), rt.caps, datetime.now(timezone.utc)):
+        if check(attempt_budget(budget), ctx.caps, datetime.now(UTC)):
             raise _Budget()
         evidence.append({"tool": tool, "args": args, "ok": res.ok, "output": res.output, "error": res.error_code})
         return res.output if res.ok else None
@@ -99,18 +100,18 @@ def retrieve_context(state: SupportState, *, rt: "Runtime") -> dict[str, Any]:
         else:
             context["customer"] = read("get_customer", {"customer_id": ticket.customer_id})
             if context["customer"] is not None:
-                context["orders"] = rt.backoffice.list_orders(ticket.tenant, ticket.customer_id)
-                context["subscriptions"] = rt.backoffice.list_subscriptions(ticket.tenant, ticket.customer_id)
+                context["orders"] = ctx.backoffice.list_orders(ticket.tenant, ticket.customer_id)
+                context["subscriptions"] = ctx.backoffice.list_subscriptions(ticket.tenant, ticket.customer_id)
             if extraction.order_id:
                 order = read("get_order", {"order_id": extraction.order_id})
                 if order is None and evidence and evidence[-1].get("error") == "not_owner":
                     # the tool rightly withholds another customer's order from the agent; the
                     # policy still needs its owner to deny the action as not_owner
-                    order = rt.backoffice.get_order(ticket.tenant, extraction.order_id)
+                    order = ctx.backoffice.get_order(ticket.tenant, extraction.order_id)
                 context["named_orders"][extraction.order_id] = order
             if extraction.subscription_id:
                 # no allowlisted tool reads a subscription by id: a store read, for the policy only
-                context["named_subscriptions"][extraction.subscription_id] = rt.backoffice.get_subscription(
+                context["named_subscriptions"][extraction.subscription_id] = ctx.backoffice.get_subscription(
                     ticket.tenant, extraction.subscription_id)
             if route == "access":
                 context["account"] = read("get_account", {"customer_id": ticket.customer_id})

@@ -16,13 +16,13 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, SecretStr
 
-from keel.gateway.base import Usage
+from gateway.base import Usage
 
 __all__ = ["OpenAIProvider"]
 
 
 class OpenAIProvider:
-    """:class:`~keel.gateway.base.ModelProvider` backed by ``ChatOpenAI``.
+    """:class:`~gateway.base.ModelProvider` backed by ``ChatOpenAI``.
 
     The chat model is built on first use, so a missing key or unreachable endpoint is a
     failed call (recorded, then the fallback runs) rather than a crash at start-up. Tests

@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from keel.config import Settings
-from keel.gateway.base import (
+from gateway.base import (
     OPERATION_ROUTE,
     ROUTE_OPERATIONS,
     GatewayCall,
@@ -41,15 +41,15 @@ from keel.gateway.base import (
     Task,
     Usage,
 )
-from keel.gateway.local import LocalProvider
-from keel.gateway.openai_provider import OpenAIProvider
-from keel.gateway.prompts import system_prompt
+from gateway.local import LocalProvider
+from gateway.openai_provider import OpenAIProvider
+from gateway.prompts import system_prompt
 from keel.types import Extraction, PlanProposal, Route, Ticket, TriageResult
 
 __all__ = ["ModelGateway", "GatewayResult", "CallHook", "gateway_from_settings", "provider_from_name",
            "estimate_tokens", "charged_tokens"]
 
-log = logging.getLogger("keel.gateway")
+log = logging.getLogger("gateway")
 
 CallHook = Callable[[GatewayCall], None]
 """Receives every :class:`GatewayCall` as soon as the attempt ends."""

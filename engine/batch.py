@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, TextIO
+from collections.abc import Callable, Iterable
 
+from engine.runtime import Runtime
 from keel.types import Ticket
+from tools.fixtures import LineError, parse_tickets_lines
 
 __all__ = ["result_row", "run_ticket", "read_tickets", "BatchReport", "Progress"]
 
@@ -34,7 +38,7 @@ def result_row(ticket_id: str, thread_id: str, state: dict[str, Any]) -> dict[st
     }
 
 
-def run_ticket(rt: Any, ticket: Ticket, *, requester: str, thread_id: str | None = None) -> dict[str, Any]:
+def run_ticket(rt: Runtime, ticket: Ticket, *, requester: str, thread_id: str | None = None) -> dict[str, Any]:
     """Run one ticket on its own thread; returns its batch output row.
 
     A run that fails inside the graph (a tool that kept failing, say) is reported as
@@ -42,13 +46,14 @@ def run_ticket(rt: Any, ticket: Ticket, *, requester: str, thread_id: str | None
     """
     thread_id = thread_id or str(uuid.uuid4())
     config = {"configurable": {"thread_id": thread_id, "requester": requester, "correlation_id": uuid.uuid4().hex}}
+    graph = rt.graph("support")
     try:
-        state = rt.graph("support").invoke({"ticket": ticket.model_dump()}, config)
+        state = graph.invoke({"ticket": ticket.model_dump()}, config, context=rt.context("support"))
     except Exception as e:  # report, never crash the batch
         log.warning("ticket %s: run failed: %s", ticket.id, type(e).__name__)
         state = {"route": "unknown", "status": "escalated", "reason_codes": ["run_failed"]}
         try:
-            snap = rt.graph("support").get_state(config).values
+            snap = graph.get_state(config).values
             state = {**snap, "status": "escalated", "reason_codes": ["run_failed"]}
         except Exception:
             pass
@@ -71,12 +76,10 @@ Progress = Callable[[int, int, dict[str, Any]], None]
 
 def read_tickets(path: Path) -> tuple[list[Ticket], list[str]]:
     """Tickets of a JSON Lines file, and one error message per malformed line."""
-    from tools.fixtures import LineError, parse_tickets_lines
-
     tickets: list[Ticket] = []
     errors: list[str] = []
     with open(path, encoding="utf-8") as f:
-        for line_no, item in parse_tickets_lines(f):
+        for _line_no, item in parse_tickets_lines(f):
             if isinstance(item, LineError):
                 errors.append(f"{path}:{item.line}: {item.message}")
             else:
@@ -84,11 +87,9 @@ def read_tickets(path: Path) -> tuple[list[Ticket], list[str]]:
     return tickets, errors
 
 
-def run_tickets(rt: Any, tickets: Iterable[Ticket], *, requester: str, out: TextIO | None = None,
+def run_tickets(rt: Runtime, tickets: Iterable[Ticket], *, requester: str, out: TextIO | None = None,
                 progress: Progress | None = None) -> list[dict[str, Any]]:
     """Run tickets in order, writing each row as JSON to ``out`` as soon as it is done."""
-    import json
-
     tickets = list(tickets)
     rows = []
     for i, t in enumerate(tickets, start=1):

@@ -1,40 +1,38 @@
-"""Human approval of a plan: the one set of rules every resume path goes through.
+"""The approval rules: who may decide a paused plan, and what a reviewer may change.
 
 The rules themselves are data: the ``[approvals]`` section of the policy pack in force
-(:class:`guards.policy.ApprovalPolicy`: approver roles, separation of duties, downward-only
-edits). This module is the one place that applies them. The graph's approval node, the
-CLI and the HTTP API all call :func:`check_resume`; the authenticated paths (CLI, API)
-call :func:`validate_resume` first, which also binds the reviewer to the authenticated
-caller and checks role and tenant, so a thread stays waiting when a resume is refused.
-:func:`decider_refusal` answers "may this caller decide?" for the API's pre-checks and
-for the listings. There is no side door and no role list outside the pack.
+(:class:`guards.pack.ApprovalPolicy`: approver roles, separation of duties, downward-only
+edits). This module is the one place that applies them, purely (no store, no graph). The
+graph's approval node, the CLI and the HTTP API all call :func:`check_resume`; the
+authenticated paths (CLI, API) go through ``engine.approvals.validate_resume`` first,
+which also binds the reviewer to the authenticated caller and checks role and tenant, so a
+thread stays waiting when a resume is refused. :func:`decider_refusal` answers "may this
+caller decide?" for the API's pre-checks and for the listings. There is no side door and
+no role list outside the pack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Mapping
+from datetime import datetime, UTC
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from guards.pack import ApprovalPolicy
 from keel.types import ProposedAction, StrictModel
-
-if TYPE_CHECKING:
-    from guards.policy import ApprovalPolicy
-    from keel.principals import Principal
-    from keel.runtime import Runtime
 
 __all__ = [
     "ApprovalError",
     "ActionEdit",
     "ResumePayload",
-    "approval_rules",
     "decider_refusal",
     "check_resume",
     "apply_edits",
-    "pending_approval",
-    "validate_resume",
+    "decided_at",
+    "check_reviewer",
+    "check_edit",
+    "apply_edit",
 ]
 
 
@@ -77,13 +75,8 @@ class ResumePayload(StrictModel):
     """Set by authenticated entry points (CLI, API) from the caller's principal."""
 
 
-def approval_rules(rt: "Runtime") -> "ApprovalPolicy":
-    """The ``[approvals]`` rules of the policy pack in force (``KEEL_POLICY_FILE``)."""
-    return rt.policy.approvals
-
-
 def decider_refusal(
-    rules: "ApprovalPolicy", *, role: str | None, reviewer: str, requester: str | None
+    rules: ApprovalPolicy, *, role: str | None, reviewer: str, requester: str | None
 ) -> ApprovalError | None:
     """Why ``reviewer`` (with ``role``) may not decide a run ``requester`` started, or None.
 
@@ -104,15 +97,13 @@ def decider_refusal(
 def check_resume(
     value: Any,
     request: dict[str, Any],
-    rules: "ApprovalPolicy",
+    rules: ApprovalPolicy,
     role_of: Callable[[str, str], str | None] | None = None,
 ) -> ResumePayload:
     """Validate a resume value against the pending approval request under ``rules``, or raise.
 
     ``role_of(tenant, user) -> role | None`` looks a reviewer up where a directory exists.
     """
-    from guards.policy import check_edit
-
     try:
         payload = ResumePayload.model_validate(value)
     except ValidationError as e:
@@ -147,34 +138,71 @@ def apply_edits(actions: list[ProposedAction], edits: list[ActionEdit]) -> list[
     return out
 
 
-def pending_approval(rt: "Runtime", thread_id: str, graph_id: str = "support") -> dict[str, Any] | None:
-    """The approval request a thread is waiting on, or None."""
-    snap = rt.graph(graph_id).get_state({"configurable": {"thread_id": thread_id}})
-    for intr in getattr(snap, "interrupts", ()) or ():
-        value = intr.value
-        if isinstance(value, dict) and value.get("type") == "plan_approval":
-            return value
-    return None
-
-
-def validate_resume(rt: "Runtime", thread_id: str, principal: "Principal", payload: dict[str, Any]) -> dict[str, Any]:
-    """Check an authenticated caller's resume; return the value to resume the graph with."""
-    request = pending_approval(rt, thread_id)
-    if request is None or request.get("tenant") != principal.tenant:
-        # another tenant's thread looks exactly like a missing one
-        raise ApprovalError("not_pending", 404, "no approval is pending on this thread")
-    rules = approval_rules(rt)
-    refused = decider_refusal(rules, role=principal.role, reviewer=principal.user_id, requester=request.get("requester"))
-    if refused is not None:
-        raise refused
-    named = payload.get("reviewer") if isinstance(payload, dict) else None
-    if named is not None and named != principal.user_id:
-        raise ApprovalError("reviewer_mismatch", 403, "the reviewer is the authenticated caller; naming someone else is refused")
-    value = {**(payload if isinstance(payload, dict) else {}), "reviewer": principal.user_id, "reviewer_role": principal.role}
-    check_resume(value, request, rules)
-    return value
-
-
 def decided_at() -> str:
     """Timestamp for an approval record."""
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_reviewer(
+    requester: str,
+    reviewer: str,
+    reviewer_role: str,
+    reviewer_tenant: str,
+    run_tenant: str,
+    approvals: ApprovalPolicy,
+) -> list[str]:
+    """Reason codes why ``reviewer`` may not approve or reject this run (empty: may).
+
+    ``not_approver``: role not in the pack's approver roles. ``wrong_tenant``: reviewer of
+    another tenant. ``separation_of_duties``: the reviewer started the run (or is unnamed),
+    when the pack separates duties.
+    """
+    codes: list[str] = []
+    if not approvals.role_may_decide(reviewer_role):
+        codes.append("not_approver")
+    if not reviewer_tenant or reviewer_tenant != run_tenant:
+        codes.append("wrong_tenant")
+    if approvals.conflict_of_duties(requester, reviewer):
+        codes.append("separation_of_duties")
+    return codes
+
+
+def check_edit(
+    original: ProposedAction, edited_args: Mapping[str, Any], approvals: ApprovalPolicy
+) -> list[str]:
+    """Reason codes why a reviewer's edit is refused (empty: allowed).
+
+    ``edited_args`` holds the changed arguments (a full argument dict works too). Only
+    amounts (``*_cents`` integers) may change, and only downward to a positive value; a
+    new key, a changed tool (``tool`` key) or any other changed field is
+    ``edit_not_allowed``; a larger amount is ``edit_raises_amount`` unless the pack allows
+    upward edits (``edits_only_downward = false``). The edited action must still be
+    re-evaluated by the engine: a changed amount can change its tier.
+    """
+    codes: list[str] = []
+
+    def add(code: str) -> None:
+        if code not in codes:
+            codes.append(code)
+
+    for key, new in edited_args.items():
+        if key not in original.args:
+            add("edit_not_allowed")
+            continue
+        old = original.args[key]
+        if new == old and type(new) is type(old):
+            continue
+        if not (key.endswith("_cents") and _is_int(old) and _is_int(new)) or new <= 0:
+            add("edit_not_allowed")
+        elif new > old and approvals.edits_only_downward:
+            add("edit_raises_amount")
+    return codes
+
+
+def apply_edit(original: ProposedAction, edited_args: Mapping[str, Any]) -> ProposedAction:
+    """The action with the reviewer's changes merged in (call :func:`check_edit` first)."""
+    return ProposedAction(tool=original.tool, args={**original.args, **edited_args})

@@ -24,11 +24,11 @@ checkpoint newer than the head it saw.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from datetime import datetime, timedelta, UTC
+from typing import Any
+from collections.abc import Iterable, Sequence
 
-if TYPE_CHECKING:
-    from keel.runtime import Runtime
+from engine.runtime import Runtime
 
 __all__ = ["FINISHED", "PruneReport", "prune", "checkpoint_rows"]
 
@@ -77,14 +77,14 @@ class PruneReport:
 
 
 # -- the checkpoint tables of either saver ---------------------------------------------------------
-def _tables(rt: "Runtime") -> dict[str, str]:
+def _tables(rt: Runtime) -> dict[str, str]:
     """Checkpoint table names by role (SqliteSaver keeps no separate blobs)."""
     if rt.db.is_postgres:
         return {"checkpoints": "checkpoints", "writes": "checkpoint_writes", "blobs": "checkpoint_blobs"}
     return {"checkpoints": "checkpoints", "writes": "writes"}
 
 
-def _query(rt: "Runtime", sql: str, params: Sequence[Any]) -> list[tuple]:
+def _query(rt: Runtime, sql: str, params: Sequence[Any]) -> list[tuple]:
     """Read from the checkpoint store (Postgres: keel's database; SQLite: the saver's file)."""
     saver = rt.checkpointer
     if rt.db.is_postgres:
@@ -94,7 +94,7 @@ def _query(rt: "Runtime", sql: str, params: Sequence[Any]) -> list[tuple]:
         return [tuple(r) for r in saver.conn.execute(sql.replace("%s", "?"), params).fetchall()]
 
 
-def _in(rt: "Runtime", ids: Sequence[str]) -> tuple[str, list[Any]]:
+def _in(rt: Runtime, ids: Sequence[str]) -> tuple[str, list[Any]]:
     """``thread_id`` membership: ``= ANY(%s)`` on Postgres, ``IN (?, …)`` on SQLite."""
     if rt.db.is_postgres:
         return "thread_id = ANY(%s)", [list(ids)]
@@ -106,7 +106,7 @@ def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
         yield ids[i:i + _CHUNK]
 
 
-def checkpoint_rows(rt: "Runtime", thread_ids: Sequence[str] | None = None) -> dict[str, int]:
+def checkpoint_rows(rt: Runtime, thread_ids: Sequence[str] | None = None) -> dict[str, int]:
     """Rows in each checkpoint table (all threads, or only ``thread_ids``)."""
     counts: dict[str, int] = {}
     for role, table in _tables(rt).items():
@@ -121,7 +121,7 @@ def checkpoint_rows(rt: "Runtime", thread_ids: Sequence[str] | None = None) -> d
     return counts
 
 
-def _checkpoint_counts(rt: "Runtime", thread_ids: Sequence[str]) -> dict[str, int]:
+def _checkpoint_counts(rt: Runtime, thread_ids: Sequence[str]) -> dict[str, int]:
     """Checkpoints per thread (threads without any are absent)."""
     out: dict[str, int] = {}
     for chunk in _chunks(list(thread_ids)):
@@ -131,7 +131,7 @@ def _checkpoint_counts(rt: "Runtime", thread_ids: Sequence[str]) -> dict[str, in
     return out
 
 
-def _kept_rows(rt: "Runtime", thread_ids: Sequence[str]) -> dict[str, int]:
+def _kept_rows(rt: Runtime, thread_ids: Sequence[str]) -> dict[str, int]:
     """Rows keep-latest would leave: each namespace's head checkpoint, its writes, the blobs it references."""
     heads = ("SELECT DISTINCT ON (thread_id, checkpoint_ns) thread_id, checkpoint_ns, checkpoint_id, checkpoint "
              "FROM checkpoints WHERE {cond} ORDER BY thread_id, checkpoint_ns, checkpoint_id DESC")
@@ -159,7 +159,7 @@ def _kept_rows(rt: "Runtime", thread_ids: Sequence[str]) -> dict[str, int]:
 
 
 # -- which threads are safe --------------------------------------------------------------------------
-def _finished_threads(rt: "Runtime", tenant: str | None) -> list[dict[str, Any]]:
+def _finished_threads(rt: Runtime, tenant: str | None) -> list[dict[str, Any]]:
     sql = f"SELECT thread_id, status, updated_at FROM run_index WHERE status IN ({', '.join('?' * len(FINISHED))})"
     params: list[Any] = list(FINISHED)
     if tenant is not None:
@@ -169,7 +169,7 @@ def _finished_threads(rt: "Runtime", tenant: str | None) -> list[dict[str, Any]]
         return tx.fetchall(sql + " ORDER BY updated_at, thread_id", params)
 
 
-def _busy_in_api(rt: "Runtime", thread_ids: Sequence[str]) -> set[str]:
+def _busy_in_api(rt: Runtime, thread_ids: Sequence[str]) -> set[str]:
     """Threads with a queued or running run in keel's API queue (when that queue exists)."""
     exists_sql = ("SELECT to_regclass('api_runs') IS NOT NULL AS ok" if rt.db.is_postgres
                   else "SELECT count(*) > 0 AS ok FROM sqlite_master WHERE type = 'table' AND name = 'api_runs'")
@@ -185,7 +185,7 @@ def _busy_in_api(rt: "Runtime", thread_ids: Sequence[str]) -> set[str]:
     return busy
 
 
-def _still_live(rt: "Runtime", thread_id: str) -> str | None:
+def _still_live(rt: Runtime, thread_id: str) -> str | None:
     """Why the thread's latest checkpoint says it is not finished (None: it is finished)."""
     snap = rt.graph("support").get_state({"configurable": {"thread_id": thread_id}})
     if snap.interrupts or any(t.interrupts for t in snap.tasks):
@@ -196,7 +196,7 @@ def _still_live(rt: "Runtime", thread_id: str) -> str | None:
 
 
 # -- pruning -------------------------------------------------------------------------------------------
-def _keep_latest_sqlite(rt: "Runtime", thread_id: str) -> None:
+def _keep_latest_sqlite(rt: Runtime, thread_id: str) -> None:
     """Delete all but each namespace's newest checkpoint of one thread, with their writes."""
     saver = rt.checkpointer
     with saver.lock:
@@ -220,7 +220,7 @@ def _keep_latest_sqlite(rt: "Runtime", thread_id: str) -> None:
 
 
 def prune(
-    rt: "Runtime",
+    rt: Runtime,
     *,
     ttl_days: float | None = None,
     keep_latest: bool = False,
@@ -240,7 +240,7 @@ def prune(
     report = PruneReport(dry_run=dry_run, ttl_days=ttl_days, keep_latest=keep_latest)
     cutoff = None
     if ttl_days is not None:
-        cutoff = ((now or datetime.now(timezone.utc)) - timedelta(days=ttl_days)).astimezone(timezone.utc).isoformat()
+        cutoff = ((now or datetime.now(UTC)) - timedelta(days=ttl_days)).astimezone(UTC).isoformat()
 
     rows = _finished_threads(rt, tenant)
     counts = _checkpoint_counts(rt, [r["thread_id"] for r in rows])

@@ -1,23 +1,37 @@
-"""The ``keel`` command: demo, batch runs, approvals, history, replay (and the service).
+"""``keel run|demo|approvals|approve|reject|history|replay|prune``: registered into keel's CLI.
 
-Every command reports bad input as one clear line on standard error and a non-zero
-exit status, never a stack trace.
+Every command reports bad input as one clear line on standard error (:class:`CliError`)
+and a non-zero exit status, never a stack trace. Each builds its own
+:class:`~engine.runtime.Runtime` from the settings and closes it when done; graphs run
+with the context the runtime builds (``context=rt.context()``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-__all__ = ["main", "DEMO_USERS"]
+from langgraph.types import Command
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from engine.approvals import approval_rules, pending_approval, validate_resume
+from engine.batch import read_tickets, run_tickets, stderr_progress
+from engine.retention import prune
+from engine.runtime import DEMO_FIXTURES, DEMO_NOW, DEMO_TICKETS, Runtime
+from guards.approvals import ApprovalError, decider_refusal
+from keel.config import Settings, get_settings
+from tools.fixtures import parse_fixtures_text
+
+__all__ = ["register", "CliError", "DEMO_USERS"]
 
 
 DEMO_USERS = {"demo-requester": "requester", "demo-approver": "approver", "demo-admin": "admin"}
@@ -33,25 +47,19 @@ def _parse_now(text: str) -> datetime:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise CliError(f"--now: not an ISO-8601 time: {text!r}") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def _settings(**overrides: Any):
-    from keel.config import get_settings
-
+def _settings(**overrides: Any) -> Settings:
     base = get_settings()
     return base.model_copy(update={k: v for k, v in overrides.items()})
 
 
-def _runtime(**overrides: Any):
-    from keel.runtime import Runtime
-
+def _runtime(**overrides: Any) -> Runtime:
     return Runtime(_settings(**overrides))
 
 
-def _load_fixtures(rt: Any, path: Path) -> tuple[str | None, list[str]]:
-    from tools.fixtures import parse_fixtures_text
-
+def _load_fixtures(rt: Runtime, path: Path) -> tuple[str | None, list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -67,8 +75,6 @@ def _load_fixtures(rt: Any, path: Path) -> tuple[str | None, list[str]]:
 # -- keel run ----------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     """Batch contract: every ticket through the graph on a fresh embedded store."""
-    from keel.batch import read_tickets, run_tickets, stderr_progress
-
     now = _parse_now(args.now)
     if not Path(args.tickets).is_file():
         raise CliError(f"{args.tickets}: no such tickets file")
@@ -100,13 +106,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- keel demo ---------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     """Load the bundled demo, run its tickets, print a summary table."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from keel.batch import read_tickets, run_tickets
-    from keel.runtime import DEMO_FIXTURES, DEMO_NOW, DEMO_TICKETS
-
     settings = _settings()
     rt = _runtime(now=settings.now or DEMO_NOW)
     err = Console(stderr=True)
@@ -149,8 +148,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             out.print("\nRuns waiting for a human approval:")
             for r in waiting:
                 out.print(f"  {r['ticket_id']}: thread {r['thread_id']}")
-            from keel.approvals import approval_rules, decider_refusal
-
             rules = approval_rules(rt)  # the demo user the pack in force lets decide
             decider = next((u for u, role in DEMO_USERS.items() if decider_refusal(
                 rules, role=role, reviewer=u, requester="demo-requester") is None), "demo-approver")
@@ -166,8 +163,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_approvals(args: argparse.Namespace) -> int:
     """List pending approvals with plan, evidence and policy checks; with ``--as USER``,
     whether that user may decide each one under the policy pack's ``[approvals]``."""
-    from keel.approvals import approval_rules, pending_approval
-
     rt = _runtime()
     try:
         rules = approval_rules(rt)
@@ -205,10 +200,8 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         rt.close()
 
 
-def _may_decide(rt: Any, user: str, request: dict[str, Any]) -> dict[str, Any]:
+def _may_decide(rt: Runtime, user: str, request: dict[str, Any]) -> dict[str, Any]:
     """Whether ``user`` may decide ``request`` under the pack in force, and if not, why."""
-    from keel.approvals import approval_rules, decider_refusal
-
     who = rt.principals.get(request["tenant"], user)
     if who is None:
         return {"can_decide": False, "refusal": "unknown_user"}
@@ -217,10 +210,6 @@ def _may_decide(rt: Any, user: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decide(args: argparse.Namespace, decision: str) -> int:
-    from langgraph.types import Command
-
-    from keel.approvals import ApprovalError, pending_approval, validate_resume
-
     rt = _runtime()
     try:
         request = pending_approval(rt, args.thread)
@@ -237,7 +226,8 @@ def _decide(args: argparse.Namespace, decision: str) -> int:
             value = validate_resume(rt, args.thread, principal, payload)
         except ApprovalError as e:
             raise CliError(f"refused ({e.code}): {e.message}") from None
-        state = rt.graph("support").invoke(Command(resume=value), {"configurable": {"thread_id": args.thread}})
+        state = rt.graph("support").invoke(Command(resume=value), {"configurable": {"thread_id": args.thread}},
+                                           context=rt.context("support"))
         print(json.dumps({"thread_id": args.thread, "status": state.get("status"),
                           "reason_codes": state.get("reason_codes", []),
                           "actions": state.get("actions", [])}, ensure_ascii=False))
@@ -298,7 +288,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise CliError(f"thread {args.thread}: no checkpoint {args.from_checkpoint}")
         if args.fork:
             config = graph.update_state(config, None)
-        state = graph.invoke(None, config)
+        state = graph.invoke(None, config, context=rt.context("support"))
         print(json.dumps({"thread_id": args.thread, "from": args.from_checkpoint, "status": state.get("status"),
                           "reason_codes": state.get("reason_codes", []), "actions": state.get("actions", [])},
                          ensure_ascii=False))
@@ -309,9 +299,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 # -- retention ---------------------------------------------------------------------------
 def cmd_prune(args: argparse.Namespace) -> int:
-    """Delete checkpoint history of finished runs (``keel/retention.py``); never a waiting run's."""
-    from keel.retention import prune
-
+    """Delete checkpoint history of finished runs (``engine/retention.py``); never a waiting run's."""
     if args.ttl is None and not args.keep_latest:
         raise CliError("give --ttl DAYS, --keep-latest or both")
     if args.ttl is not None and args.ttl < 0:
@@ -326,12 +314,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         rt.close()
 
 
-# -- entry point -------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (kept separate so tests and docs can inspect it)."""
-    p = argparse.ArgumentParser(prog="keel", description="Run support workflows as LangGraph state graphs.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+# -- registration -----------------------------------------------------------------------
+def register(sub: Any) -> None:
+    """Add ``run``, ``demo``, ``approvals``, ``approve``, ``reject``, ``history``, ``replay``
+    and ``prune`` to keel's subcommands."""
     r = sub.add_parser("run", help="run a batch of tickets (batch contract)")
     r.add_argument("--fixtures", required=True, help="back-office fixtures JSON")
     r.add_argument("--tickets", required=True, help="tickets JSON Lines")
@@ -376,44 +362,3 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tenant", help="only this tenant's runs")
     pr.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     pr.set_defaults(func=cmd_prune)
-
-    from evals.cli import register as register_eval
-
-    register_eval(sub)  # keel eval: quality report on labelled datasets
-
-    try:
-        from api.cli import register
-    except ImportError:
-        pass
-    else:
-        register(sub)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``keel`` console script."""
-    from keel.config import get_settings
-
-    args = build_parser().parse_args(argv)
-    try:
-        level = get_settings().log_level.upper()
-    except Exception as e:  # bad KEEL_* values
-        print(f"keel: invalid settings: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=getattr(logging, level, logging.INFO) if args.command != "run" else logging.WARNING,
-                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("keel.nodes").setLevel(logging.WARNING)
-    from guards.dlp import install_redaction
-
-    install_redaction(logging.getLogger())
-    try:
-        return int(args.func(args) or 0)
-    except CliError as e:
-        print(f"keel {args.command}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,70 +15,27 @@ starts is decided from the checkpoint store each time it is claimed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
-from api.deps import correlation_var
-from api.queue import RunQueue
+from langgraph.types import Command
 
-__all__ = ["Worker", "run_workers", "is_transient", "jsonable", "start_embedded_worker"]
+from engine.checkpoints import LeaseLost
+from engine.correlation import correlation_var
+from engine.jsonable import jsonable
+from engine.queue import RunQueue
+from engine.runtime import Runtime
+from keel.errors import is_transient
+
+__all__ = ["Worker", "run_workers", "start_embedded_worker"]
 
 log = logging.getLogger("keel.worker")
-
-def jsonable(value: Any) -> Any:
-    """Graph values as plain JSON (pydantic models, Interrupts, tuples, dataclasses)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        try:
-            return jsonable(dump(mode="json"))
-        except TypeError:
-            return jsonable(dump())
-    from langgraph.types import Interrupt
-
-    if isinstance(value, Interrupt):
-        return {"value": jsonable(value.value), "id": value.id}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
-_TRANSIENT_NAMES = frozenset(
-    {"OperationalError", "InterfaceError", "PoolTimeout", "TransientError", "TransientToolError", "ToolTimeout",
-     "ToolUnavailable", "ServiceUnavailable", "RateLimited", "APITimeoutError", "APIConnectionError"}
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: timeouts, lost connections, anything marked ``transient = True``."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if getattr(e, "transient", None) is True:
-            return True
-        if getattr(e, "transient", None) is False:
-            return False
-        # by class name along the MRO: psycopg's AdminShutdown (a server restart),
-        # CannotConnectNow, DeadlockDetected… are OperationalErrors too
-        if isinstance(e, (TimeoutError, ConnectionError)) or any(c.__name__ in _TRANSIENT_NAMES for c in type(e).__mro__):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
 
 
 class _Lease:
@@ -91,7 +48,7 @@ class _Lease:
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, name=f"lease-{run_id[:8]}", daemon=True)
 
-    def __enter__(self) -> "_Lease":
+    def __enter__(self) -> _Lease:
         self._t.start()
         return self
 
@@ -116,11 +73,12 @@ class _Lease:
 
 
 class Worker:
-    """Executes runs from a :class:`RunQueue` with a runtime's graphs."""
+    """Executes runs from a :class:`RunQueue` with a runtime's graphs (each run with the
+    context its graph declares, built by the runtime)."""
 
     def __init__(
         self,
-        runtime: Any,
+        runtime: Runtime,
         queue: RunQueue,
         *,
         worker_id: str | None = None,
@@ -200,11 +158,11 @@ class Worker:
             correlation_id=run["correlation_id"],
             # the run's wall-clock cap counts from here at the latest: time spent queued for a
             # retry, behind a dead worker's lease or dead-lettered is not run time
-            attempt_started_at=datetime.now(timezone.utc).isoformat(),
+            attempt_started_at=datetime.now(UTC).isoformat(),
         )
         cfg: dict[str, Any] = {
             "configurable": conf,
-            # run_id + lease_owner fence the checkpoint writes (keel.runtime.LeaseLost): a
+            # run_id + lease_owner fence the checkpoint writes (engine.checkpoints.LeaseLost): a
             # worker whose lease was taken over can no longer write on the thread
             "metadata": {"run_id": run["run_id"], "correlation_id": run["correlation_id"], "tenant": run["tenant"],
                          "lease_owner": self.worker_id},
@@ -216,8 +174,6 @@ class Worker:
 
     def _start_input(self, graph: Any, run: dict[str, Any], cfg: dict[str, Any]) -> tuple[bool, Any, dict[str, Any]]:
         """``(already_done, input, config)`` for this attempt, decided from the checkpoint store."""
-        from langgraph.types import Command
-
         # only a run claimed before (a dead worker, an expired lease, a transient failure,
         # an admin retry) can have progressed; on its first claim there is nothing to read
         snap = graph.get_state({"configurable": {"thread_id": run["thread_id"]}}) if run["attempts"] > 1 else None
@@ -262,7 +218,9 @@ class Worker:
                     seq = self.queue.next_event_seq(rid) if store else 0
                     kwargs = {k: run["payload"][k] for k in ("interrupt_before", "interrupt_after") if run["payload"].get(k)}
                     last_beat = time.monotonic()
-                    for mode, chunk in graph.stream(inp, cfg, stream_mode=["values", "updates"], **kwargs):
+                    context = self.runtime.context(run["graph_id"])
+                    for mode, chunk in graph.stream(inp, cfg, stream_mode=["values", "updates"], context=context,
+                                                    **kwargs):
                         if mode in store:
                             seq = self.queue.append_events(rid, seq, [(mode, jsonable(chunk))])
                         if time.monotonic() - last_beat > 1.0:  # notice a cancel within a step or so
@@ -284,7 +242,7 @@ class Worker:
                 log.info("run %s finished in %.3fs", rid, time.monotonic() - t0)
             except Exception as e:  # noqa: BLE001 - every failure is recorded on the run
                 msg = f"{type(e).__name__}: {e}"[:2000]
-                if lease.lost.is_set() or type(e).__name__ == "LeaseLost":  # the run is another worker's now
+                if lease.lost.is_set() or isinstance(e, LeaseLost):  # the run is another worker's now
                     log.warning("run %s failed after losing its lease: %s", rid, msg)
                     return
                 if store:
@@ -332,7 +290,7 @@ class Worker:
 
 
 def run_workers(
-    runtime: Any,
+    runtime: Runtime,
     queue: RunQueue,
     *,
     concurrency: int = 1,
@@ -352,7 +310,7 @@ def run_workers(
     return threads
 
 
-def start_embedded_worker(runtime: Any, queue: RunQueue, *, concurrency: int = 1, **kw: Any) -> threading.Event:
+def start_embedded_worker(runtime: Runtime, queue: RunQueue, *, concurrency: int = 1, **kw: Any) -> threading.Event:
     """The in-process worker of the embedded ``keel serve``; set the returned event to stop it."""
     stop = threading.Event()
     kw.setdefault("poll_s", 0.25)

@@ -1,7 +1,8 @@
 """``keel serve``, ``keel worker`` and ``keel keys``: registered into keel's argparse CLI.
 
 ``keel serve`` honours ``KEEL_DATA_DIR``, ``KEEL_DATABASE_URL``, ``KEEL_FIXTURES`` and
-``KEEL_NOW`` (through :class:`keel.config.Settings`). Without a database URL it is the
+``KEEL_NOW`` (through :class:`keel.config.Settings`); each command builds its own
+:class:`~engine.runtime.Runtime` from them and closes it on the way out. Without a database URL it is the
 embedded default: SQLite in the data dir, an in-process worker, the demo fixtures
 loaded, and a hint on how to create a key. With Postgres it only serves; run
 ``keel worker`` processes (any number) to execute runs.
@@ -11,36 +12,40 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable
+
+import uvicorn
+
+from api.app import create_app
+from engine.correlation import install_correlation_logging
+from engine.queue import RunQueue
+from engine.registry import graph_ids
+from engine.runtime import DEMO_FIXTURES, Runtime
+from engine.worker import run_workers
+from keel.config import get_settings
+from keel.db import StartupError, retry_while_unavailable
 
 __all__ = ["register", "main"]
 
 log = logging.getLogger("keel.api")
 
 
-def _runtime() -> Any:
-    from keel.runtime import get_runtime
-
-    return get_runtime()
+def _runtime() -> Runtime:
+    return Runtime(get_settings())
 
 
 def _logging() -> None:
-    from api.deps import CorrelationFilter
-
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    for h in root.handlers:
-        if not any(isinstance(f, CorrelationFilter) for f in h.filters):
-            h.addFilter(CorrelationFilter())
-            h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [cid=%(correlation_id)s] %(message)s"))
+    install_correlation_logging()
 
 
-def _warm_up(rt: Any, modules: list[str] | None, installed: set[str] | None = None) -> Any:
+def _warm_up(rt: Runtime, modules: list[str] | None, installed: set[str] | None = None) -> Any:
     """Create every store's tables, the checkpointer's and the queue's, and compile the
     graphs, once, before serving. On Postgres this happens under an advisory lock:
     ``CREATE TABLE IF NOT EXISTS`` and PostgresSaver's migrations are not safe when two
@@ -49,9 +54,6 @@ def _warm_up(rt: Any, modules: list[str] | None, installed: set[str] | None = No
     Every step is idempotent, so the whole set-up is retried (:func:`_start_up`) when the
     database goes away part-way; ``installed`` (kept across those attempts) names the
     extension modules already installed, which are not installed twice."""
-    from api.queue import RunQueue
-    from api.services import graph_ids
-
     with rt.setup_lock():
         _imports(rt, modules, installed)
         rt.db  # noqa: B018 - builds every store's tables
@@ -62,13 +64,11 @@ def _warm_up(rt: Any, modules: list[str] | None, installed: set[str] | None = No
         return queue
 
 
-def _start_up(rt: Any, what: str, fn: Callable[[], Any]) -> Any:
+def _start_up(rt: Runtime, what: str, fn: Callable[[], Any]) -> Any:
     """``fn()`` (a start-up step touching the database), retried with exponential backoff and
     jitter while the database is unavailable, for up to ``KEEL_STARTUP_TIMEOUT_S``: a worker or
     server started next to a database that is restarting or not up yet waits for it instead of
     exiting. Configuration errors (credentials, unknown database) fail at once."""
-    from keel.db import retry_while_unavailable
-
     if not rt.settings.is_postgres:
         return fn()
     return retry_while_unavailable(fn, timeout_s=rt.settings.startup_timeout_s, what=what)
@@ -80,7 +80,7 @@ def _cannot_start(what: str, e: Exception) -> int:
     return 2
 
 
-def _imports(rt: Any, modules: list[str] | None, installed: set[str] | None = None) -> None:
+def _imports(rt: Runtime, modules: list[str] | None, installed: set[str] | None = None) -> None:
     """Import extension modules; a module's ``keel_install(runtime)`` is called (graphs,
     instrumentation), once per module name in ``installed`` (a retried start-up)."""
     for name in modules or []:
@@ -96,11 +96,6 @@ def _imports(rt: Any, modules: list[str] | None, installed: set[str] | None = No
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP API (uvicorn)."""
-    import uvicorn
-
-    from api.app import create_app
-    from keel.db import StartupError
-
     _logging()
     rt = _runtime()
     embedded = not rt.settings.is_postgres if args.embedded_worker is None else args.embedded_worker
@@ -122,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = _start_up(rt, "keel serve", start)
     except StartupError as e:
+        rt.close()
         return _cannot_start("keel serve", e)
     where = "Postgres" if rt.settings.is_postgres else f"SQLite in {rt.settings.data_dir}"
     print(f"keel serve: http://{args.host}:{args.port} on {where}; "
@@ -133,16 +129,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"  keel keys create --tenant {tenant} --role approver --user bob\n"
               f"  curl -H 'x-api-key: KEY' http://{args.host}:{args.port}/assistants/search -d '{{}}'",
               flush=True)
+    # the runtime is left open: the embedded worker may still be finishing a step as the process ends
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 
 
-def _demo_tenant(rt: Any) -> str:
-    import json
-    from pathlib import Path
-
-    from keel.runtime import DEMO_FIXTURES
-
+def _demo_tenant(rt: Runtime) -> str:
     try:
         return json.loads(Path(rt.settings.fixtures or DEMO_FIXTURES).read_text())["tenant"]
     except Exception:
@@ -151,11 +143,15 @@ def _demo_tenant(rt: Any) -> str:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Execute queued runs until SIGTERM/SIGINT."""
-    from api.worker import run_workers
-    from keel.db import StartupError
-
     _logging()
     rt = _runtime()
+    try:
+        return _work(args, rt)
+    finally:
+        rt.close()
+
+
+def _work(args: argparse.Namespace, rt: Runtime) -> int:
     installed: set[str] = set()
     try:
         queue = _start_up(rt, "keel worker", lambda: _warm_up(rt, args.imports, installed))
@@ -183,8 +179,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create an API key; the key alone is the last line of standard output."""
     rt = _runtime()
-    key = rt.principals.create_key(args.tenant, args.user, args.role)
-    rt.audit.append(args.tenant, "admin", actor="cli", data={"event": "key_created", "user": args.user, "role": args.role})
+    try:
+        key = rt.principals.create_key(args.tenant, args.user, args.role)
+        rt.audit.append(args.tenant, "admin", actor="cli", data={"event": "key_created", "user": args.user,
+                                                                 "role": args.role})
+    finally:
+        rt.close()
     print(f"created a {args.role} key for {args.user} in tenant {args.tenant} (shown once; stored hashed):")
     print(key, flush=True)
     return 0
@@ -193,7 +193,11 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     """Revoke an API key."""
     rt = _runtime()
-    if not rt.principals.revoke(args.key):
+    try:
+        revoked = rt.principals.revoke(args.key)
+    finally:
+        rt.close()
+    if not revoked:
         print("keel keys revoke: no such key", file=sys.stderr)
         return 1
     print("revoked")
@@ -241,7 +245,8 @@ def register(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m api.cli``: the same commands without keel's other subcommands."""
+    """``python -m cli.service``: these commands alone, without keel's other subcommands
+    and without the logging set-up of :func:`cli.main.main`."""
     p = argparse.ArgumentParser(prog="keel")
     sub = p.add_subparsers(dest="command", required=True)
     register(sub)

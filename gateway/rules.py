@@ -1,6 +1,6 @@
 """Deterministic reading of ticket text: intents, question-vs-request, and extraction.
 
-This is the offline "model" behind :class:`~keel.gateway.local.LocalProvider`. It is plain
+This is the offline "model" behind :class:`~gateway.local.LocalProvider`. It is plain
 phrase scoring, not learning, so that keel runs and its tests pass with no network and
 give the same answer every time. The design choices, each for a reason:
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from guards.injection import claim_clauses
-from keel.gateway.base import OPERATION_ROUTE, ROUTE_OPERATIONS
+from gateway.base import OPERATION_ROUTE, ROUTE_OPERATIONS
 from keel.types import Extraction, Operation, Route, TriageResult
 
 __all__ = [
