@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,6 +30,8 @@ from api.models import ErrorOut, KeelJSONResponse
 from api.ratelimit import rate_limiter
 from api.routes import ROUTERS
 from engine.correlation import correlation_var
+from engine.tracing import install_tracing
+from keel.telemetry import SpanStore, request_span
 from engine.queue import RunQueue
 from engine.runtime import Runtime
 from engine.worker import start_embedded_worker
@@ -166,14 +169,25 @@ class _RequestContext:
     (chunked, no Content-Length) request is answered 413 without being buffered whole.
     """
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, spans: SpanStore | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.spans = spans
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        with request_span(scope, self.spans) as on_status:  # the trace its runs continue (keel.telemetry)
+
+            async def send_traced(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    on_status(message["status"])
+                await send(message)
+
+            await self._handle(scope, receive, send_traced)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         cid = sane_request_id(headers.get("x-request-id"))
         scope.setdefault("state", {})["correlation_id"] = cid
@@ -297,6 +311,8 @@ def create_app(
         ),
         lifespan=lifespan,
         default_response_class=KeelJSONResponse,  # non-finite floats read back as null (api.models.json_bytes)
+        # keel's middleware makes the request span (redacted, tied to the run's trace): not FastAPI's too
+        telemetry={"tracing": False, "operation_spans": False},
     )
     app.state.keel = state
 
@@ -346,7 +362,12 @@ def create_app(
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(_RequestContext, max_body=max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(_RequestContext, max_body=max_body_bytes, spans=install_tracing(runtime))  # type: ignore[arg-type]
+    origins = runtime.settings.cors_origins
+    if origins:  # outermost: a browser's preflight is answered before the body guard and auth
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                           allow_credentials=False, allow_private_network=True,  # Studio calling a loopback keel
+                           expose_headers=["Location", "Content-Location", "Retry-After", "X-Pagination-Next"])
     return app
 
 

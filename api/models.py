@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse
@@ -34,6 +35,21 @@ __all__ = [
     "ThreadCount",
     "StateCheckpointRequest",
     "HistoryRequest",
+    "ThreadStateUpdate",
+    "ThreadCopyOut",
+    "StorePut",
+    "StoreDelete",
+    "StoreSearch",
+    "StoreNamespaces",
+    "StoreItemOut",
+    "CronCreate",
+    "CronSearch",
+    "CronCount",
+    "CronOut",
+    "AssistantCreate",
+    "AssistantPatch",
+    "AssistantVersions",
+    "AssistantLatest",
     "RunCreate",
     "ApproveBody",
     "RejectBody",
@@ -72,7 +88,9 @@ StreamModeName = Literal[
     "values", "updates", "messages", "messages-tuple", "events", "debug", "custom", "tasks", "checkpoints", "tools",
     "lifecycle",
 ]
-SUPPORTED_STREAM_MODES = ("values", "updates")
+SUPPORTED_STREAM_MODES = ("values", "updates", "messages", "messages-tuple", "events", "debug", "custom", "tasks",
+                          "checkpoints")
+"""LangGraph Server's run stream modes (``tools``/``lifecycle`` belong to its v2 event protocol)."""
 
 
 MAX_RECURSION_LIMIT = 1_000
@@ -255,6 +273,9 @@ class RunOut(_Out):
     """Times the run's lease expired (its worker died or hung) and another worker took it over."""
     dead_reason: Literal["retries_exhausted", "lease_expired_repeatedly"] | None = None
     """Why a ``dead`` run was dead-lettered."""
+    versions: dict[str, dict[str, str]] | None = None
+    """What its latest attempt ran with: ``graph``, ``policy_pack``, ``prompts``, ``tool_contracts``,
+    ``model_routing``, each ``{"version", "sha256"}`` (engine.versions); None before a worker took it."""
 
 
 class ApprovalSummary(_Out):
@@ -442,6 +463,19 @@ class StateCheckpointRequest(Body):
     select: list[str] | None = None
 
 
+class ThreadStateUpdate(Body):
+    """``POST /threads/{id}/state`` (langgraph-sdk's ``threads.update_state``)."""
+
+    values: dict[str, Any] | None = None
+    as_node: str | None = Field(default=None, min_length=1, max_length=256)
+    checkpoint: CheckpointRef | None = None
+    checkpoint_id: str | None = None
+
+
+class ThreadCopyOut(_Out):
+    thread_id: str
+
+
 class HistoryRequest(Body):
     limit: int = Field(default=10, ge=1, le=1000)
     before: str | CheckpointRef | None = None
@@ -515,26 +549,20 @@ class RunCreate(Body):
             raise ValueError("webhooks are not supported; poll the run or join it")
         return v
 
-    @field_validator("stream_subgraphs")
-    @classmethod
-    def _no_subgraphs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("streaming subgraphs is not supported")
-        return v
-
     def run_config(self) -> dict[str, Any] | None:
         """The validated ``config`` as the plain dict stored with the run (unset keys left out)."""
         return self.config.model_dump(exclude_none=True) if self.config is not None else None
 
     def modes(self, default: list[str]) -> list[str]:
-        """The requested stream modes (only ``values`` and ``updates`` are produced)."""
+        """The requested stream modes, each once, in the order asked (422 for a mode keel does not produce)."""
         if self.stream_mode is None:
             return default
         modes = [self.stream_mode] if isinstance(self.stream_mode, str) else list(self.stream_mode)
         bad = [m for m in modes if m not in SUPPORTED_STREAM_MODES]
         if bad:
-            raise http_error(422, "unsupported_stream_mode", f"stream modes {bad} are not supported; use values or updates")
-        return modes
+            raise http_error(422, "unsupported_stream_mode", f"stream modes {bad} are not supported; use "
+                             f"{', '.join(SUPPORTED_STREAM_MODES)}")
+        return list(dict.fromkeys(modes))
 
 
 class _Decision(Body):
@@ -587,3 +615,174 @@ class TicketCreate(Body):
     metadata: dict[str, Any] | None = None
     wait: bool = False
     """Wait for the run to finish or pause, and return its result."""
+
+
+# -- store (LangGraph's /store API) --------------------------------------------------------
+_Label = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^.]+$")]
+"""A namespace label (LangGraph's rule: no periods)."""
+
+
+class StorePut(Body):
+    """``PUT /store/items``."""
+
+    namespace: list[_Label] = Field(min_length=1, max_length=16)
+    key: str = Field(min_length=1, max_length=1024)
+    value: dict[str, Any]
+    index: Literal[False] | list[str] | None = None
+    ttl: float | None = Field(default=None, gt=0, le=525_600)
+    """Minutes the item lives after its last write (or read); none: until deleted."""
+
+
+class StoreDelete(Body):
+    """``DELETE /store/items``."""
+
+    namespace: list[_Label] = Field(min_length=1, max_length=16)
+    key: str = Field(min_length=1, max_length=1024)
+
+
+class StoreSearch(Body):
+    """``POST /store/items/search``."""
+
+    namespace_prefix: list[_Label] = Field(default_factory=list, max_length=16)
+    filter: dict[str, Any] | None = None
+    limit: int = Field(default=10, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+    query: str | None = Field(default=None, max_length=10_000)
+    refresh_ttl: bool | None = None
+
+
+class StoreNamespaces(Body):
+    """``POST /store/namespaces``."""
+
+    prefix: list[_Label] | None = Field(default=None, max_length=16)
+    suffix: list[_Label] | None = Field(default=None, max_length=16)
+    max_depth: int | None = Field(default=None, ge=1, le=16)
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class StoreItemOut(_Out):
+    namespace: list[str]
+    key: str
+    value: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+
+# -- crons (LangGraph's /runs/crons) ---------------------------------------------------------
+class CronCreate(Body):
+    """``POST /runs/crons`` and ``POST /threads/{id}/runs/crons`` (langgraph-sdk's payload)."""
+
+    assistant_id: str = Field(min_length=1, max_length=128)
+    schedule: str = Field(min_length=9, max_length=256)
+    """Five cron fields: minute hour day-of-month month day-of-week."""
+    timezone: str | None = Field(default=None, max_length=64)
+    input: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    config: RunConfig | None = None
+    context: dict[str, Any] | None = None
+    interrupt_before: Literal["*"] | list[str] | None = None
+    interrupt_after: Literal["*"] | list[str] | None = None
+    multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] | None = None
+    end_time: datetime | None = None
+    enabled: bool | None = None
+    on_run_completed: Literal["delete", "keep"] | None = None
+    stream_mode: StreamModeName | list[StreamModeName] | None = None
+    stream_subgraphs: bool | None = None
+    stream_resumable: bool | None = None
+    checkpoint_during: bool | None = None
+    durability: Literal["sync", "async", "exit"] | None = None
+    webhook: str | None = None
+
+    @field_validator("webhook")
+    @classmethod
+    def _no_webhook(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("webhooks on crons are not supported; poll the cron's runs")
+        return v
+
+    @field_validator("end_time")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("end_time needs a UTC offset")
+        return v
+
+
+class CronSearch(Body):
+    """``POST /runs/crons/search``."""
+
+    assistant_id: str | None = Field(default=None, max_length=128)
+    thread_id: str | None = Field(default=None, max_length=64)
+    enabled: bool | None = None
+    limit: int = Field(default=10, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+    sort_by: Literal["cron_id", "assistant_id", "thread_id", "created_at", "updated_at", "next_run_date",
+                     "end_time"] | None = None
+    sort_order: Literal["asc", "desc"] | None = None
+    select: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CronCount(Body):
+    """``POST /runs/crons/count``."""
+
+    assistant_id: str | None = Field(default=None, max_length=128)
+    thread_id: str | None = Field(default=None, max_length=64)
+    enabled: bool | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CronOut(_Out):
+    cron_id: str
+    assistant_id: str
+    thread_id: str | None
+    schedule: str
+    timezone: str | None
+    end_time: str | None
+    created_at: str
+    updated_at: str
+    payload: dict[str, Any]
+    user_id: str | None
+    next_run_date: str | None
+    metadata: dict[str, Any]
+    enabled: bool
+
+
+# -- assistants (create, patch, versions) ---------------------------------------------------
+class AssistantCreate(Body):
+    """``POST /assistants`` (langgraph-sdk's payload)."""
+
+    graph_id: str = Field(min_length=1, max_length=128)
+    assistant_id: str | None = Field(default=None, max_length=64)
+    config: RunConfig | None = None
+    context: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    if_exists: Literal["raise", "do_nothing"] | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    description: str | None = Field(default=None, max_length=4_000)
+
+
+class AssistantPatch(Body):
+    """``PATCH /assistants/{id}``: a new version with these fields changed (metadata merged)."""
+
+    graph_id: str | None = Field(default=None, min_length=1, max_length=128)
+    config: RunConfig | None = None
+    context: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    description: str | None = Field(default=None, max_length=4_000)
+
+
+class AssistantVersions(Body):
+    """``POST /assistants/{id}/versions``."""
+
+    metadata: dict[str, Any] | None = None
+    limit: int = Field(default=10, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class AssistantLatest(Body):
+    """``POST /assistants/{id}/latest``."""
+
+    version: int = Field(ge=1, le=2**31 - 1)

@@ -5,8 +5,9 @@ Both limiters implement GCRA (the generic cell rate algorithm, a token bucket ke
 ``burst`` at once. :meth:`take` spends one request and returns 0.0, or the seconds until
 the next request would be allowed (the ``Retry-After`` of a 429).
 
-* :class:`LocalRateLimiter` keeps the state in this process: the embedded SQLite server
-  (one process by construction) and tests.
+* :class:`keel.ratelimit.LocalRateLimiter` keeps the state in this process: the embedded
+  SQLite server (one process by construction) and tests. It is keel's one in-process
+  limiter, also the tool runner's per-tenant limit.
 * :class:`SharedRateLimiter` keeps it in one Postgres row per key, updated by a single
   ``INSERT … ON CONFLICT DO UPDATE`` on the database's clock, so N servers behind a load
   balancer enforce one limit, not N (a row lock serializes a key's concurrent requests;
@@ -17,13 +18,13 @@ the next request would be allowed (the ``Retry-After`` of a 429).
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any, Protocol
 
 from engine.queue import SCHEMA_LOCK
+from keel.ratelimit import LocalRateLimiter
 
 __all__ = ["RateLimiter", "LocalRateLimiter", "SharedRateLimiter", "rate_limiter"]
+
 
 class RateLimiter(Protocol):
     """What the auth dependency needs from a limiter."""
@@ -34,31 +35,6 @@ class RateLimiter(Protocol):
     def take(self, key: str) -> float:
         """Spend one request of ``key``; 0.0 if allowed, else seconds until one is."""
         ...
-
-
-class LocalRateLimiter:
-    """GCRA per key in this process's memory (state per key: one float)."""
-
-    def __init__(self, per_minute: float, burst: int | None = None) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = burst if burst is not None else max(1, int(per_minute))
-        self._tat: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key: str) -> float:
-        if self.rate <= 0:
-            return 0.0
-        step = 1.0 / self.rate
-        tolerance = (self.burst - 1) * step
-        now = time.monotonic()
-        with self._lock:
-            tat = max(self._tat.get(key, now), now)
-            if tat - now > tolerance:
-                return tat - now - tolerance
-            if len(self._tat) > 100_000:  # keys are authenticated first; bound memory anyway
-                self._tat = {k: v for k, v in self._tat.items() if v > now}
-            self._tat[key] = tat + step
-            return 0.0
 
 
 _DDL = """
@@ -91,7 +67,7 @@ class SharedRateLimiter:
         self.rate = per_minute / 60.0
         self.burst = burst if burst is not None else max(1, int(per_minute))
 
-    def setup(self) -> "SharedRateLimiter":
+    def setup(self) -> SharedRateLimiter:
         # once per database (``Database.executescript``), serialized with the queue's set-up
         self.db.executescript(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK});" + _DDL)
         return self

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from api.errors import http_error
 from engine import admission
 from engine.admission import QuotaExceeded
-from engine.approvals import approval_rules, pending_approval, validate_resume
+from engine.approvals import approval_rules, interrupt_resume_refusal, pending_approval, validate_resume
 from engine.jsonable import jsonable
 from engine.queue import TERMINAL, NotFound, RunQueue, ThreadBusy
 from engine.registry import graph_ids
@@ -47,6 +47,7 @@ __all__ = [
     "NAMESPACE_GRAPH",
     "assistant_out",
     "resolve_assistant",
+    "assistant_record",
     "thread_or_404",
     "thread_out",
     "state_out",
@@ -57,6 +58,7 @@ __all__ = [
     "is_uuid",
     "START_ROLES",
     "check_admission",
+    "check_cron_input",
     "admitted",
 ]
 
@@ -89,13 +91,26 @@ def assistant_out(graph_id: str) -> dict[str, Any]:
     }
 
 
-def resolve_assistant(assistant_id: str) -> tuple[str, str]:
-    """``(assistant_id, graph_id)`` for a graph id or an assistant id; 404 if unknown."""
+def resolve_assistant(assistant_id: str, runtime: Runtime | None = None, tenant: str | None = None) -> tuple[str, str]:
+    """``(assistant_id, graph_id)`` for a graph id or a default assistant's id, or (given the
+    runtime and tenant) one of the tenant's own assistants; 404 if unknown."""
     for g in graph_ids():
         aid = str(uuid.uuid5(NAMESPACE_GRAPH, g))
         if assistant_id in (g, aid):
             return aid, g
+    if runtime is not None and tenant is not None and is_uuid(assistant_id):
+        own = runtime.assistants.get(tenant, assistant_id)
+        if own is not None:
+            return own["assistant_id"], own["graph_id"]
     raise http_error(404, "assistant_not_found", f"assistant {assistant_id!r} not found")
+
+
+def assistant_record(runtime: Runtime, tenant: str, assistant_id: str) -> dict[str, Any]:
+    """The assistant a run runs under, at its current version (a graph's default assistant,
+    or one of the tenant's): ``assistant_id``, ``graph_id``, ``version``, ``config``, ``context``."""
+    aid, graph_id = resolve_assistant(assistant_id, runtime, tenant)
+    own = runtime.assistants.get(tenant, aid)
+    return own if own is not None else assistant_out(graph_id)
 
 
 # -- threads ----------------------------------------------------------------------------
@@ -133,10 +148,12 @@ def thread_out(runtime: Runtime, thread: dict[str, Any], *, with_values: bool = 
     """A thread shaped like LangGraph Server's (values and interrupts from its latest checkpoint)."""
     values: Any = {}
     interrupts: dict[str, list[dict[str, Any]]] = {}
+    state_updated_at = thread["updated_at"]
     if with_values:
         snap = _snapshot(runtime, thread)
         if snap is not None:
             values = jsonable(snap.values)
+            state_updated_at = snap.created_at or state_updated_at  # the latest checkpoint's time
             for t in snap.tasks or ():
                 if t.interrupts:
                     interrupts[t.id] = [jsonable(i) for i in t.interrupts]
@@ -144,6 +161,7 @@ def thread_out(runtime: Runtime, thread: dict[str, Any], *, with_values: bool = 
         "thread_id": thread["thread_id"],
         "created_at": thread["created_at"],
         "updated_at": thread["updated_at"],
+        "state_updated_at": state_updated_at,
         "metadata": thread["metadata"],
         "status": thread["status"],
         "values": values,
@@ -216,6 +234,7 @@ def run_out(run: dict[str, Any]) -> dict[str, Any]:
         "metadata": run["metadata"],
         "multitask_strategy": run["multitask_strategy"],
         "kwargs": {"stream_mode": run["stream_mode"]},
+        "assistant_version": (run.get("payload") or {}).get("assistant_version"),
         "graph_id": run["graph_id"],
         "kind": run["kind"],
         "attempts": run["attempts"],
@@ -226,6 +245,7 @@ def run_out(run: dict[str, Any]) -> dict[str, Any]:
         "worker": run.get("last_worker"),
         "lease_expiries": run.get("lease_expiries") or 0,
         "dead_reason": run.get("dead_reason"),
+        "versions": run.get("versions"),
     }
 
 
@@ -249,6 +269,20 @@ def _check_ticket(graph_id: str, inp: Any, principal: Principal) -> None:
         raise http_error(403, "wrong_tenant", "the ticket belongs to another tenant")
 
 
+def _paused(runtime: Runtime, thread: dict[str, Any], graph_id: str) -> bool:
+    """Whether the thread stopped before its end (``interrupt_before``/``interrupt_after``, a
+    plain interrupt): ``input: null`` then continues it, as on LangGraph Server."""
+    if not thread.get("graph_id"):
+        return False
+    snap = runtime.graph(graph_id).get_state({"configurable": {"thread_id": thread["thread_id"]}})
+    return bool(snap.next)
+
+
+def check_cron_input(graph_id: str, inp: Any, principal: Principal) -> None:
+    """A cron's input, checked when the cron is created with the rules of a run's input."""
+    _check_ticket(graph_id, inp, principal)
+
+
 def submit_run(
     st: Any,
     principal: Principal,
@@ -266,6 +300,8 @@ def submit_run(
     interrupt_before: Any = None,
     interrupt_after: Any = None,
     after_seconds: float = 0.0,
+    stream_subgraphs: bool = False,
+    context: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Queue a run on ``thread``; returns ``(run, replayed)`` (``replayed``: an identical
     approval decision was already taken and its run is returned instead).
@@ -276,26 +312,34 @@ def submit_run(
     plan cannot be silently abandoned or bypassed.
     """
     runtime, queue = st.runtime, st.queue
-    aid, graph_id = resolve_assistant(assistant_id)
+    assistant = assistant_record(runtime, principal.tenant, assistant_id)
+    aid, graph_id = assistant["assistant_id"], assistant["graph_id"]
+    # the assistant's config and context under the run's own (the run's win key by key)
+    config = {**assistant["config"], **(config or {})}
+    context = {**assistant["context"], **(context or {})} or None
     if thread.get("graph_id") and thread["graph_id"] != graph_id:
         raise http_error(409, "graph_mismatch", f"thread runs graph {thread['graph_id']!r}, not {graph_id!r}")
     tid = thread["thread_id"]
     pending = pending_approval(runtime, tid, graph_id) if thread.get("graph_id") and thread["status"] != "busy" else None
     decision = None
-    payload: dict[str, Any] = {"config": config or {}}
+    payload: dict[str, Any] = {"config": config or {}, "assistant_version": assistant["version"]}
     if interrupt_before:
         payload["interrupt_before"] = interrupt_before
     if interrupt_after:
         payload["interrupt_after"] = interrupt_after
+    if stream_subgraphs:
+        payload["stream_subgraphs"] = True
+    if context:
+        payload["context"] = context
 
     if command is not None:
         kind = "resume"
-        if pending is not None or graph_id == "support":
+        if pending is not None or graph_id in ("support", "supply"):
             if set(command) != {"resume"} or not isinstance(command.get("resume"), dict):
                 raise http_error(422, "invalid_command", 'an approval is resumed with command={"resume": DECISION}')
             resume = command["resume"]
             # the pack's approval rules, before an idempotent replay can answer
-            refused = decider_refusal(approval_rules(runtime), role=principal.role, reviewer=principal.user_id,
+            refused = decider_refusal(approval_rules(runtime, graph_id), role=principal.role, reviewer=principal.user_id,
                                       requester=thread.get("requester"))
             if refused is not None:
                 raise http_error(refused.http_status, refused.code, refused.message)
@@ -307,15 +351,18 @@ def submit_run(
             if pending is None:
                 raise http_error(409, "not_pending", "no approval is pending on this thread")
             try:
-                value = validate_resume(runtime, tid, principal, resume)
+                value = validate_resume(runtime, tid, principal, resume, graph_id)
             except ApprovalError as e:
                 raise http_error(e.http_status, e.code, e.message) from None
             payload["command"] = {"resume": value}
             decision = {"plan_hash": value["plan_hash"], "decision": value["decision"], "reviewer": principal.user_id,
                         "fingerprint": _fingerprint(value)}
-        else:
-            if principal.role not in START_ROLES + ("approver",):
-                raise http_error(403, "forbidden", "not allowed to resume this thread")
+        else:  # a plain interrupt of any graph (LangGraph's own command semantics)
+            refused = interrupt_resume_refusal(runtime, principal, thread.get("requester"))
+            if refused is not None:
+                raise http_error(refused.http_status, refused.code, refused.message)
+            if "resume" in command and thread["status"] in ("idle", "error"):
+                raise http_error(409, "not_interrupted", "the thread is not waiting at an interrupt; nothing to resume")
             payload["command"] = {k: jsonable(v) for k, v in command.items()}
     else:
         if principal.role not in START_ROLES:
@@ -327,8 +374,9 @@ def submit_run(
             payload["checkpoint_id"] = checkpoint_id
         else:
             kind = "input"
-            _check_ticket(graph_id, input, principal)
-            payload["input"] = input
+            if input is not None or not _paused(runtime, thread, graph_id):
+                _check_ticket(graph_id, input, principal)
+            payload["input"] = input  # None on a paused thread: go on from where it stopped
     # a new run (input, replay) is counted against the daily quotas: 429 when one is spent;
     # a resume is not (a reviewer must be able to finish a run already admitted)
     with admitted(runtime, principal) if kind != "resume" else nullcontext():
@@ -470,7 +518,7 @@ async def await_run(queue: RunQueue, run: dict[str, Any], timeout: float | None 
             wait = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
             try:
                 await asyncio.wait_for(done.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             done.clear()
             delay = min(queue.poll_cap(poll_s), delay * 2)

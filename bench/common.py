@@ -10,14 +10,15 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
+from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "keel" / "demo"
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 """The demo data's day (refund windows are computed from it)."""
 PG_ADMIN_URL = os.environ.get("KEEL_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 """Server (and maintenance database) where each benchmark creates its scratch database."""

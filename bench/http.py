@@ -57,7 +57,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from bench.common import (
     AUTO_TICKETS, PG_ADMIN_URL, RESULTS, ROOT, finish, keel_runtime, load_tenant, pg_version, scratch_database,

@@ -62,7 +62,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, TypedDict
+from typing import Any, TypedDict
+from collections.abc import Callable
 from unittest import mock
 
 from bench.common import (

@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ class Stamper:
         from keel.plan import Plan, sign_plan
 
         out: list[str] = []
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for start in range(0, n, batch):
             rows: dict[str, list[tuple]] = {t: [] for t in (*COPIED, "api_run_events")}
             for i in range(start, min(n, start + batch)):

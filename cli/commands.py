@@ -25,10 +25,13 @@ from rich.table import Table
 
 from engine.approvals import approval_rules, pending_approval, validate_resume
 from engine.batch import read_tickets, run_tickets, stderr_progress
+from engine.registry import GraphConfigError, graph_ids, use_config
 from engine.retention import prune
+from engine.review import record_decision
 from engine.runtime import DEMO_FIXTURES, DEMO_NOW, DEMO_TICKETS, Runtime
 from guards.approvals import ApprovalError, decider_refusal
 from keel.config import Settings, get_settings
+from keel.errors import InvalidInput
 from tools.fixtures import parse_fixtures_text
 
 __all__ = ["register", "CliError", "DEMO_USERS"]
@@ -38,7 +41,7 @@ DEMO_USERS = {"demo-requester": "requester", "demo-approver": "approver", "demo-
 """Principals ``keel demo`` creates in the demo tenant."""
 
 
-class CliError(Exception):
+class CliError(InvalidInput):
     """A user-facing error: printed as one line, exit status 2."""
 
 
@@ -73,11 +76,22 @@ def _load_fixtures(rt: Runtime, path: Path) -> tuple[str | None, list[str]]:
 
 
 # -- keel run ----------------------------------------------------------------------------
+def _use_graphs(args: argparse.Namespace, needed: str) -> None:
+    """Load the graphs of ``langgraph.json`` (``--config``); ``needed`` must be one of them."""
+    try:
+        path = use_config(getattr(args, "config", None))
+    except GraphConfigError as e:
+        raise CliError(str(e)) from None
+    if needed not in graph_ids():
+        raise CliError(f"{path} names no graph {needed!r} (it has: {', '.join(graph_ids()) or 'none'})")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Batch contract: every ticket through the graph on a fresh embedded store."""
     now = _parse_now(args.now)
     if not Path(args.tickets).is_file():
         raise CliError(f"{args.tickets}: no such tickets file")
+    _use_graphs(args, "support")
     with tempfile.TemporaryDirectory(prefix="keel-run-") as tmp:
         rt = _runtime(database_url=None, data_dir=Path(tmp), now=now, fixtures=None)
         try:
@@ -228,6 +242,7 @@ def _decide(args: argparse.Namespace, decision: str) -> int:
             raise CliError(f"refused ({e.code}): {e.message}") from None
         state = rt.graph("support").invoke(Command(resume=value), {"configurable": {"thread_id": args.thread}},
                                            context=rt.context("support"))
+        record_decision(rt, request["tenant"], args.thread, state)  # a labelled example (engine.feedback)
         print(json.dumps({"thread_id": args.thread, "status": state.get("status"),
                           "reason_codes": state.get("reason_codes", []),
                           "actions": state.get("actions", [])}, ensure_ascii=False))
@@ -323,6 +338,8 @@ def register(sub: Any) -> None:
     r.add_argument("--tickets", required=True, help="tickets JSON Lines")
     r.add_argument("--now", required=True, help="the run clock, ISO 8601")
     r.add_argument("--out", help="output file (default: standard output)")
+    r.add_argument("--config", metavar="PATH",
+                   help="langgraph.json to load (as `langgraph dev --config`); its `support` graph runs the tickets")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run the bundled demo tickets and print a summary")

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cli import commands, service
+from cli import commands, feedback, service, trace
 from cli.commands import CliError
 from evals.cli import register as register_eval
 from guards.dlp import install_redaction
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     register_eval(sub)  # keel eval: quality report on labelled datasets
     service.register(sub)  # keel serve, keel worker, keel keys
+    feedback.register(sub)  # keel feedback export: reviewers' decisions as a golden set
+    trace.register(sub)  # keel trace THREAD: spans with timings
     return p
 
 

@@ -24,17 +24,21 @@ from collections.abc import Callable
 import uvicorn
 
 from api.app import create_app
+from console import mount as mount_console
 from engine.correlation import install_correlation_logging
 from engine.queue import RunQueue
-from engine.registry import graph_ids
+from engine.registry import GraphConfigError, graph_ids, use_config
 from engine.runtime import DEMO_FIXTURES, Runtime
 from engine.worker import run_workers
 from keel.config import get_settings
 from keel.db import StartupError, retry_while_unavailable
 
-__all__ = ["register", "main"]
+__all__ = ["register", "main", "CONFIG_HELP"]
 
 log = logging.getLogger("keel.api")
+
+CONFIG_HELP = ("langgraph.json whose graphs to serve (as `langgraph dev --config`; default: KEEL_LANGGRAPH_CONFIG, "
+               "else ./langgraph.json, else keel's own)")
 
 
 def _runtime() -> Runtime:
@@ -42,7 +46,7 @@ def _runtime() -> Runtime:
 
 
 def _logging() -> None:
-    install_correlation_logging()
+    install_correlation_logging(get_settings().log_format)  # JSON lines unless KEEL_LOG_FORMAT=text
 
 
 def _warm_up(rt: Runtime, modules: list[str] | None, installed: set[str] | None = None) -> Any:
@@ -94,9 +98,21 @@ def _imports(rt: Runtime, modules: list[str] | None, installed: set[str] | None 
             installed.add(name)
 
 
+def _use_graphs(what: str, args: argparse.Namespace) -> int | None:
+    """Load the graphs of ``langgraph.json`` (``--config``); an exit status if that failed."""
+    try:
+        path = use_config(getattr(args, "config", None))
+    except GraphConfigError as e:
+        return _cannot_start(what, e)
+    log.info("%s: graphs of %s: %s", what, path, ", ".join(graph_ids()))
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP API (uvicorn)."""
     _logging()
+    if (failed := _use_graphs("keel serve", args)) is not None:
+        return failed
     rt = _runtime()
     embedded = not rt.settings.is_postgres if args.embedded_worker is None else args.embedded_worker
     installed: set[str] = set()
@@ -105,18 +121,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _warm_up(rt, args.imports, installed)
         if not rt.settings.is_postgres:
             rt.ensure_fixtures()
-        return create_app(
+        return mount_console(create_app(  # the review console at /console
             rt,
             embedded_worker=embedded,
             rate_per_minute=args.rate_per_minute or rt.settings.api_rate_per_minute,
             max_body_bytes=args.max_body_bytes or rt.settings.api_max_body_bytes,
             worker_concurrency=args.concurrency,
             worker_kwargs={"lease_s": args.lease_seconds or rt.settings.worker_lease_s},
-        )
+        ))
 
     try:
         app = _start_up(rt, "keel serve", start)
-    except StartupError as e:
+    except (StartupError, GraphConfigError) as e:
         rt.close()
         return _cannot_start("keel serve", e)
     where = "Postgres" if rt.settings.is_postgres else f"SQLite in {rt.settings.data_dir}"
@@ -144,6 +160,8 @@ def _demo_tenant(rt: Runtime) -> str:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Execute queued runs until SIGTERM/SIGINT."""
     _logging()
+    if (failed := _use_graphs("keel worker", args)) is not None:
+        return failed
     rt = _runtime()
     try:
         return _work(args, rt)
@@ -155,7 +173,7 @@ def _work(args: argparse.Namespace, rt: Runtime) -> int:
     installed: set[str] = set()
     try:
         queue = _start_up(rt, "keel worker", lambda: _warm_up(rt, args.imports, installed))
-    except StartupError as e:
+    except (StartupError, GraphConfigError) as e:
         return _cannot_start("keel worker", e)
     stop = threading.Event()
 
@@ -220,6 +238,7 @@ def register(sub: Any) -> None:
     s.add_argument("--log-level", default="warning", help="uvicorn's log level")
     s.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                    help="import MODULE first; its keel_install(runtime) is called (extra graphs, instrumentation)")
+    s.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     s.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("worker", help="execute queued runs (run any number of these)")
@@ -230,6 +249,7 @@ def register(sub: Any) -> None:
     w.add_argument("--backoff-cap", type=float, default=60.0, help="longest retry delay")
     w.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                    help="import MODULE first; its keel_install(runtime) is called")
+    w.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     w.set_defaults(func=cmd_worker)
 
     k = sub.add_parser("keys", help="manage API keys")

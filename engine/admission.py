@@ -16,13 +16,16 @@ from datetime import datetime
 
 from engine.runtime import Runtime
 from guards.budgets import QuotaRefusal
+from keel.errors import BudgetExceeded
 from keel.principals import Principal
 
 __all__ = ["QuotaExceeded", "quota_clock", "check_admission", "admitted"]
 
 
-class QuotaExceeded(Exception):
+class QuotaExceeded(BudgetExceeded):
     """A new run refused by a daily quota; ``refusal`` says whose, which and until when."""
+
+    code = "quota_exceeded"
 
     def __init__(self, refusal: QuotaRefusal) -> None:
         super().__init__(refusal.message())

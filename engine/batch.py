@@ -15,7 +15,7 @@ from engine.runtime import Runtime
 from keel.types import Ticket
 from tools.fixtures import LineError, parse_tickets_lines
 
-__all__ = ["result_row", "run_ticket", "read_tickets", "BatchReport", "Progress"]
+__all__ = ["result_row", "model_marks", "run_ticket", "run_input", "read_tickets", "BatchReport", "Progress"]
 
 log = logging.getLogger("keel.batch")
 
@@ -35,29 +35,59 @@ def result_row(ticket_id: str, thread_id: str, state: dict[str, Any]) -> dict[st
         ],
         "answer": state.get("answer"),
         "citations": list(state.get("citations") or []),
+        "degraded": bool(state.get("degraded", False)),
+        "models": dict(state.get("models") or {}),
     }
 
 
+def model_marks(rt: Runtime, tenant: str, thread_id: str) -> dict[str, Any]:
+    """``degraded`` and the model that answered each task, from the run's ``model_call``
+    audit rows: an output answered by a fallback (the chain's first model failed, timed
+    out or had its circuit open) must say so in the batch output."""
+    models: dict[str, str] = {}
+    degraded = False
+    for row in rt.audit.list(tenant, thread_id=thread_id, limit=1000):
+        data = row.data
+        if row.kind == "model_call" and data.get("ok"):
+            models[str(data.get("task"))] = str(data.get("model") or data.get("provider"))
+            degraded = degraded or bool(data.get("degraded"))
+    return {"degraded": degraded, "models": models}
+
+
 def run_ticket(rt: Runtime, ticket: Ticket, *, requester: str, thread_id: str | None = None) -> dict[str, Any]:
-    """Run one ticket on its own thread; returns its batch output row.
+    """Run one ticket on its own thread through the support graph; returns its batch output row."""
+    return run_input(rt, "support", ticket.id, {"ticket": ticket.model_dump()}, requester=requester,
+                     thread_id=thread_id)
+
+
+def run_input(rt: Runtime, graph_id: str, item_id: str, graph_input: dict[str, Any], *, requester: str,
+              thread_id: str | None = None) -> dict[str, Any]:
+    """Run one input (a ticket, a supply event, …) through graph ``graph_id`` on its own
+    thread; returns its batch output row (the same columns for every keel workflow).
 
     A run that fails inside the graph (a tool that kept failing, say) is reported as
     escalated with ``run_failed``; its checkpoint stays resumable.
     """
     thread_id = thread_id or str(uuid.uuid4())
     config = {"configurable": {"thread_id": thread_id, "requester": requester, "correlation_id": uuid.uuid4().hex}}
-    graph = rt.graph("support")
+    graph = rt.graph(graph_id)
     try:
-        state = graph.invoke({"ticket": ticket.model_dump()}, config, context=rt.context("support"))
+        state = graph.invoke(graph_input, config, context=rt.context(graph_id))
     except Exception as e:  # report, never crash the batch
-        log.warning("ticket %s: run failed: %s", ticket.id, type(e).__name__)
+        log.warning("%s %s: run failed: %s", graph_id, item_id, type(e).__name__)
         state = {"route": "unknown", "status": "escalated", "reason_codes": ["run_failed"]}
         try:
             snap = graph.get_state(config).values
             state = {**snap, "status": "escalated", "reason_codes": ["run_failed"]}
         except Exception:
             pass
-    return result_row(ticket.id, thread_id, state)
+    try:
+        tenant = str((graph_input.get("ticket") or graph_input.get("event") or {}).get("tenant") or "")
+        if tenant:
+            state = {**state, **model_marks(rt, tenant, thread_id)}
+    except Exception:  # reporting only: never lose a row over its marks
+        log.warning("%s %s: could not read model marks", graph_id, item_id)
+    return result_row(item_id, thread_id, state)
 
 
 @dataclass

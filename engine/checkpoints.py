@@ -15,19 +15,23 @@ from typing import Any
 from collections.abc import Iterator
 
 from langgraph.checkpoint.postgres import PostgresSaver, _internal
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from psycopg.errors import DivisionByZero
 from psycopg.rows import dict_row
 
+from graphs.state import STATE_MODELS
 from keel.db import Database
+from keel.errors import KeelError
 
-__all__ = ["LeaseLost", "LeaseFencedSaver", "open_checkpointer"]
+__all__ = ["LeaseLost", "LeaseFencedSaver", "open_checkpointer", "serializer"]
 
 
-class LeaseLost(Exception):
+class LeaseLost(KeelError):
     """A worker tried to write a checkpoint of a run whose lease another worker now holds."""
 
-    transient = False
+    code = "lease_lost"
+    """Not retryable: the run is the new lease owner's now, not this worker's to retry."""
 
 
 _FENCE_SQL = (
@@ -94,12 +98,24 @@ class LeaseFencedSaver(PostgresSaver):
 
 
 
+def serializer() -> JsonPlusSerializer:
+    """LangGraph's checkpoint serializer with keel's state models allowed by name.
+
+    Support state holds pydantic models (:mod:`graphs.state`); the serializer stores each
+    with its class and rebuilds it on load. Under ``LANGGRAPH_STRICT_MSGPACK`` only listed
+    classes are rebuilt, so keel lists its own; by default LangGraph rebuilds any class (with
+    a one-time warning per class) and the list changes nothing. A class it refuses comes
+    back as its field dict, which the nodes' accessors parse (``nodes.common.plan_of`` …).
+    """
+    return JsonPlusSerializer().with_msgpack_allowlist(STATE_MODELS)
+
+
 def open_checkpointer(db: Database, data_dir: Path) -> Any:
     """The checkpoint store for keel's database ``db`` (``setup()`` is the caller's, under its
     set-up lock): a :class:`LeaseFencedSaver` on ``db``'s pool on Postgres, else a
     ``SqliteSaver`` in ``data_dir/checkpoints.db``."""
     if db.is_postgres:
-        saver = LeaseFencedSaver(db.pool)
+        saver = LeaseFencedSaver(db.pool, serde=serializer())
         # PostgresSaver serializes all its queries behind one lock, which guards a single
         # shared connection; keel hands it a pool (a connection per caller), so the lock
         # would only make a process's worker and request threads wait for each other's
@@ -110,4 +126,4 @@ def open_checkpointer(db: Database, data_dir: Path) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
-    return SqliteSaver(conn)
+    return SqliteSaver(conn, serde=serializer())

@@ -23,10 +23,16 @@ from collections.abc import Iterator
 
 import psycopg
 
+from engine import registry
+from engine.assistants import AssistantStore
 from engine.checkpoints import open_checkpointer
-from engine.registry import GRAPH_BUILDERS
+from engine.crons import CronStore
+from engine.store import TenantStore, open_store
+from engine.supply import supply_context
+from engine.tracing import TracedJudge
 from gateway.gateway import ModelGateway, gateway_from_settings
 from graphs.context import SupportContext
+from graphs.supply_state import SupplyContext
 from guards.budgets import RunCaps, TenantTokenBudget
 from guards.dlp import redact
 from guards.pack import PolicyPack, load_policy
@@ -40,6 +46,7 @@ from keel.threads import ThreadIndex
 from tools.backoffice import BackOffice
 from tools.fixtures import parse_fixtures_text
 from tools.refund_history import RefundHistory
+from tools.registry import TOOLS, cards
 from tools.runner import ToolRunner
 
 __all__ = ["Runtime", "studio_context", "DEMO_FIXTURES", "DEMO_TICKETS", "DEMO_NOW", "SETUP_LOCK"]
@@ -144,12 +151,12 @@ class Runtime:
     @cached_property
     def policy(self) -> PolicyPack:
         """The policy pack in force (``support-v1`` unless ``KEEL_POLICY_FILE`` says otherwise)."""
-        return load_policy(self.settings.policy_path())
+        return load_policy(self.settings.policy_path(), tools=TOOLS)
 
     @cached_property
     def policy_engine(self) -> PolicyEngine:
         """Deterministic policy evaluation."""
-        return PolicyEngine(self.policy)
+        return PolicyEngine(self.policy, cards())
 
     @cached_property
     def caps(self) -> RunCaps:
@@ -174,7 +181,8 @@ class Runtime:
     @cached_property
     def gateway(self) -> ModelGateway:
         """The model gateway (local deterministic provider unless configured otherwise)."""
-        return gateway_from_settings(self.settings)
+        return gateway_from_settings(self.settings, wall_clock_s=self.policy.budgets.wall_clock_s,
+                                     remaining=lambda tenant: self.tokens.remaining(tenant, self.settings.clock()))
 
     def now(self) -> datetime:
         """The run clock: ``KEEL_NOW`` if set; the demo data's day on the embedded demo.
@@ -205,7 +213,7 @@ class Runtime:
         ``runtime.gateway`` changes what the next run's nodes call."""
         return SupportContext(
             policy=self.policy,
-            policy_engine=self.policy_engine,
+            policy_engine=TracedJudge(self.policy_engine),  # a policy.decide span per plan (engine.tracing)
             caps=self.caps,
             gateway=self.gateway,
             tools=self.tools,
@@ -228,6 +236,8 @@ class Runtime:
             return None
         if schema is SupportContext:
             return self.support_context()
+        if schema is SupplyContext:
+            return supply_context(self)
         raise TypeError(f"graph {graph_id!r} declares context {schema.__name__}, which keel's runtime cannot build")
 
     # -- fixtures -----------------------------------------------------------------------
@@ -249,23 +259,52 @@ class Runtime:
             saver.setup()
         return saver
 
-    def graph(self, graph_id: str = "support") -> Any:
-        """The compiled graph ``graph_id`` on this runtime's checkpointer (run it with
-        ``context=self.context(graph_id)``)."""
+    def graph(self, graph_id: str = "support", config: dict[str, Any] | None = None) -> Any:
+        """The compiled graph ``graph_id`` (any graph of ``langgraph.json``, see
+        :mod:`engine.registry`) on this runtime's checkpointer; run it with
+        ``context=self.context(graph_id)``. A factory's graph is built once for reading
+        state, and again from ``config`` for each run that passes one (as LangGraph's server
+        calls it per run)."""
+        if config is not None and registry.is_factory(graph_id):
+            return self._with_store(registry.build(graph_id, self, self.checkpointer, config))
         with self._lock:
             g = self._graphs.get(graph_id)
             if g is None:
-                try:
-                    builder = GRAPH_BUILDERS[graph_id]
-                except KeyError:
-                    raise KeyError(f"unknown graph {graph_id!r}") from None
-                g = self._graphs[graph_id] = builder(runtime=self).compile(checkpointer=self.checkpointer)
+                g = self._graphs[graph_id] = self._with_store(registry.build(graph_id, self, self.checkpointer))
             return g
+
+    @cached_property
+    def store(self) -> Any:
+        """LangGraph's store on keel's database (all tenants; see :mod:`engine.store`)."""
+        base = open_store(self.db, self.settings.data_dir)
+        with self.setup_lock():
+            base.setup()
+        return base
+
+    @cached_property
+    def assistants(self) -> AssistantStore:
+        """Tenants' assistants and their versions (``/assistants``)."""
+        with self.setup_lock():
+            return AssistantStore(self.db)
+
+    @cached_property
+    def crons(self) -> CronStore:
+        """Scheduled runs (``/runs/crons``), fired by the workers."""
+        with self.setup_lock():
+            return CronStore(self.db)
+
+    def _with_store(self, graph: Any) -> Any:
+        """A compiled graph whose nodes reach the store (``runtime.store``) as the run's tenant."""
+        if getattr(graph, "store", None) is None:
+            graph.store = TenantStore(self.store)
+        return graph
 
     def close(self) -> None:
         """Release connections (tests, CLI exit)."""
         if "checkpointer" in self.__dict__ and not self.db.is_postgres:
             self.checkpointer.conn.close()
+        if "store" in self.__dict__ and not self.db.is_postgres:
+            self.store.conn.close()
         if "db" in self.__dict__:
             self.db.close()
             _dbmod._DATABASES.pop(self.db_url, None)

@@ -30,10 +30,20 @@ from engine.checkpoints import LeaseLost
 from engine.correlation import correlation_var
 from engine.jsonable import jsonable
 from engine.queue import RunQueue
+from engine.review import after_dead_letter, after_run, sweep
+from engine.run_context import run_context
 from engine.runtime import Runtime
-from keel.errors import is_transient
+from engine.streaming import EventsHandler, ServerStream, graph_modes, stored_events
+from engine.tracing import NodeSpans, record_run_end, run_outcome, run_span
+from engine.versions import record_run_versions
+from keel import metrics
+from keel.errors import is_retryable
 
 __all__ = ["Worker", "run_workers", "start_embedded_worker"]
+
+
+def _discard(events: list[tuple[str, Any]]) -> None:
+    """The event store of a run nobody streams (``wait``, ``create``)."""
 
 log = logging.getLogger("keel.worker")
 
@@ -115,11 +125,12 @@ class Worker:
         """Claim and execute runs until ``stop`` is set."""
         log.info("worker %s started", self.worker_id)
         while not stop.is_set():
+            self._sweep_if_due()
             seen = self.queue.version()
             try:
                 did = self.run_one()
             except Exception as e:
-                if is_transient(e):  # the database is restarting or away: one line per attempt
+                if is_retryable(e):  # the database is restarting or away: one line per attempt
                     log.warning("worker %s: claim failed: %s: %s", self.worker_id, type(e).__name__,
                                 " ".join(str(e).split())[:300])
                 else:
@@ -130,8 +141,36 @@ class Worker:
                 self.queue.wait_change(seen, self.idle_wait())
         log.info("worker %s stopped", self.worker_id)
 
+    _next_sweep = 0.0
+
+    def _sweep_if_due(self) -> None:
+        """Every ``KEEL_REVIEW_SWEEP_S``: expired approval deadlines and due webhooks
+        (:func:`engine.review.sweep`; safe on any number of workers at once)."""
+        if not self.primary or time.monotonic() < self._next_sweep:  # one sweeper thread per process
+            return
+        self._next_sweep = time.monotonic() + self.runtime.settings.review_sweep_s
+        try:
+            sweep(self.runtime, self.queue, self.worker_id)
+        except Exception as e:  # noqa: BLE001 - the next sweep retries
+            log.warning("worker %s: review sweep failed: %s: %s", self.worker_id, type(e).__name__, str(e)[:300])
+
+    _crons_at = 0.0
+
+    def _fire_crons(self) -> None:
+        """Queue the runs of due cron ticks (:mod:`engine.crons`, exactly once per tick across
+        workers), at most about once a second per worker."""
+        now = time.monotonic()
+        if now - self._crons_at < 1.0:
+            return
+        self._crons_at = now
+        try:
+            self.runtime.crons.fire_due(self.queue)
+        except Exception:  # noqa: BLE001 - the next pass retries; runs go on meanwhile
+            log.warning("worker %s: firing crons failed", self.worker_id, exc_info=True)
+
     def run_one(self) -> bool:
         """Claim one run and execute it; False when nothing was runnable."""
+        self._fire_crons()
         claim = self.queue.claim_next(self.worker_id, self.lease_s, max_lease_expiries=self.max_lease_expiries)
         for dead in claim.dead_lettered:
             self._audit_dead_letter(dead)
@@ -140,7 +179,8 @@ class Worker:
             return bool(claim.dead_lettered)
         token = correlation_var.set(run["correlation_id"])
         try:
-            self.execute(run)
+            with run_span(self.runtime, run, self.worker_id):  # one trace from the request that queued it
+                self.execute(run)
         finally:
             correlation_var.reset(token)
         return True
@@ -167,6 +207,7 @@ class Worker:
             "metadata": {"run_id": run["run_id"], "correlation_id": run["correlation_id"], "tenant": run["tenant"],
                          "lease_owner": self.worker_id},
             "tags": [f"tenant:{run['tenant']}", f"correlation:{run['correlation_id']}"],
+            "callbacks": [NodeSpans(run["graph_id"])],  # a span per node (engine.tracing)
         }
         if isinstance(user.get("recursion_limit"), int):
             cfg["recursion_limit"] = user["recursion_limit"]
@@ -190,6 +231,9 @@ class Worker:
         payload = run["payload"]
         if run["kind"] == "resume":
             cmd = payload["command"]
+            if cmd.get("as_node") is not None:  # keel's own decision (engine.review: a deadline escalates)
+                graph.update_state(cfg, cmd.get("update"), as_node=cmd["as_node"])
+                return False, None, cfg
             kwargs: dict[str, Any] = {}
             if "resume" in cmd:
                 kwargs["resume"] = cmd["resume"]
@@ -208,55 +252,71 @@ class Worker:
         rid = run["run_id"]
         t0 = time.monotonic()
         log.info("run %s (thread %s, graph %s, attempt %d) started", rid, run["thread_id"], run["graph_id"], run["attempts"])
-        store = [m for m in run["stream_mode"] if m in ("values", "updates")]
+        store = bool(run["stream_mode"])
+        stream: ServerStream | None = None
         with _Lease(self.queue, rid, self.worker_id, self.lease_s) as lease:
             try:
-                graph = self.runtime.graph(run["graph_id"])
                 cfg = self._config(run)
+                # a factory graph of langgraph.json is built from the run's config, per run
+                graph = self.runtime.graph(run["graph_id"], config=cfg)
+                record_run_versions(self.runtime, run, graph)  # graph, pack, prompts, tools, routing
                 done, inp, cfg = self._start_input(graph, run, cfg)
                 if not done:
-                    seq = self.queue.next_event_seq(rid) if store else 0
+                    # the requested modes as LangGraph Server streams them (engine.streaming)
+                    stream = ServerStream(run["stream_mode"], stored_events(self.queue, rid) if store else _discard,
+                                          subgraphs=bool(run["payload"].get("stream_subgraphs")))
+                    if "events" in run["stream_mode"]:
+                        cfg = {**cfg, "callbacks": [*cfg.get("callbacks", []), EventsHandler(stream)]}
                     kwargs = {k: run["payload"][k] for k in ("interrupt_before", "interrupt_after") if run["payload"].get(k)}
                     last_beat = time.monotonic()
-                    context = self.runtime.context(run["graph_id"])
-                    for mode, chunk in graph.stream(inp, cfg, stream_mode=["values", "updates"], context=context,
-                                                    **kwargs):
-                        if mode in store:
-                            seq = self.queue.append_events(rid, seq, [(mode, jsonable(chunk))])
+                    context = run_context(self.runtime, run["graph_id"], run["payload"].get("context"))
+                    for ns, mode, chunk in graph.stream(inp, cfg, stream_mode=graph_modes(run["stream_mode"]),
+                                                        subgraphs=True, context=context, **kwargs):
+                        stream.chunk(ns, mode, chunk)
                         if time.monotonic() - last_beat > 1.0:  # notice a cancel within a step or so
                             lease.check()
                             last_beat = time.monotonic()
                         if lease.cancelled.is_set() or lease.lost.is_set():
                             break
+                    stream.flush()
                     if lease.lost.is_set():
                         log.warning("run %s: lease lost; leaving the outcome to the new owner", rid)
+                        record_run_end(run["graph_id"], "lease_lost")
                         return
                     if lease.cancelled.is_set():
                         thread_status, interrupts = self._outcome(graph, run)
                         self.queue.finish(run, self.worker_id, "interrupted", thread_status, "cancelled",
                                           interrupts=interrupts)
                         log.info("run %s cancelled", rid)
+                        record_run_end(run["graph_id"], "cancelled")
                         return
                 thread_status, interrupts = self._outcome(graph, run)
-                self.queue.finish(run, self.worker_id, "success", thread_status, interrupts=interrupts)
+                if self.queue.finish(run, self.worker_id, "success", thread_status, interrupts=interrupts):
+                    after_run(self.runtime, self.queue, run, thread_status, interrupts)  # deadlines, webhooks, feedback
+                    record_run_end(run["graph_id"], run_outcome(graph, run, thread_status))
                 log.info("run %s finished in %.3fs", rid, time.monotonic() - t0)
             except Exception as e:  # noqa: BLE001 - every failure is recorded on the run
                 msg = f"{type(e).__name__}: {e}"[:2000]
                 if lease.lost.is_set() or isinstance(e, LeaseLost):  # the run is another worker's now
                     log.warning("run %s failed after losing its lease: %s", rid, msg)
+                    record_run_end(run["graph_id"], "lease_lost")
                     return
                 if store:
                     try:
+                        if stream is not None:
+                            stream.flush()
                         self.queue.append_events(rid, self.queue.next_event_seq(rid), [("error", {"error": type(e).__name__, "message": str(e)[:2000]})])
                     except Exception:
                         log.warning("run %s: could not store error event", rid, exc_info=True)
-                if is_transient(e):
+                if is_retryable(e):  # by type (keel.errors): a retryable KeelError, the database away
                     status = self.queue.retry_later(run, self.worker_id, msg, base=self.backoff_base, cap=self.backoff_cap)
                     log.warning("run %s: transient failure (%s); now %s", rid, msg, status)
+                    record_run_end(run["graph_id"], "dead" if status == "dead" else "retry")
                     if status == "dead":
                         self._audit_dead_letter(run, reload=True)
                 else:
                     self.queue.finish(run, self.worker_id, "error", "error", msg)
+                    record_run_end(run["graph_id"], "error")
                     log.exception("run %s failed", rid)
 
     def _audit_dead_letter(self, run: dict[str, Any], *, reload: bool = False) -> None:
@@ -274,6 +334,8 @@ class Worker:
                     "error": (run.get("error") or "")[:500]}
             self.runtime.audit.append(run["tenant"], "run_finished", actor="system", thread_id=run["thread_id"],
                                       correlation_id=run.get("correlation_id"), data=data)
+            metrics.DEAD_LETTERS.labels(workflow=run.get("graph_id") or "-", reason=run.get("dead_reason") or "-").inc()
+            after_dead_letter(self.runtime, run)
         except Exception:  # noqa: BLE001 - the run row already holds the reason
             log.warning("run %s: could not audit its dead-lettering", run["run_id"], exc_info=True)
 

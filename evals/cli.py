@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from evals.report import (
     EvalError,
     compare,
     evaluate,
-    load_dataset,
+    load_datasets,
     load_prices,
     load_tolerances,
     make_config,
@@ -49,7 +49,7 @@ def _now(text: str) -> datetime:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _trials(text: str) -> int:
@@ -94,7 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     out = Console() if sys.stdout.isatty() else Console(width=140)
     try:
-        datasets = [load_dataset(p, args.now) for p in args.datasets]
+        datasets = [d for p in args.datasets for d in load_datasets(p, args.now)]
         names = [d.name for d in datasets]
         if len(set(names)) != len(names):
             raise EvalError(f"two datasets are called the same ({', '.join(names)}): name them in dataset.toml")

@@ -28,19 +28,23 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field, ValidationError
 
-from engine.batch import read_tickets, run_ticket
+from engine.batch import read_tickets, run_input
+from engine.supply import load_supply_fixtures
 from engine.runtime import Runtime
 from evals.score import Report, read_jsonl, score
 from guards.pack import PolicyError, load_policy
+from keel.errors import InvalidInput
 from keel.types import StrictModel, Ticket
+from gateway.supply_rules import SupplyEvent
 from tools.fixtures import parse_fixtures_text
+from tools.supply import parse_supply_fixtures
 
 __all__ = [
     "DEFAULT_PRICES",
@@ -62,6 +66,7 @@ __all__ = [
     "compare",
     "evaluate",
     "load_dataset",
+    "load_datasets",
     "load_prices",
     "load_report",
     "load_tolerances",
@@ -85,7 +90,7 @@ EVAL_REQUESTER = "keel-eval"
 """The user id the eval's runs are started by."""
 
 
-class EvalError(ValueError):
+class EvalError(InvalidInput, ValueError):
     """Input ``keel eval`` cannot use (dataset, policy, baseline, tolerances); the message says why."""
 
 
@@ -97,6 +102,53 @@ class DatasetManifest(StrictModel):
     now: AwareDatetime | None = None
     """The run clock the fixtures are dated for (refund windows depend on it)."""
     description: str = Field(default="", max_length=500)
+    graph: str = Field(default="support", pattern=r"^(support|supply)$")
+    """The workflow the dataset measures (its inputs file, input key and fixtures follow it)."""
+
+
+@dataclass(frozen=True)
+class WorkflowData:
+    """How a workflow's dataset folder is read and loaded: its inputs file and graph input key,
+    its fixtures parser and loader. ``support``: tickets; ``supply``: exception events."""
+
+    inputs: str
+    input_key: str
+    parse_fixtures: Callable[[str], tuple[Any, list[str]]]
+    read_inputs: Callable[[Path], tuple[list[Any], list[str]]]
+    load: Callable[[Any, Any], None]
+
+
+def _support_fixtures(text: str) -> tuple[Any, list[str]]:
+    parsed = parse_fixtures_text(text)
+    return parsed.fixtures, [str(e) for e in parsed.errors]
+
+
+def _supply_fixtures(text: str) -> tuple[Any, list[str]]:
+    try:
+        return parse_supply_fixtures(text), []
+    except ValueError as e:
+        return None, [str(e)]
+
+
+def _read_events(path: Path) -> tuple[list[Any], list[str]]:
+    events: list[Any] = []
+    errors: list[str] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(SupplyEvent.model_validate_json(line))
+        except ValidationError as e:
+            errors.append(f"{path}:{n}: {_first_line(e)}")
+    return events, errors
+
+
+WORKFLOW_DATA: dict[str, WorkflowData] = {
+    "support": WorkflowData("tickets.jsonl", "ticket", _support_fixtures, read_tickets,
+                            lambda rt, fx: rt.backoffice.load_fixtures(fx)),
+    "supply": WorkflowData("events.jsonl", "event", _supply_fixtures, _read_events, load_supply_fixtures),
+}
+"""Each workflow ``keel eval`` can measure, by the graph id a ``dataset.toml`` names."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +162,16 @@ class Dataset:
     fixtures: Any
     """``tools.fixtures.Fixtures``."""
     tickets: tuple[Ticket, ...]
+    """The inputs (support tickets, or supply events: anything with ``id`` and ``tenant``)."""
     expected: tuple[dict[str, Any], ...]
+    graph: str = "support"
+    """The graph every input runs through (``dataset.toml``'s ``graph``)."""
+
+    def split(self, name: str) -> Dataset:
+        """The part of the dataset whose expected rows say ``split = name`` (named ``NAME-SPLIT``)."""
+        keep = {str(e["ticket_id"]) for e in self.expected if e.get("split") == name}
+        return replace(self, name=f"{self.name}-{name}", tickets=tuple(t for t in self.tickets if t.id in keep),
+                       expected=tuple(e for e in self.expected if str(e["ticket_id"]) in keep))
 
     @property
     def fixtures_json(self) -> dict[str, Any]:
@@ -131,27 +192,29 @@ def load_dataset(path: Path, default_now: datetime | None = None) -> Dataset:
     """
     if not path.is_dir():
         raise EvalError(f"{path}: not a dataset folder (expected fixtures.json, tickets.jsonl, expected.jsonl)")
-    files = {name: path / name for name in ("fixtures.json", "tickets.jsonl", "expected.jsonl")}
-    missing = [name for name, f in files.items() if not f.is_file()]
-    if missing:
-        raise EvalError(f"{path}: missing {', '.join(missing)}")
     manifest = DatasetManifest()
     if (path / "dataset.toml").is_file():
         try:
             manifest = DatasetManifest.model_validate(tomllib.loads((path / "dataset.toml").read_text(encoding="utf-8")))
         except (tomllib.TOMLDecodeError, ValidationError, UnicodeDecodeError) as e:
             raise EvalError(f"{path / 'dataset.toml'}: {_first_line(e)}") from None
+    kind = WORKFLOW_DATA[manifest.graph]
+    files = {name: path / name for name in ("fixtures.json", kind.inputs, "expected.jsonl")}
+    files["tickets.jsonl"] = files[kind.inputs]
+    missing = [name for name in ("fixtures.json", kind.inputs, "expected.jsonl") if not files[name].is_file()]
+    if missing:
+        raise EvalError(f"{path}: missing {', '.join(missing)}")
     now = manifest.now or default_now
     if now is None:
         raise EvalError(f"{path}: no clock: give --now or a 'now' in {path / 'dataset.toml'}")
     try:
-        parsed = parse_fixtures_text(files["fixtures.json"].read_text(encoding="utf-8"))
+        fixtures, fixture_errors = kind.parse_fixtures(files["fixtures.json"].read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise EvalError(f"{files['fixtures.json']}: cannot read ({_first_line(e)})") from None
-    if parsed.errors or parsed.fixtures is None:
-        raise EvalError(_errors(files["fixtures.json"], [str(e) for e in parsed.errors]))
+    if fixture_errors or fixtures is None:
+        raise EvalError(_errors(files["fixtures.json"], fixture_errors))
     try:
-        tickets, ticket_errors = read_tickets(files["tickets.jsonl"])
+        tickets, ticket_errors = kind.read_inputs(files["tickets.jsonl"])
         expected = read_jsonl(files["expected.jsonl"])
     except (OSError, UnicodeDecodeError) as e:
         raise EvalError(f"{path}: cannot read ({_first_line(e)})") from None
@@ -173,7 +236,19 @@ def load_dataset(path: Path, default_now: datetime | None = None) -> Dataset:
     if not tickets:
         raise EvalError(f"{files['tickets.jsonl']}: no tickets")
     return Dataset(name=manifest.name or path.resolve().name, path=path, now=now, description=manifest.description,
-                   fixtures=parsed.fixtures, tickets=tuple(tickets), expected=tuple(expected))
+                   fixtures=fixtures, tickets=tuple(tickets), expected=tuple(expected), graph=manifest.graph)
+
+
+def load_datasets(path: Path, default_now: datetime | None = None) -> list[Dataset]:
+    """:func:`load_dataset`, cut by the expected rows' ``split`` when they carry one (e.g.
+    ``tuned`` / ``heldout``), so each part is reported, and gated, on its own."""
+    ds = load_dataset(path, default_now)
+    splits = list(dict.fromkeys(str(e["split"]) for e in ds.expected if e.get("split")))
+    if not splits:
+        return [ds]
+    if any(not e.get("split") for e in ds.expected):
+        raise EvalError(f"{path / 'expected.jsonl'}: some rows have a split and others none")
+    return [ds.split(name) for name in splits]
 
 
 def _first_line(e: BaseException) -> str:
@@ -269,7 +344,8 @@ def _quiet_loggers() -> Iterator[None]:
 
 def run_trial(dataset: Dataset, settings: Any, prices: dict[str, Price],
               on_ticket: Callable[[TicketRun], None] | None = None) -> list[TicketRun]:
-    """Every ticket of ``dataset`` through the support graph on a fresh embedded store.
+    """Every input of ``dataset`` through its graph (``support`` unless ``dataset.toml`` names
+    another) on a fresh embedded store.
 
     ``settings`` (``keel.config.Settings``) chooses the model provider and policy pack;
     the store, clock and fixtures are the dataset's. A fresh store per trial keeps trials
@@ -281,10 +357,12 @@ def run_trial(dataset: Dataset, settings: Any, prices: dict[str, Price],
         rt = Runtime(settings.model_copy(update={"database_url": None, "data_dir": Path(tmp), "now": dataset.now,
                                                  "fixtures": None}))
         try:
-            rt.backoffice.load_fixtures(dataset.fixtures)
+            kind = WORKFLOW_DATA[dataset.graph]
+            kind.load(rt, dataset.fixtures)
             for ticket in dataset.tickets:
                 t0 = time.perf_counter()
-                row = run_ticket(rt, ticket, requester=EVAL_REQUESTER)
+                row = run_input(rt, dataset.graph, ticket.id, {kind.input_key: ticket.model_dump()},
+                                requester=EVAL_REQUESTER)
                 latency_ms = (time.perf_counter() - t0) * 1000.0
                 tin = tout = 0
                 cost: float | None = 0.0
@@ -572,7 +650,7 @@ def make_config(settings: Any, trials: int) -> EvalConfig:
                       model_provider=settings.model_provider, model_fallbacks=list(settings.model_fallbacks),
                       openai_model=settings.openai_model if "openai" in providers else None, trials=trials,
                       keel_version=keel_version, python=platform.python_version(),
-                      started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      started_at=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def evaluate(datasets: Sequence[Dataset], settings: Any, *, trials: int = 1, prices: dict[str, Price] | None = None,

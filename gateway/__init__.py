@@ -8,7 +8,6 @@ a model directly. Providers implement :class:`ModelProvider`; keel ships
 
 from gateway.base import (
     OPERATION_ROUTE,
-    OPERATION_TOOL,
     ROUTE_OPERATIONS,
     TASKS,
     GatewayCall,
@@ -40,7 +39,6 @@ __all__ = [
     "TASKS",
     "ROUTE_OPERATIONS",
     "OPERATION_ROUTE",
-    "OPERATION_TOOL",
     "SYSTEM_PROMPTS",
     "gateway_from_settings",
     "provider_from_name",

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from keel.types import Extraction, Operation, Route, StrictModel, Ticket
+from keel.errors import KeelError
+from keel.types import Extraction, Operation, Route, StrictModel, Ticket, ToolCard
 
 __all__ = [
     "Task",
     "TASKS",
     "ROUTE_OPERATIONS",
     "OPERATION_ROUTE",
-    "OPERATION_TOOL",
     "Usage",
     "GatewayCall",
     "ModelError",
     "InvalidOutput",
     "ModelProvider",
     "PlanningInput",
+    "TRIAGE_REASON_CODES",
 ]
 
 Task = Literal["triage", "extract", "plan"]
@@ -46,23 +47,6 @@ OPERATION_ROUTE: dict[Operation, Route] = {
     op: route for route, ops in ROUTE_OPERATIONS.items() for op in ops
 }
 """The route an operation belongs to; asking for ops of two routes is ``multiple_intents``."""
-
-OPERATION_TOOL: dict[Operation, str] = {
-    "refund": "issue_refund",
-    "cancel_subscription": "cancel_subscription",
-    "billing_question": "list_payments",
-    "track_order": "track_shipment",
-    "cancel_order": "cancel_order",
-    "change_address": "update_shipping_address",
-    "reship": "reship_order",
-    "password_reset": "send_password_reset",
-    "mfa_reset": "reset_mfa",
-    "change_email": "change_email",
-    "unlock_account": "unlock_account",
-    "question": "search_kb",
-}
-"""The tool that carries out each operation (the planner's main action)."""
-
 
 class Usage(StrictModel):
     """Tokens one model call consumed, as reported by the provider (or estimated locally)."""
@@ -85,8 +69,21 @@ class GatewayCall(StrictModel):
     tokens_out: int = Field(default=0, ge=0)
     ms: float = Field(ge=0.0)
     error: str | None = None
-    """Safe error class (``invalid_output``, ``provider_error:TimeoutError``…); never the
-    raw output or an exception message, which could echo ticket text or secrets."""
+    """Safe error class (``invalid_output``, ``provider_error:TimeoutError``,
+    ``circuit_open``, ``deadline_exceeded``, ``budget_reserved``…): the cause of a fallback;
+    never the raw output or an exception message, which could echo ticket text or secrets."""
+    model: str | None = None
+    """The routing file's model name (None for a gateway built without routing)."""
+    rule: str | None = None
+    """The routing rule that chose the chain this model belongs to."""
+    routing: str | None = None
+    """The routing file's ``version``."""
+    cost_usd: float = Field(default=0.0, ge=0.0)
+    """What the call cost at the model's configured prices."""
+    degraded: bool = False
+    """The answer (or attempt) came from a fallback: an earlier model of the chain failed."""
+    attempt: int = Field(default=1, ge=1)
+    """1 for the first try of this model, 2 for its first retry, …"""
 
     @property
     def tokens(self) -> int:
@@ -94,12 +91,20 @@ class GatewayCall(StrictModel):
         return self.tokens_in + self.tokens_out
 
 
-class ModelError(RuntimeError):
+TRIAGE_REASON_CODES: frozenset[str] = frozenset({"low_confidence", "multiple_intents"})
+"""The reason codes a router may give. Anything else is invalid output; and even these
+two are re-decided by code (see ``gateway.gateway``): a model never decides alone that a
+ticket is single-intent."""
+
+
+class ModelError(KeelError, RuntimeError):
     """No provider produced a valid output for a task.
 
     The message is safe to show and to store in a run's record: it names the task and the
     providers tried, never model output or ticket text.
     """
+
+    code = "model_unavailable"
 
     def __init__(self, task: Task, calls: list[GatewayCall]) -> None:
         self.task: Task = task
@@ -108,9 +113,11 @@ class ModelError(RuntimeError):
         super().__init__(f"no valid model output for task '{task}'; providers tried: {tried}")
 
 
-class InvalidOutput(ValueError):
+class InvalidOutput(KeelError, ValueError):
     """Raised by the gateway's semantic checks: the output parsed but cannot be trusted
     (a tool outside the allowlist, an id that appears nowhere in the ticket or context)."""
+
+    code = "invalid_output"
 
 
 @runtime_checkable
@@ -144,8 +151,23 @@ class PlanningInput(StrictModel):
     extraction: Extraction
     allowlist: list[str]
     """Tool names the route's specialist may use; a plan outside it is rejected."""
+    tools: list[ToolCard] = Field(default_factory=list)
+    """The allowlisted tools as declared (``tools.registry.cards``): what each does, its
+    arguments' JSON Schema, and the operation it carries out (the planner's main action
+    for that operation). Every allowlisted tool must have its card."""
     customer: dict[str, Any] | None = None
     orders: list[dict[str, Any]] = Field(default_factory=list)
     subscriptions: list[dict[str, Any]] = Field(default_factory=list)
     named_orders: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Orders named in the ticket text, keyed by id, whoever owns them."""
+
+    @model_validator(mode="after")
+    def _cards_cover_allowlist(self) -> PlanningInput:
+        missing = sorted(set(self.allowlist) - {c.name for c in self.tools})
+        if missing:
+            raise ValueError(f"no tool card for allowlisted tools {missing}")
+        return self
+
+    def tool_for(self, operation: str) -> str | None:
+        """The allowlisted tool that carries out ``operation``, per its declaration."""
+        return next((c.name for c in self.tools if c.operation == operation and c.name in self.allowlist), None)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gateway.base import OPERATION_TOOL, ROUTE_OPERATIONS, PlanningInput, Usage
+from gateway.base import ROUTE_OPERATIONS, PlanningInput, Usage
 from gateway.rules import READ_ONLY_OPERATIONS, analyze, claimed_amounts, extract_text, reship_reason, triage_text
 from keel.types import Extraction, Operation, PlanProposal, ProposedAction, Route, Ticket, TriageResult
 
@@ -102,7 +102,9 @@ def _action_for(ext: Extraction, planning: PlanningInput) -> tuple[ProposedActio
     """One operation → one action, or None with the reason it cannot be planned."""
     ticket = planning.ticket
     op = ext.operation
-    tool = OPERATION_TOOL[op]
+    tool = planning.tool_for(op)  # the tool declared to carry out the operation (its card)
+    if tool is None:
+        return None, f"{op}: no tool in the {planning.route} allowlist carries it out"
     args: dict[str, Any]
     if op in {"refund", "track_order", "cancel_order", "change_address", "reship"}:
         order_id = _resolve_order(ext, planning)
@@ -144,8 +146,6 @@ def _action_for(ext: Extraction, planning: PlanningInput) -> tuple[ProposedActio
             args["order_id"] = ext.order_id
     else:  # question
         args = {"query": ext.query or " ".join(ticket.body.split())[:500]}
-    if tool not in planning.allowlist:
-        return None, f"{op}: tool {tool} is not in the {planning.route} allowlist"
     return ProposedAction(tool=tool, args=args), f"{op} → {tool}"
 
 

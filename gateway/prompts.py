@@ -43,7 +43,7 @@ SYSTEM_PROMPTS: dict[Task, str] = {
     ),
     "plan": (
         "Propose tool calls that carry out the extracted operation for this customer, using "
-        "only tools in `allowlist` and only ids present in the ticket or in the records given (customer, orders, subscriptions, named_orders). "
+        "only tools in `allowlist` (`tools` describes each: what it does, the operation it carries out and its arguments' JSON Schema) and only ids present in the ticket or in the records given (customer, orders, subscriptions, named_orders). "
         "Refund amounts are integer cents: the stated amount, or for a full refund the "
         "order's total_cents minus refunded_cents. When the ticket names no order, use the "
         "customer's only order; if none can be identified, propose no action and say why in "

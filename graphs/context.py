@@ -23,6 +23,7 @@ from guards.pack import PolicyPack
 from guards.policy import PlanDecision, PolicyFacts
 from keel.audit import AuditKind, AuditRow
 from keel.db import Tx
+from keel.errors import ConfigError
 from keel.types import Extraction, PlanProposal, ProposedAction, Route, Ticket, TriageResult
 from tools.runner import ToolContext, ToolResult
 
@@ -39,6 +40,19 @@ __all__ = [
     "TokenQuota",
     "RoleLookup",
     "Clock",
+    "Audits",
+    "IndexesRuns",
+    "AsksModels",
+    "ReadsPack",
+    "ScopesTools",
+    "DecidesPlans",
+    "TriageDeps",
+    "RetrieveDeps",
+    "ProposeDeps",
+    "PolicyCheckDeps",
+    "FinishDeps",
+    "VerifyDeps",
+    "protocol_fields",
 ]
 
 
@@ -130,6 +144,112 @@ Clock = Callable[[], datetime]
 """A clock: returns the current time, timezone-aware."""
 
 
+# --------------------------------------------------------------------------- what each node may use
+# LangGraph hands every node the run's one SupportContext. Each node declares the part it
+# uses as a read-only protocol (``runtime: Runtime[TriageDeps]``); SupportContext satisfies
+# them all structurally, and a node's unit test runs it on a fake holding only those
+# fields (``tests/test_nodes_*.py``), so a node that reaches for more fails its tests.
+
+
+class Audits(Protocol):
+    """Writes audit rows (every node)."""
+
+    @property
+    def audit(self) -> AuditTrail: ...
+
+
+class IndexesRuns(Protocol):
+    """Keeps the run index in step with the run's status."""
+
+    @property
+    def run_index(self) -> RunIndex: ...
+
+
+class AsksModels(Audits, Protocol):
+    """Asks the model gateway, auditing each call and charging the token quotas."""
+
+    @property
+    def gateway(self) -> ModelCalls: ...
+
+    @property
+    def quotas(self) -> TokenQuota: ...
+
+    @property
+    def quota_clock(self) -> Clock: ...
+
+
+class ReadsPack(Protocol):
+    """Reads the policy pack in force (allowlists, thresholds, version)."""
+
+    @property
+    def policy(self) -> PolicyPack: ...
+
+
+class ScopesTools(ReadsPack, Protocol):
+    """Builds the tool runner's view of a run (the route's allowlist, the run clock)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+
+class TriageDeps(AsksModels, IndexesRuns, ReadsPack, Protocol):
+    """TRIAGE: the router model and the pack's confidence threshold."""
+
+
+class RetrieveDeps(AsksModels, ScopesTools, Protocol):
+    """RETRIEVE_CONTEXT: the extraction model, allowlisted reads, the policy's store reads, caps."""
+
+    @property
+    def tools(self) -> ToolCalls: ...
+
+    @property
+    def backoffice(self) -> BackOfficeReads: ...
+
+    @property
+    def caps(self) -> RunCaps: ...
+
+
+class ProposeDeps(AsksModels, ReadsPack, Protocol):
+    """PROPOSE_ACTION: the planner model, the route's allowlist and pack version, the signing key."""
+
+    @property
+    def signing_key(self) -> bytes: ...
+
+
+class DecidesPlans(ReadsPack, Protocol):
+    """Decides a signed plan against the run's records, clock and keel's other refunds."""
+
+    @property
+    def policy_engine(self) -> PlanJudge: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def refunds(self) -> RefundLedger: ...
+
+
+class PolicyCheckDeps(DecidesPlans, Audits, IndexesRuns, Protocol):
+    """POLICY_CHECK: the verdict, the approval hold of the plan's refunds, the run index."""
+
+
+class FinishDeps(Audits, IndexesRuns, Protocol):
+    """COMPLETE and ESCALATE_TO_HUMAN: the last audit row and run-index entry."""
+
+
+class VerifyDeps(Audits, Protocol):
+    """VERIFY: store re-reads of the changed records."""
+
+    @property
+    def backoffice(self) -> BackOfficeReads: ...
+
+
+def protocol_fields(proto: type) -> frozenset[str]:
+    """The fields a node-dependency protocol names (its properties, inherited ones too)."""
+    return frozenset(name for klass in proto.__mro__ if klass is not Protocol and klass is not object
+                     for name, value in vars(klass).items() if isinstance(value, property))
+
+
 @dataclass(frozen=True, slots=True)
 class SupportContext:
     """Everything a support node may use besides its state, for one run (read-only)."""
@@ -166,5 +286,5 @@ class SupportContext:
     """The HMAC key plans are signed with (never shown in a repr or a log line)."""
 
 
-class MissingContext(TypeError):
+class MissingContext(ConfigError, TypeError):
     """The support graph was run without ``context=SupportContext(...)``."""

@@ -100,17 +100,21 @@ def build_support_graph(*, default_context: Callable[[], SupportContext] | None 
         g = StateGraph(SupportState, context_schema=SupportContext, input_schema=SupportInput)
     else:
         g = StateGraph(SupportState, input_schema=SupportInput)
-    return wire_support_topology(g, lambda name: _with_context(BODIES[name], default_context))
+    return wire_support_topology(g, lambda name: _with_context(name, default_context))
 
 
-def _with_context(fn: Callable[..., Any], default: Callable[[], SupportContext] | None) -> Callable[..., Any]:
-    """``fn`` with its ``runtime.context`` checked (or defaulted) before it runs.
+def _with_context(name: str, default: Callable[[], SupportContext] | None) -> Callable[..., Any]:
+    """Node ``name`` (its body from :data:`BODIES`) with ``runtime.context`` checked (or
+    defaulted) before it runs.
 
     LangGraph reads the node's parameters through ``functools.wraps`` (``__wrapped__``), so
-    it passes ``config`` and ``runtime`` exactly as ``fn`` declares them.
+    it passes ``config`` and ``runtime`` exactly as the body declares them. The body is looked
+    up in :data:`BODIES` on every call, not when the graph is built: a graph compiled before
+    a process wraps a body (``keel worker --import`` fault hooks, tracing) still runs the
+    wrapped one.
     """
 
-    @wraps(fn)
+    @wraps(BODIES[name])
     def node(state: SupportState, **kwargs: Any) -> Any:
         runtime: Runtime[Any] = kwargs["runtime"]
         if not isinstance(runtime.context, SupportContext):
@@ -120,7 +124,7 @@ def _with_context(fn: Callable[..., Any], default: Callable[[], SupportContext] 
                     "(engine.runtime.Runtime.context() builds it); this run has "
                     f"{type(runtime.context).__name__}")
             kwargs["runtime"] = runtime.override(context=default())
-        return fn(state, **kwargs)
+        return BODIES[name](state, **kwargs)
 
     return node
 

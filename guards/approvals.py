@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from guards.pack import ApprovalPolicy
+from keel.errors import KeelError
 from keel.types import ProposedAction, StrictModel
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-class ApprovalError(Exception):
+class ApprovalError(KeelError):
     """A resume was refused; the thread keeps waiting."""
 
     def __init__(self, code: str, http_status: int, message: str) -> None:
@@ -189,6 +190,9 @@ def check_edit(
         if code not in codes:
             codes.append(code)
 
+    # a pack may list, per tool, the fields a reviewer may lower (supply-v1's
+    # [approvals.editable]); without such a list only amounts (``*_cents``) may change
+    listed: Mapping[str, Any] | None = getattr(approvals, "editable", None)
     for key, new in edited_args.items():
         if key not in original.args:
             add("edit_not_allowed")
@@ -196,7 +200,8 @@ def check_edit(
         old = original.args[key]
         if new == old and type(new) is type(old):
             continue
-        if not (key.endswith("_cents") and _is_int(old) and _is_int(new)) or new <= 0:
+        may = key in listed.get(original.tool, ()) if listed is not None else key.endswith("_cents")
+        if not (may and _is_int(old) and _is_int(new)) or new <= 0:
             add("edit_not_allowed")
         elif new > old and approvals.edits_only_downward:
             add("edit_raises_amount")

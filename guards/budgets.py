@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any, Literal, TypedDict
 
 from pydantic import Field
@@ -27,6 +27,7 @@ from pydantic import Field
 from keel import metrics
 from keel.audit import AuditLog
 from keel.db import Database
+from keel.errors import KeelError
 from keel.types import StrictModel
 
 __all__ = [
@@ -74,20 +75,20 @@ class RunCaps(StrictModel):
     max_retries: int = Field(ge=0)
 
     @classmethod
-    def from_pack(cls, pack: Any) -> "RunCaps":
+    def from_pack(cls, pack: Any) -> RunCaps:
         """Caps from a :class:`guards.pack.PolicyPack` (or anything with ``.budgets``)."""
         b = pack.budgets
         return cls(max_tool_calls=b.max_tool_calls, wall_clock_s=b.wall_clock_s, max_retries=b.max_retries)
 
 
 def _utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def new_budget(started_at: datetime) -> RunBudget:
     """A fresh budget for a run that started at ``started_at`` (naive means UTC)."""
     return {
-        "started_at": _utc(started_at).astimezone(timezone.utc).isoformat(),
+        "started_at": _utc(started_at).astimezone(UTC).isoformat(),
         "tool_calls": 0,
         "retries": 0,
         "max_call_retries": 0,
@@ -154,7 +155,7 @@ class DailyQuotas(StrictModel):
     """Share of a quota whose crossing is alerted (one audit row a day per tenant or user)."""
 
     @classmethod
-    def from_pack(cls, pack: Any) -> "DailyQuotas":
+    def from_pack(cls, pack: Any) -> DailyQuotas:
         """Quotas from a :class:`guards.pack.PolicyPack` (or anything with ``.budgets``)."""
         b = pack.budgets
         return cls(tenant_tokens=b.tenant_daily_tokens, user_tokens=b.user_daily_tokens,
@@ -196,12 +197,12 @@ class QuotaRefusal(StrictModel):
 
 def seconds_until_next_day(now: datetime) -> int:
     """Whole seconds from ``now`` (naive means UTC) to the next UTC midnight (at least 1)."""
-    at = _utc(now).astimezone(timezone.utc)
-    midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
+    at = _utc(now).astimezone(UTC)
+    midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     return max(1, math.ceil((midnight - at).total_seconds()))
 
 
-class _Refused(Exception):
+class _Refused(KeelError):
     """Rolls a quota transaction back (all or nothing over the tenant's and the user's rows)."""
 
     def __init__(self, refusal: QuotaRefusal | None = None) -> None:
@@ -234,7 +235,7 @@ class TenantTokenBudget:
         tenant_daily_runs: int | None = None,
         user_daily_runs: int | None = None,
         alert_ratio: float = 0.8,
-        audit: "AuditLog | None" = None,
+        audit: AuditLog | None = None,
     ) -> None:
         if daily_limit < 0:
             raise ValueError("daily_limit must be >= 0")
@@ -244,7 +245,7 @@ class TenantTokenBudget:
         self.audit = audit
 
     @classmethod
-    def from_pack(cls, db: Database, pack: Any, *, audit: "AuditLog | None" = None) -> "TenantTokenBudget":
+    def from_pack(cls, db: Database, pack: Any, *, audit: AuditLog | None = None) -> TenantTokenBudget:
         """The quotas of a policy pack's ``[budgets]``, alerting into ``audit``."""
         q = DailyQuotas.from_pack(pack)
         return cls(db, q.tenant_tokens, user_daily_tokens=q.user_tokens, tenant_daily_runs=q.tenant_runs,
@@ -271,7 +272,7 @@ class TenantTokenBudget:
 
     @staticmethod
     def _day(now: datetime) -> str:
-        return _utc(now).astimezone(timezone.utc).date().isoformat()
+        return _utc(now).astimezone(UTC).date().isoformat()
 
     @staticmethod
     def _subjects(user: str | None) -> list[tuple[QuotaScope, str]]:

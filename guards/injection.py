@@ -53,11 +53,12 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Literal
+from typing import Literal
+from collections.abc import Callable
 
 from pydantic import Field
 
-from keel.types import READ_TOOLS, SIDE_EFFECT_TOOLS, StrictModel
+from keel.types import StrictModel
 
 __all__ = [
     "AttackClass",
@@ -211,7 +212,7 @@ class _Mapped:
     ends: list[int]
 
     @classmethod
-    def of(cls, text: str) -> "_Mapped":
+    def of(cls, text: str) -> _Mapped:
         return cls(text, list(range(len(text))), list(range(1, len(text) + 1)))
 
     def span(self, a: int, b: int) -> tuple[int, int]:
@@ -735,7 +736,15 @@ _RELATION = _alt(
 )
 _TIME_WORD = r"(?:today|yesterday|tomorrow|week|month|year|weekend|night|morning|evening|monday|tuesday|wednesday|thursday|friday|saturday|sunday|last|this|next|that|the|a|an|my|your|our|his|her|their|its|one|customer|company|store|shop|acme|everyone|anyone|someone|nobody|today)"
 _TOOL_IDENT = r"(?:issue|cancel|update|reset|send|change|unlock|reship|get|list|track|search|delete|create|grant|approve|set|apply|refund|transfer|close|modify|escalate|skip|execute|run|call|lock|disable|enable)_[a-z]+(?:_[a-z]+)*"
-_KNOWN_TOOL = "(?:" + "|".join(sorted(SIDE_EFFECT_TOOLS | READ_TOOLS, key=len, reverse=True)) + ")"
+_SCREENED_TOOL_NAMES = (
+    "issue_refund", "cancel_subscription", "cancel_order", "update_shipping_address", "reship_order",
+    "send_password_reset", "reset_mfa", "change_email", "unlock_account",
+    "get_customer", "get_order", "list_payments", "track_shipment", "get_account", "search_kb",
+)
+"""The screen's lexicon of tool names a ticket should never spell out (tuned on its corpus, so
+kept here, not read from the tool declarations the guards may not import); a new tool's
+``verb_noun`` name is caught by ``_TOOL_IDENT`` all the same."""
+_KNOWN_TOOL = "(?:" + "|".join(sorted(_SCREENED_TOOL_NAMES, key=len, reverse=True)) + ")"
 _CALL_VERB = _alt(
     "call|invoke|execute|run|trigger|use the tool|use tool|use the function|ejecuta|ejecutar|llama|llama a|invoca|"
     "usa la herramienta|fuhre|fuhre aus|fuhren sie|rufe|rufe auf|rufen sie|nutze|appelle|appel|appel outil|"

@@ -10,20 +10,22 @@ inconsistent tier is refused with the file and field named, never half applied. 
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
+from collections.abc import Collection
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, StrictBool, ValidationError, field_validator, model_validator
 
-from keel.types import READ_TOOLS, ROUTES, SIDE_EFFECT_TOOLS, Route, StrictModel
+from keel.errors import ConfigError
+from keel.types import ROUTES, Route, StrictModel
 
 __all__ = [
     "ReasonCode",
     "OrderStatus",
     "ReviewerRole",
-    "KNOWN_TOOLS",
     "DEFAULT_POLICY_PATH",
     "PolicyError",
     "RouterPolicy",
@@ -33,6 +35,7 @@ __all__ = [
     "WindowPolicy",
     "StatusPolicy",
     "FixedDecisionPolicy",
+    "ToolRule",
     "SubscriptionCancelPolicy",
     "AccessRule",
     "AccessPolicy",
@@ -61,6 +64,7 @@ ReasonCode = Literal[
     "separation_of_duties",
     "edit_not_allowed",
     "edit_raises_amount",
+    "no_policy_rule",
 ]
 """Every reason code this module emits.
 
@@ -79,6 +83,7 @@ ReasonCode = Literal[
 - ``budget_exceeded``: plan larger than the per-run tool-call budget.
 - ``not_approver`` / ``wrong_tenant`` / ``separation_of_duties``: reviewer checks.
 - ``edit_not_allowed`` / ``edit_raises_amount``: reviewer edit checks.
+- ``no_policy_rule``: a side-effecting tool the pack states no rule for (denied, never run).
 """
 
 OrderStatus = Literal["placed", "paid", "shipped", "delivered"]
@@ -90,13 +95,16 @@ ReviewerRole = Literal["requester", "approver", "admin"]
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parent / "policies" / "support-v1.toml"
 """The bundled ``support-v1`` pack."""
 
-KNOWN_TOOLS: frozenset[str] = SIDE_EFFECT_TOOLS | READ_TOOLS
-"""Every tool a pack may name."""
+_TOOL_NAME = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+"""What a tool name looks like; whether the tool exists is checked against the declared tools
+(:meth:`PolicyPack.check_tools`), which this module cannot import."""
 _Fixed = Literal["execute", "approve", "escalate", "deny"]
 
 
-class PolicyError(ValueError):
+class PolicyError(ConfigError, ValueError):
     """A policy file that cannot be used; the message names the file and the problem."""
+
+    code = "invalid_policy"
 
 
 
@@ -114,10 +122,10 @@ class RoutePolicy(StrictModel):
 
     @field_validator("tools")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - KNOWN_TOOLS)
-        if unknown:
-            raise ValueError(f"unknown tools {unknown}")
+    def _names(cls, v: list[str]) -> list[str]:
+        bad = sorted(t for t in v if not _TOOL_NAME.match(t))
+        if bad:
+            raise ValueError(f"not tool names {bad}")
         return v
 
 
@@ -207,6 +215,17 @@ class FixedDecisionPolicy(StrictModel):
     decision: _Fixed
 
 
+class ToolRule(StrictModel):
+    """``[tools.<name>]``: the rule of a tool that has no rule section of its own.
+
+    The decision applies after the allowlist and ownership rules. A side-effecting tool
+    with neither a section of its own nor a ``[tools.<name>]`` rule is denied
+    (``no_policy_rule``): a tool is never run because the pack forgot it.
+    """
+
+    decision: _Fixed
+
+
 class SubscriptionCancelPolicy(StrictModel):
     """Decision for a subscription cancel, by when it takes effect."""
 
@@ -272,6 +291,13 @@ class ApprovalPolicy(StrictModel):
     edits_only_downward: StrictBool
     """True: a reviewer may only lower amounts; False: amounts may also go up (the edited
     plan is evaluated again either way)."""
+    deadline_minutes: int = Field(strict=True, ge=1, le=60 * 24 * 30)
+    """How long a plan may wait for a decision (1 minute to 30 days); then ``on_deadline`` applies."""
+    assignee_group: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    """The team a pending plan is assigned to (shown with each pending approval)."""
+    on_deadline: Literal["escalate", "reject"]
+    """What keel does with a plan nobody decided in time, as actor ``system``: hand the run to
+    a person (``escalate``) or reject it with reason ``deadline_passed``."""
 
     def role_may_decide(self, role: str) -> bool:
         """Whether a user with ``role`` may approve or reject a plan."""
@@ -299,6 +325,8 @@ class PolicyPack(StrictModel):
     access: AccessPolicy
     budgets: BudgetPolicy
     approvals: ApprovalPolicy
+    tools: dict[str, ToolRule] = Field(default_factory=dict)
+    """Rules of tools without a section of their own, by tool name (see :class:`ToolRule`)."""
     sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
 
     @model_validator(mode="after")
@@ -332,12 +360,33 @@ class PolicyPack(StrictModel):
         """Tools the route may use."""
         return self.routes[route].tools
 
+    def named_tools(self) -> list[tuple[str, str]]:
+        """Every tool the pack names, with where: ``(section, tool)``, section ``routes.<route>``
+        or ``tools``."""
+        named = [(f"routes.{r}", t) for r, rp in self.routes.items() for t in rp.tools]
+        return named + [("tools", t) for t in self.tools]
 
-def load_policy(path: str | Path = DEFAULT_POLICY_PATH) -> PolicyPack:
-    """Load and validate a policy pack file; raises :class:`PolicyError` naming the file."""
+    def check_tools(self, known: Collection[str], source: str = "") -> None:
+        """Refuse a pack that names a tool nobody declared (a typo would silently allow nothing,
+        or a rule would wait for a tool that never comes); raises :class:`PolicyError`."""
+        unknown = sorted((where, t) for where, t in self.named_tools() if t not in known)
+        if unknown:
+            where = ", ".join(f"{w}: {t}" for w, t in unknown)
+            raise PolicyError(f"{source or self.version}: invalid policy: unknown tools [{where}]")
+
+
+def load_policy(path: str | Path = DEFAULT_POLICY_PATH, tools: Collection[str] | None = None) -> PolicyPack:
+    """Load and validate a policy pack file; raises :class:`PolicyError` naming the file.
+
+    ``tools``: the declared tools' names (``tools.registry.TOOLS``); when given, a pack naming
+    any other tool is refused here (the policy engine refuses it in any case).
+    """
     p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as e:
         raise PolicyError(f"{p}: cannot read policy file: {e.strerror or e}") from None
-    return PolicyPack.from_toml(raw, source=str(p))
+    pack = PolicyPack.from_toml(raw, source=str(p))
+    if tools is not None:
+        pack.check_tools(tools, source=str(p))
+    return pack

@@ -9,12 +9,18 @@ stays here, small and tested at every edge. Every rule the engine evaluates is r
 Rule order per action (the first failing rule decides, later rules are not evaluated,
 so a record the customer does not own is never described to them):
 
-1. ``tool.known`` / ``route.allowlist``: the tool exists and the route may use it.
+1. ``tool.known`` / ``route.allowlist``: the tool is declared and the route may use it.
 2. ``args``: the arguments the rule needs are present and well-typed.
 3. ``ownership``: every order, subscription or customer named belongs to the ticket's
    customer in the ticket's tenant (missing record: ``not_found``).
 4. the tool's own rule (refund window/amount tiers, order status, identity level, …);
-   a refund's tiers also over the customer's recent refunds (``refund.velocity``).
+   a refund's tiers also over the customer's recent refunds (``refund.velocity``); else
+   the pack's ``[tools.<name>]`` decision; else a read executes and a side effect is
+   denied (``policy.rule``, ``no_policy_rule``): no tool runs because the pack forgot it.
+
+Which tools exist and which have a side effect come from their declarations, handed in
+as :class:`~keel.types.ToolCard` (``PolicyEngine(pack, tools.registry.cards())``): the
+guards may not import the tools.
 """
 
 from __future__ import annotations
@@ -26,15 +32,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pydantic import Field, field_validator
 
 from guards.approvals import check_edit, check_reviewer
-from guards.pack import KNOWN_TOOLS, AccessRule, PolicyPack
+from guards.pack import AccessRule, PolicyError, PolicyPack
+from keel.errors import KeelError
 from keel.types import (
-    SIDE_EFFECT_TOOLS,
     ActionDecision,
     Decision,
     PolicyCheck,
     ProposedAction,
     Route,
     StrictModel,
+    ToolCard,
 )
 
 __all__ = [
@@ -137,7 +144,7 @@ class PlanDecision(StrictModel):
 # --------------------------------------------------------------------------- engine helpers
 
 
-class _Stop(Exception):
+class _Stop(KeelError):
     """Internal: a rule decided the action; carries the decision."""
 
     def __init__(self, decision: Decision, code: str) -> None:
@@ -190,10 +197,17 @@ def _delivered_within(order: Mapping[str, Any], now: datetime, days: int) -> tup
 
 
 class PolicyEngine:
-    """Applies a :class:`PolicyPack` to proposed actions. Pure: no I/O, no clock."""
+    """Applies a :class:`PolicyPack` to proposed actions. Pure: no I/O, no clock.
 
-    def __init__(self, pack: PolicyPack) -> None:
+    ``tools``: the declared tools' cards by name (``tools.registry.cards()``). A pack that
+    names an undeclared tool, or gives a ``[tools.<name>]`` rule to a tool that has a
+    section of its own, is refused here (:class:`~guards.pack.PolicyError`).
+    """
+
+    def __init__(self, pack: PolicyPack, tools: Mapping[str, ToolCard]) -> None:
+        pack.check_tools(tools)
         self.pack = pack
+        self.tools: dict[str, ToolCard] = dict(tools)
         self._rules: dict[str, Callable[[_Recorder, ProposedAction, PolicyFacts], Decision]] = {
             "issue_refund": self._refund,
             "cancel_order": self._cancel_order,
@@ -206,6 +220,14 @@ class PolicyEngine:
             "change_email": self._access,
             "cancel_subscription": self._cancel_subscription,
         }
+        twice = sorted(set(pack.tools) & set(self._rules))
+        if twice:
+            raise PolicyError(f"{pack.version}: invalid policy: [tools.{twice[0]}] duplicates the tool's own rule section")
+
+    def side_effect(self, tool: str) -> bool:
+        """Whether ``tool`` changes a business system (an unknown tool counts as one)."""
+        card = self.tools.get(tool)
+        return card is None or card.side_effect
 
     # ---- one action
 
@@ -215,14 +237,25 @@ class PolicyEngine:
         try:
             self._tool_allowed(rec, action.tool, route)
             self._ownership(rec, action, facts)
-            rule = self._rules.get(action.tool, self._read)
-            decision = rule(rec, action, facts)
+            decision = self._rule_for(action.tool)(rec, action, facts)
         except _Stop as stop:
             return ActionDecision(decision=stop.decision, reason_codes=[stop.code], checks=rec.checks)
         return ActionDecision(decision=decision, reason_codes=[], checks=rec.checks)
 
+    def has_rule(self, tool: str) -> bool:
+        """Whether the pack states a rule for ``tool`` (its own section or ``[tools.<name>]``)."""
+        return tool in self._rules or tool in self.pack.tools
+
+    def _rule_for(self, tool: str) -> Callable[[_Recorder, ProposedAction, PolicyFacts], Decision]:
+        """The tool's own rule, else its ``[tools.<name>]`` decision, else read or refuse."""
+        if tool in self._rules:
+            return self._rules[tool]
+        if tool in self.pack.tools:
+            return self._fixed
+        return self._no_rule if self.side_effect(tool) else self._read
+
     def _tool_allowed(self, rec: _Recorder, tool: str, route: Route | None) -> None:
-        if tool not in KNOWN_TOOLS:
+        if tool not in self.tools:
             rec.fail("tool.known", "tool_not_allowed", f"unknown tool {tool!r}")
         rec.ok("tool.known", f"{tool!r} is a known tool")
         if route is None:
@@ -402,6 +435,16 @@ class PolicyEngine:
         rec.ok("cancel_subscription.timing", f"at {at}: {decision}")
         return decision
 
+    def _fixed(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        decision = self.pack.tools[action.tool].decision
+        if decision in ("deny", "escalate"):
+            rec.fail(f"tools.{action.tool}", "tool_not_allowed", f"the pack's rule: {decision}", decision=decision)
+        rec.ok(f"tools.{action.tool}", f"the pack's rule: {decision}")
+        return decision
+
+    def _no_rule(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
+        rec.fail("policy.rule", "no_policy_rule", f"the pack states no rule for the side effect {action.tool!r}")
+
     def _read(self, rec: _Recorder, action: ProposedAction, facts: PolicyFacts) -> Decision:
         rec.ok("read", "read only, owned records: execute")
         return "execute"
@@ -428,13 +471,13 @@ class PolicyEngine:
             if action.tool == "issue_refund" and d.decision in ("execute", "approve"):
                 planned.append(KeelRefund(order_id=action.args["order_id"], amount_cents=action.args["amount_cents"],
                                           state="planned", at=facts.now))
-            if injection_flagged and action.tool in SIDE_EFFECT_TOOLS:
+            if injection_flagged and self.side_effect(action.tool):
                 d = _escalate_for_injection(d)
             per_action.append(d)
 
         plan_codes: list[str] = []
         overall: Decision = "execute"
-        if injection_flagged and any(a.tool in SIDE_EFFECT_TOOLS for a in actions):
+        if injection_flagged and any(self.side_effect(a.tool) for a in actions):
             plan_codes.append("suspected_prompt_injection")
             overall = "escalate"
         if len(actions) > self.pack.budgets.max_tool_calls:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -35,8 +35,12 @@ AuditKind = Literal[
     "model_call",
     "admin",
     "budget_alert",
+    "escalation",
+    "webhook",
+    "state_update",
 ]
-"""What an audit row records."""
+"""What an audit row records (``escalation``: a take-over or resolution; ``webhook``: a
+subscription added or removed; ``state_update``: a thread's state written from outside a run)."""
 
 Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 """Takes an event's data and returns it with personal data and secrets removed
@@ -146,7 +150,7 @@ class AuditLog:
         at: datetime | None = None,
     ) -> AuditRow:
         """Append one row to the tenant's chain (redacted, hashed, serialized per tenant)."""
-        at_s = (at or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        at_s = (at or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
         payload = self.redact(data or {})
         for _ in range(5):
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Literal
 
@@ -45,12 +45,20 @@ class Settings(BaseSettings):
     """Base URL of an OpenAI-compatible endpoint (None: the library default)."""
     openai_api_key: SecretStr | None = None
     """Key for the ``openai`` provider; never logged."""
-    model_timeout_s: float = 20.0
-    """Timeout of one model call."""
+    model_timeout_s: float = Field(default=5.0, gt=0)
+    """Timeout of one model call when no routing file is set (a routing file sets it per
+    task); either way a task's calls are cut to fit the policy's per-run ``wall_clock_s``."""
+    model_routing: Path | None = None
+    """Model routing file (TOML, see ``gateway/routing.toml``): task, risk tier, remaining
+    budget and latency target → ordered chain of models. Unset: ``model_provider`` then
+    ``model_fallbacks`` for every task."""
     plan_signing_key: SecretStr | None = None
     """HMAC key that signs plans. Unset: a random key is generated once per data dir."""
     policy_file: Path | None = None
     """Policy pack (TOML). Unset: the bundled ``support-v1``."""
+    langgraph_config: Path | None = None
+    """The ``langgraph.json`` whose graphs keel serves (``keel serve|worker|run --config``
+    overrides it). Unset: ``./langgraph.json`` if there is one, else keel's own."""
     fixtures: Path | None = None
     """Back-office fixtures loaded when no back office exists yet (demo, ``langgraph dev``)."""
     now: datetime | None = None
@@ -81,12 +89,33 @@ class Settings(BaseSettings):
     refused connection, would otherwise block for the OS's TCP timeout)."""
     log_level: str = "INFO"
     """Level of keel's loggers."""
+    metrics_token: SecretStr | None = None
+    """Bearer token of the operator's Prometheus scraper: ``GET /metrics`` with
+    ``Authorization: Bearer …`` shows every tenant's series. Without it (or unset) only a
+    tenant's admin key scrapes, and sees its own tenant's series only."""
+    cors_origins: list[str] = Field(default_factory=lambda: ["https://smith.langchain.com"])
+    """Browser origins allowed to call the API (CORS): LangGraph Studio's by default, so Studio
+    can debug a running keel. Calls still need an API key; no cookie is ever honoured
+    cross-origin (the console's session cookie is SameSite=Strict). ``[]`` turns CORS off."""
+    log_format: Literal["json", "text"] = "json"
+    """``keel serve``/``keel worker`` log lines: one JSON object each (correlation id, tenant,
+    thread, run, trace id on every line) or plain text."""
+    review_sweep_s: float = Field(default=1.0, gt=0)
+    """How often each worker applies expired approval deadlines and delivers due webhooks."""
+    webhook_max_attempts: int = Field(default=6, ge=1, le=50)
+    """Attempts of one webhook delivery before it goes to the webhook dead letters."""
+    webhook_backoff_base_s: float = Field(default=2.0, gt=0)
+    """First retry delay of a failed webhook delivery (doubling, with jitter, up to the cap)."""
+    webhook_backoff_cap_s: float = Field(default=300.0, gt=0)
+    """Longest delay between two attempts of one webhook delivery."""
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    """Timeout of one webhook POST."""
 
     @field_validator("now")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
-            v = v.replace(tzinfo=timezone.utc)
+            v = v.replace(tzinfo=UTC)
         return v
 
     @property
@@ -96,7 +125,7 @@ class Settings(BaseSettings):
 
     def clock(self) -> datetime:
         """The run's "now": the override if set, else the UTC wall clock."""
-        return self.now or datetime.now(timezone.utc)
+        return self.now or datetime.now(UTC)
 
     def signing_key(self) -> bytes:
         """The plan-signing key; generated and kept in ``data_dir`` if not configured."""

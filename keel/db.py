@@ -21,9 +21,14 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+
+from tenacity import RetryCallState
 
 from keel.config import Settings
+from keel.errors import DbErrorKind, StoreError, db_error_kind
+from keel.retry import Backoff, RetryPolicy
 
 __all__ = [
     "Database",
@@ -32,6 +37,7 @@ __all__ = [
     "StartupError",
     "open_database",
     "db_error_kind",
+    "DbErrorKind",
     "retry_while_unavailable",
 ]
 
@@ -42,14 +48,18 @@ T = TypeVar("T")
 _QMARK = re.compile(r"\?")
 
 
-class IntegrityError(Exception):
+class IntegrityError(StoreError):
     """A constraint was violated (unique key, foreign key); raised for both engines."""
 
+    code = "conflict"
 
-class StartupError(Exception):
+
+class StartupError(StoreError):
     """A process could not start on its database: a configuration error (bad credentials,
     unknown database, malformed URL) or an outage longer than the start-up timeout. The
     message is one line meant for the operator."""
+
+    code = "startup_failed"
 
 
 class Tx(Protocol):
@@ -318,52 +328,8 @@ def open_database(url: str, **options: Any) -> Database:
 
 
 # -- start-up against a database that may be down ------------------------------------------
-DbErrorKind = Literal["unavailable", "config", "other"]
-
-_RETRYABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
-"""Connection exception, transaction rollback (deadlock, serialization), insufficient
-resources (too many connections), operator intervention (admin or crash shutdown, the
-server starting up: ``AdminShutdown``, ``CannotConnectNow``), system error."""
-_CONFIG_SQLSTATES = ("28", "3D", "3F", "42501")
-"""Invalid authorization, unknown database or schema, insufficient privilege."""
-_CONFIG_MESSAGES = (
-    "password authentication failed", "authentication failed", "no pg_hba.conf entry", "does not exist",
-    "no password supplied", "password is required", "permission denied", "invalid connection option",
-    "invalid integer value", "invalid dsn", "invalid uri", "missing \"=\"", "invalid sslmode",
-    "server does not support ssl", "ssl is required", "unsupported frontend protocol",
-)
-"""libpq reports connection-time failures without an SQLSTATE, so the server's refusals that no
-retry can fix (credentials, unknown role or database, a malformed URL) are told by their
-message. A server with non-English ``lc_messages`` makes these look retryable: start-up then
-retries until its timeout, with the server's reason in every log line."""
-
-
-def db_error_kind(exc: BaseException) -> DbErrorKind:
-    """Whether ``exc`` means the database is unavailable for now (retry), refuses this
-    configuration (fail fast), or is something else (a bug: not the database's doing).
-
-    The exception and its causes are examined, the first database error deciding.
-    """
-    import psycopg
-
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, psycopg.Error):
-            state = getattr(e, "sqlstate", None) or ""
-            text = " ".join(str(e).lower().split())
-            if state.startswith(_CONFIG_SQLSTATES) or (not state and any(m in text for m in _CONFIG_MESSAGES)):
-                return "config"
-            if state.startswith(_RETRYABLE_SQLSTATE_CLASSES):
-                return "unavailable"
-            if not state and isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
-                return "unavailable"  # refused, reset, timed out, closed by a restart; PoolTimeout
-            return "other"
-        if isinstance(e, (ConnectionError, TimeoutError)):
-            return "unavailable"
-        e = e.__cause__ or e.__context__
-    return "other"
+# ``db_error_kind`` (unavailable / config / other) is keel.errors' one mapping of the drivers'
+# exceptions, re-exported here where start-up uses it.
 
 
 def _reason(exc: BaseException) -> str:
@@ -390,23 +356,15 @@ def retry_while_unavailable(
     does an outage outlasting ``timeout_s``; any other error propagates unchanged. ``fn`` must
     be safe to call again after a failure part-way (idempotent set-up).
     """
-    import tenacity
-
-    def announce(state: tenacity.RetryCallState) -> None:
+    def announce(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         log.warning("%s: database unavailable, retrying in %.1fs: %s", what, delay, _reason(exc) if exc else "?")
 
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(lambda e: db_error_kind(e) == "unavailable"),
-        # doubling from base_s up to cap_s, plus up to base_s at random: processes that failed
-        # together against one restarting server do not come back in lockstep
-        wait=tenacity.wait_exponential(multiplier=base_s, max=cap_s) + tenacity.wait_random(0, base_s),
-        stop=tenacity.stop_before_delay(timeout_s),
-        before_sleep=announce,
-        sleep=sleep,
-        reraise=True,
-    )
+    # keel's one retry policy (doubling from base_s up to cap_s, equal jitter): processes that
+    # failed together against one restarting server do not come back in lockstep
+    policy = RetryPolicy(Backoff(base_s, cap_s), timeout_s=timeout_s, retry_on=lambda e: db_error_kind(e) == "unavailable")
+    retrying = policy.retrying(sleep=sleep, before_sleep=announce)
     try:
         return retrying(fn)
     except Exception as e:

@@ -57,3 +57,53 @@ def admission_refused(tenant: str, scope: Scope, quota: Quota) -> None:
 def quota_used(tenant: str, quota: Quota, used: int, limit: int) -> None:
     """Record how much of the tenant's daily ``quota`` is used (a limit of 0 counts as spent)."""
     QUOTA_USED_RATIO.labels(tenant=tenant, quota=quota).set(used / limit if limit > 0 else 1.0)
+
+
+# ------------------------------------------------------------------ runs, nodes, models, tools
+# Label values are bounded: workflow (graph id), outcome, node, task, provider, tool, error code
+# and tenant (tokens and cost per tenant are what an operator bills and budgets by).
+from prometheus_client import Histogram  # noqa: E402 - grouped with the instruments below
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+RUNS = Counter("keel_runs", "Runs that ended an attempt, by workflow and outcome (completed, awaiting_approval, "
+               "escalated, rejected, interrupted, cancelled, error, retry, dead)", ["workflow", "outcome"])
+"""Escalation rate: ``keel_runs_total{outcome="escalated"}`` over the sum of final outcomes."""
+APPROVAL_WAIT = Histogram("keel_approval_wait_seconds", "Time a plan waited for its reviewer's decision",
+                          ["workflow", "decision"], buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400))
+TOOL_CALLS = Counter("keel_tool_calls", "Tool calls, by tool and outcome (ok or the error code)", ["tool", "outcome"])
+TOOL_FAILURES = Counter("keel_tool_failures", "Tool calls that failed, by tool and error code", ["tool", "code"])
+NODE_SECONDS = Histogram("keel_node_seconds", "Wall time of one graph node", ["workflow", "node"],
+                         buckets=_LATENCY_BUCKETS)
+MODEL_SECONDS = Histogram("keel_model_seconds", "Wall time of one model call", ["task", "provider", "ok"],
+                          buckets=_LATENCY_BUCKETS)
+TOKENS = Counter("keel_tokens", "Model tokens charged, by tenant and direction (input, output)", ["tenant", "direction"])
+COST = Counter("keel_cost_usd", "Estimated model cost in US dollars, by tenant", ["tenant"])
+DEAD_LETTERS = Counter("keel_dead_letters", "Runs moved to the dead letters", ["workflow", "reason"])
+LEASES_LOST = Counter("keel_leases_lost", "Runs whose worker lost its lease mid-run (another worker took over)",
+                      ["workflow"])
+
+
+def run_ended(workflow: str, outcome: str) -> None:
+    """Count one run attempt that ended with ``outcome``."""
+    RUNS.labels(workflow=workflow, outcome=outcome).inc()
+
+
+def tool_called(tool: str, ok: bool, code: str | None) -> None:
+    """Count one tool call (and a failure, with its error code)."""
+    TOOL_CALLS.labels(tool=tool, outcome="ok" if ok else (code or "error")).inc()
+    if not ok:
+        TOOL_FAILURES.labels(tool=tool, code=code or "error").inc()
+
+
+def model_called(task: str, provider: str, ok: bool, seconds: float, tenant: str | None, tokens_in: int,
+                 tokens_out: int, cost_usd: float) -> None:
+    """Record one model call: its latency, and the tokens and cost charged to the tenant."""
+    MODEL_SECONDS.labels(task=task, provider=provider, ok=str(ok).lower()).observe(seconds)
+    t = tenant or "-"
+    if tokens_in:
+        TOKENS.labels(tenant=t, direction="input").inc(tokens_in)
+    if tokens_out:
+        TOKENS.labels(tenant=t, direction="output").inc(tokens_out)
+    if cost_usd:
+        COST.labels(tenant=t).inc(cost_usd)

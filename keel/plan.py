@@ -16,13 +16,16 @@ from typing import Any
 from pydantic import Field
 
 from keel.audit import canonical_json
+from keel.errors import KeelError
 from keel.types import ProposedAction, StrictModel
 
 __all__ = ["Plan", "SignedPlan", "PlanIntegrityError", "sign_plan", "verify_plan", "idempotency_key"]
 
 
-class PlanIntegrityError(Exception):
+class PlanIntegrityError(KeelError):
     """The plan's hash or signature does not match its content."""
+
+    code = "plan_tampered"
 
 
 class Plan(StrictModel):

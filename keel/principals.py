@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Literal
 
 from keel.db import Database
@@ -74,7 +74,7 @@ class PrincipalStore:
     def upsert(self, tenant: str, user_id: str, role: Role) -> Principal:
         """Create or re-role a user."""
         p = Principal(tenant=tenant, user_id=user_id, role=role)
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         with self.db.transaction() as tx:
             tx.execute(
                 "INSERT INTO principals (tenant, user_id, role, created_at) VALUES (?, ?, ?, ?)"
@@ -102,7 +102,7 @@ class PrincipalStore:
         with self.db.transaction() as tx:
             tx.execute(
                 "INSERT INTO api_keys (key_hash, tenant, user_id, role, created_at) VALUES (?, ?, ?, ?, ?)",
-                (hash_key(key), tenant, user_id, role, datetime.now(timezone.utc).isoformat()),
+                (hash_key(key), tenant, user_id, role, datetime.now(UTC).isoformat()),
             )
         return key
 

@@ -8,7 +8,7 @@ are one indexed query however many threads are parked.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from keel.db import Database
@@ -52,7 +52,7 @@ class ThreadIndex:
         plan_hash: str | None = None,
     ) -> None:
         """Insert or update a run's row."""
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         self.db.execute(
             "INSERT INTO run_index (thread_id, tenant, ticket_id, requester, route, status, plan_hash, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET"

@@ -25,10 +25,8 @@ __all__ = [
     "PlanProposal",
     "PolicyCheck",
     "ActionDecision",
+    "ToolCard",
     "ROUTES",
-    "SIDE_EFFECT_OPERATIONS",
-    "SIDE_EFFECT_TOOLS",
-    "READ_TOOLS",
 ]
 
 Route = Literal["billing", "orders", "access", "knowledge", "unknown"]
@@ -69,46 +67,54 @@ Operation = Literal[
 question that needs no action on the account. ``billing_question``: receipts, double
 charges and payment lookups (read only)."""
 
-SIDE_EFFECT_OPERATIONS: frozenset[Operation] = frozenset(
-    {
-        "refund",
-        "cancel_subscription",
-        "cancel_order",
-        "change_address",
-        "reship",
-        "password_reset",
-        "mfa_reset",
-        "change_email",
-        "unlock_account",
-    }
-)
-"""Operations whose plan would change a business system (the rest only read or answer)."""
-
-SIDE_EFFECT_TOOLS: frozenset[str] = frozenset(
-    {
-        "issue_refund",
-        "cancel_subscription",
-        "cancel_order",
-        "update_shipping_address",
-        "reship_order",
-        "send_password_reset",
-        "reset_mfa",
-        "change_email",
-        "unlock_account",
-    }
-)
-"""Tools that change a business system; each call carries an idempotency key."""
-
-READ_TOOLS: frozenset[str] = frozenset(
-    {"get_customer", "get_order", "list_payments", "track_shipment", "get_account", "search_kb"}
-)
-"""Tools that only read."""
-
 
 class StrictModel(BaseModel):
     """Base of keel's boundary models: immutable, unknown fields rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Read-only mapping access by field name: graph state holds these models where it held
+    # their JSON dicts before (``graphs.state``), so code and stored checkpoints written
+    # against the dict shape (``state["plan"]["hash"]``, ``(state.get("screen") or
+    # {}).get("flagged")``) keep reading the same values. New code uses the attributes.
+    def __getitem__(self, key: str) -> Any:
+        if isinstance(key, str) and key in type(self).model_fields:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The field ``key``, or ``default`` if the model has no such field."""
+        return getattr(self, key) if isinstance(key, str) and key in type(self).model_fields else default
+
+    def keys(self) -> list[str]:
+        """Field names, so ``{**model}`` and ``dict(model)`` give the fields (shallow)."""
+        return list(type(self).model_fields)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in type(self).model_fields
+
+
+class ToolCard(StrictModel):
+    """What the layers that may not reach ``tools/`` (guards, the model gateway) know of a tool.
+
+    Why a card: a tool is declared once (:class:`tools.declaration.ToolDecl`), but the policy
+    engine and the gateway sit beside or above nothing that may import the tools (a model
+    proposes, it cannot act). Whoever wires them hands them the cards of the declared tools
+    (``tools.registry.cards()``), so they read the declaration without importing it.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,63}$")
+    """Tool name, as in the policy pack's allowlists."""
+    description: str = Field(min_length=1)
+    """One line for a planner: what the tool does."""
+    side_effect: bool
+    """Changes a business system: idempotency key, ledger, and a policy rule of its own."""
+    operation: str | None = None
+    """The operation this tool carries out (the planner's main action for it), if any."""
+    routes: tuple[str, ...] = ()
+    """Routes (specialists) whose operation it serves."""
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    """JSON Schema of the arguments, for a planner prompt."""
 
 
 class Ticket(StrictModel):

@@ -1,7 +1,9 @@
 """Small helpers shared by the support nodes: audit, tool context, escalation updates.
 
-Each takes the run's :class:`~graphs.context.SupportContext` (``runtime.context`` in a
-node), never a process-wide object.
+Each takes the run's context (``runtime.context`` in a node, never a process-wide object),
+typed by the narrow protocol of :mod:`graphs.context` it uses; and the typed accessors
+(``plan_of``, ``policy_of``, …) are the one place a state value stored as a plain dict is
+parsed.
 """
 
 from __future__ import annotations
@@ -10,32 +12,108 @@ import logging
 import time
 from datetime import datetime
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar
 from collections.abc import Callable
 
 from langgraph.config import get_config
+from pydantic import BaseModel, ValidationError
 
-from graphs.context import SupportContext
-from graphs.state import OutputAction, SupportState
-from keel.errors import is_database_outage
-from keel.types import Ticket
+from graphs.context import AsksModels, Audits, IndexesRuns, ReadsPack, ScopesTools
+from graphs.state import OutputAction, RetrievedContext, SupportState
+from guards.injection import ScreenResult
+from guards.policy import PlanDecision
+from keel.errors import BudgetExceeded, is_database_outage
+from keel.plan import SignedPlan
+from keel.types import Extraction, Ticket, TriageResult
 from tools.runner import ToolContext
 
 __all__ = [
     "TokenBudgetExceeded",
     "model_hook",
-    "ask_model","ticket_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status",
+    "ask_model", "ticket_of", "triage_of", "screen_of", "injection_flagged", "extraction_of", "context_of", "plan_of",
+    "policy_of", "tenant_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status",
     "attempt_budget", "raise_if_infrastructure"]
 
 log = logging.getLogger("keel.nodes")
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _typed(value: Any, model: type[_M]) -> _M:
+    """``value`` as ``model``: as is when it already is one (every value a node of this
+    version wrote), parsed when it is the JSON dict of one (a checkpoint written before
+    state was typed, or a value written through ``update_state``)."""
+    return value if isinstance(value, model) else model.model_validate(value)
+
 
 def ticket_of(state: SupportState) -> Ticket:
-    """The run's ticket as a typed value."""
-    return Ticket.model_validate(state["ticket"])
+    """The run's ticket (TRIAGE validated it; only a run that escalated ``invalid_ticket``
+    has none, and nodes after TRIAGE never see one)."""
+    return _typed(state["ticket"], Ticket)
 
 
-def allowlist(ctx: SupportContext, route: str) -> frozenset[str]:
+def tenant_of(state: SupportState) -> str:
+    """The run's tenant for audit rows and the run index; ``unknown`` while the ticket is
+    not a valid one (an ``invalid_ticket`` run still leaves its audit row)."""
+    ticket = state.get("ticket")
+    if isinstance(ticket, Ticket):
+        return ticket.tenant
+    tenant = ticket.get("tenant") if isinstance(ticket, dict) else None
+    return str(tenant) if tenant else "unknown"
+
+
+def triage_of(state: SupportState) -> TriageResult | None:
+    """The router's verdict, if TRIAGE reached the model."""
+    raw = state.get("triage")
+    return None if raw is None else _typed(raw, TriageResult)
+
+
+_CLEAN = ScreenResult(flagged=False, score=0.0)
+
+
+def screen_of(state: SupportState) -> ScreenResult:
+    """The injection screen of the run's text (a clean verdict before TRIAGE screened it)."""
+    raw = state.get("screen")
+    return _CLEAN if not raw else _typed(raw, ScreenResult)
+
+
+def injection_flagged(state: SupportState) -> bool:
+    """Whether the ticket or the text retrieved for it was flagged as a suspected injection.
+
+    Fails closed: a screen in state that is not a screen (edited through ``update_state``)
+    counts as flagged, so an edit can never lift a flag."""
+    try:
+        return screen_of(state).flagged
+    except ValidationError:
+        return True
+
+
+def extraction_of(state: SupportState) -> Extraction | None:
+    """The facts extracted from the ticket, once RETRIEVE_CONTEXT has asked the model."""
+    raw = state.get("extraction")
+    return None if raw is None else _typed(raw, Extraction)
+
+
+def context_of(state: SupportState) -> RetrievedContext:
+    """The records read for the plan (none before RETRIEVE_CONTEXT)."""
+    raw = state.get("context")
+    return RetrievedContext() if raw is None else _typed(raw, RetrievedContext)
+
+
+def plan_of(state: SupportState) -> SignedPlan | None:
+    """The signed plan, if one was proposed. Parsed, not verified: execution checks its
+    hash and signature (``keel.plan.verify_plan``) before acting on it."""
+    raw = state.get("plan")
+    return None if raw is None else _typed(raw, SignedPlan)
+
+
+def policy_of(state: SupportState) -> PlanDecision | None:
+    """The policy verdict on the plan, if POLICY_CHECK (or a re-check after an edit) decided."""
+    raw = state.get("policy")
+    return None if raw is None else _typed(raw, PlanDecision)
+
+
+def allowlist(ctx: ReadsPack, route: str) -> frozenset[str]:
     """The specialist's tool allowlist from the policy pack (empty for unknown routes)."""
     spec = ctx.policy.routes.get(route)
     return frozenset(spec.tools) if spec is not None else frozenset()
@@ -54,7 +132,7 @@ def raise_if_infrastructure(exc: BaseException) -> None:
         raise exc
 
 
-def ask_model(ctx: SupportContext, state: SupportState, task: str,
+def ask_model(ctx: AsksModels, state: SupportState, task: str,
               call: Callable[[Callable[[Any], None]], Any]) -> tuple[Any, dict[str, Any] | None]:
     """One gateway call for a node: ``(value, None)``, or ``(None, escalation update)``.
 
@@ -92,11 +170,10 @@ def attempt_budget(budget: dict[str, Any]) -> dict[str, Any]:
     return budget
 
 
-def audit(ctx: SupportContext, state: SupportState, kind: str, data: dict[str, Any], actor: str = "system") -> None:
+def audit(ctx: Audits, state: SupportState, kind: str, data: dict[str, Any], actor: str = "system") -> None:
     """Append an audit row for this run."""
-    ticket = state.get("ticket") or {}
     ctx.audit.append(
-        str(ticket.get("tenant", "unknown")),
+        tenant_of(state),
         kind,  # type: ignore[arg-type]
         actor=actor,
         data=data,
@@ -105,28 +182,29 @@ def audit(ctx: SupportContext, state: SupportState, kind: str, data: dict[str, A
     )
 
 
-def record_status(ctx: SupportContext, state: SupportState, status: str, plan_hash: str | None = None) -> None:
+def record_status(ctx: IndexesRuns, state: SupportState, status: str, plan_hash: str | None = None) -> None:
     """Keep the run index in step with the run's status."""
-    ticket = state.get("ticket") or {}
     if not state.get("thread_id"):
         return
+    ticket = state.get("ticket")
+    ticket_id = ticket.id if isinstance(ticket, Ticket) else ticket.get("id") if isinstance(ticket, dict) else None
     ctx.run_index.record(
         state["thread_id"],
-        tenant=str(ticket.get("tenant", "unknown")),
+        tenant=tenant_of(state),
         status=status,
-        ticket_id=ticket.get("id"),
+        ticket_id=None if ticket_id is None else str(ticket_id),
         requester=state.get("requester"),
         route=state.get("route"),
         plan_hash=plan_hash,
     )
 
 
-def tool_context(ctx: SupportContext, state: SupportState, idempotency_key: str | None = None) -> ToolContext:
+def tool_context(ctx: ScopesTools, state: SupportState, idempotency_key: str | None = None) -> ToolContext:
     """The tool runner's view of this run: tenant, customer, caller, allowlist, key."""
-    ticket = state["ticket"]
+    ticket = ticket_of(state)
     return ToolContext(
-        tenant=ticket["tenant"],
-        customer_id=ticket["customer_id"],
+        tenant=ticket.tenant,
+        customer_id=ticket.customer_id,
         user_id=state.get("requester", "anonymous"),
         allowlist=allowlist(ctx, state.get("route", "unknown")),
         idempotency_key=idempotency_key,
@@ -135,19 +213,19 @@ def tool_context(ctx: SupportContext, state: SupportState, idempotency_key: str 
     )
 
 
-class TokenBudgetExceeded(Exception):
+class TokenBudgetExceeded(BudgetExceeded):
     """The tenant's (or the requester's) daily model-token budget is spent: the run escalates
-    ``budget_exceeded``."""
+    ``budget_exceeded`` (the category's ``code``)."""
 
 
-def model_hook(ctx: SupportContext, state: SupportState) -> Callable[[Any], None]:
+def model_hook(ctx: AsksModels, state: SupportState) -> Callable[[Any], None]:
     """The gateway hook for one node: audits each model call and charges the tenant.
 
     Refuses up front when the tenant's day is already spent. A call's tokens are charged
     after it returns (they are spent either way), so one call may overdraw the day; the
     next model call of that tenant is then refused.
     """
-    tenant = str(state["ticket"]["tenant"])
+    tenant = ticket_of(state).tenant
     user = state.get("requester")  # the user's daily share too, not only the tenant's
     clock = ctx.quota_clock  # KEEL_NOW or the wall clock: never the demo's frozen day (quotas must reset)
     if ctx.quotas.remaining(tenant, clock(), user=user) <= 0:
@@ -171,14 +249,23 @@ def escalation(*reason_codes: str, **extra: Any) -> dict[str, Any]:
 
 def output_actions(state: SupportState, states: list[str] | None = None) -> list[OutputAction]:
     """The plan's actions with their policy decision and run state (batch contract)."""
-    plan = (state.get("plan") or {}).get("plan") or {}
-    actions = plan.get("actions") or []
-    per = ((state.get("policy") or {}).get("per_action")) or []
+    # reporting only: a plan or verdict that does not parse (an edited state, refused by
+    # execution as plan_integrity) is reported as no actions or no decisions, never raised
+    try:
+        signed = plan_of(state)
+    except ValidationError:
+        signed = None
+    try:
+        verdict = policy_of(state)
+    except ValidationError:
+        verdict = None
+    actions = signed.plan.actions if signed is not None else []
+    per = verdict.per_action if verdict is not None else []
     out: list[OutputAction] = []
     for i, a in enumerate(actions):
-        decision = per[i]["decision"] if i < len(per) else None
+        decision = per[i].decision if i < len(per) else None
         st = states[i] if states and i < len(states) else "not_run"
-        out.append({"tool": a["tool"], "args": a["args"], "decision": decision, "state": st})
+        out.append({"tool": a.tool, "args": dict(a.args), "decision": decision, "state": st})
     return out
 
 

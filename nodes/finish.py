@@ -6,7 +6,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graphs.context import SupportContext
+from graphs.context import FinishDeps
 from graphs.state import SupportState
 from nodes.common import audit, record_status, traced
 
@@ -23,7 +23,7 @@ def _summary(state: SupportState, status: str) -> dict[str, Any]:
 
 
 @traced("complete")
-def complete(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
+def complete(state: SupportState, runtime: Runtime[FinishDeps]) -> dict[str, Any]:
     """A completed (or reviewer-rejected) run."""
     ctx = runtime.context
     status = "rejected" if state.get("status") == "rejected" else "completed"
@@ -36,7 +36,7 @@ def complete(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str,
 
 
 @traced("escalate_to_human")
-def escalate_to_human(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
+def escalate_to_human(state: SupportState, runtime: Runtime[FinishDeps]) -> dict[str, Any]:
     """Hand the run to a human with its reason codes; nothing further runs."""
     ctx = runtime.context
     codes = state.get("reason_codes") or ["escalated"]

@@ -14,12 +14,12 @@ from pydantic import ValidationError
 
 from gateway.base import PlanningInput
 from gateway.rules import claimed_amounts
-from graphs.context import SupportContext
+from graphs.context import ProposeDeps
 from graphs.state import SupportState
 from keel.plan import Plan, sign_plan
 from keel.types import ProposedAction
-from nodes.common import allowlist, ask_model, audit, escalation, ticket_of, traced
-from tools.registry import TOOLS
+from nodes.common import allowlist, ask_model, audit, context_of, escalation, extraction_of, ticket_of, traced
+from tools.registry import TOOLS, cards
 
 __all__ = ["propose_action", "CITATION_RATIO"]
 
@@ -28,8 +28,9 @@ CITATION_RATIO = 0.9
 
 
 def _knowledge(state: SupportState) -> dict[str, Any]:
-    articles = (state.get("context") or {}).get("articles") or []
-    search = [{"tool": "search_kb", "args": {"query": (state.get("extraction") or {}).get("query") or ""},
+    articles = context_of(state).articles
+    extraction = extraction_of(state)
+    search = [{"tool": "search_kb", "args": {"query": (extraction.query if extraction else None) or ""},
                "decision": None, "state": "executed"}]
     if not articles:
         return {"actions": search, **escalation("no_answer_found")}
@@ -70,13 +71,11 @@ def _amounts_from_claims(state: SupportState, actions: list[ProposedAction]) -> 
     planner proposed that amount took it from the claim. A full refund of the order is
     what a request without an amount means, so an amount equal to it is not counted.
     """
-    ticket = state["ticket"]
-    claimed = claimed_amounts(f"{ticket.get('subject', '')}\n{ticket.get('body', '')}")
+    ticket = ticket_of(state)
+    claimed = claimed_amounts(f"{ticket.subject}\n{ticket.body}")
     if not claimed:
         return []
-    context = state.get("context") or {}
-    orders = {o.get("id"): o for o in context.get("orders") or []}
-    orders.update({k: v for k, v in (context.get("named_orders") or {}).items() if v})
+    orders = context_of(state).orders_by_id()
     out: list[dict[str, Any]] = []
     for a in actions:
         amount = a.args.get("amount_cents") if a.tool == "issue_refund" else None
@@ -90,24 +89,25 @@ def _amounts_from_claims(state: SupportState, actions: list[ProposedAction]) -> 
 
 
 @traced("propose_action")
-def propose_action(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
+def propose_action(state: SupportState, runtime: Runtime[ProposeDeps]) -> dict[str, Any]:
     """Plan the actions (or answer a knowledge question)."""
     if state["route"] == "knowledge":
         return _knowledge(state)
 
     ctx = runtime.context
     ticket = ticket_of(state)
-    context = state.get("context") or {}
+    context = context_of(state)
     tools = allowlist(ctx, state["route"])
     planning = PlanningInput(
         ticket=ticket,
         route=state["route"],
-        extraction=state["extraction"],
+        extraction=extraction_of(state),
         allowlist=sorted(tools),
-        customer=context.get("customer"),
-        orders=context.get("orders") or [],
-        subscriptions=context.get("subscriptions") or [],
-        named_orders={k: v for k, v in (context.get("named_orders") or {}).items() if v is not None},
+        tools=list(cards(tools).values()),  # the allowlisted tools' declarations
+        customer=context.customer,
+        orders=context.orders,
+        subscriptions=context.subscriptions,
+        named_orders={k: v for k, v in context.named_orders.items() if v is not None},
     )
     proposal, stop = ask_model(ctx, state, "plan", lambda hook: ctx.gateway.plan(planning, on_call=hook))
     if stop is not None:
@@ -146,4 +146,4 @@ def propose_action(state: SupportState, runtime: Runtime[SupportContext]) -> dic
     audit(ctx, state, "plan_proposed", {"plan_hash": signed.hash, "actions": [a.model_dump() for a in actions],
                                       "rationale": proposal.rationale, "outside_allowlist": [a.tool for a in actions if a.tool not in tools]},
           actor="planner")
-    return {"plan": signed.model_dump(mode="json")}
+    return {"plan": signed}

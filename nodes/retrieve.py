@@ -13,16 +13,17 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graphs.context import SupportContext
-from graphs.state import SupportState
+from graphs.context import RetrieveDeps
+from graphs.state import RetrievedContext, SupportState
 from guards.budgets import charge_tool_call, check
 from guards.injection import ScreenResult, merge, screen_fields
-from nodes.common import allowlist, ask_model, attempt_budget, escalation, ticket_of, tool_context, traced
+from keel.errors import KeelError
+from nodes.common import allowlist, ask_model, attempt_budget, escalation, screen_of, ticket_of, tool_context, traced
 
 __all__ = ["retrieve_context"]
 
 
-class _Budget(Exception):
+class _Budget(KeelError):
     pass
 
 
@@ -30,7 +31,7 @@ _STRUCTURED_KEY = re.compile(r"^(?:id|status|currency|locked|plan)$|_(?:id|at|ce
 """Record fields that hold ids, timestamps, enums or numbers, not free text."""
 
 
-def _record_texts(context: dict[str, Any]) -> dict[str, str]:
+def _record_texts(context: RetrievedContext) -> dict[str, str]:
     """The free text of every record read (a carrier's status line, an address, a name,
     an email), keyed ``kind:ID.field``: text a planner reads, so it is screened like the
     ticket (a stored address or a carrier note can carry instructions too)."""
@@ -46,17 +47,17 @@ def _record_texts(context: dict[str, Any]) -> dict[str, str]:
             elif isinstance(value, dict):
                 add(f"{kind}.{key}", value, rid)
 
-    add("customer", context.get("customer"))
-    add("account", context.get("account"))
-    for o in [*(context.get("orders") or []), *(context.get("named_orders") or {}).values()]:
+    add("customer", context.customer)
+    add("account", context.account)
+    for o in [*context.orders, *context.named_orders.values()]:
         add("order", o)
-    for sub in [*(context.get("subscriptions") or []), *(context.get("named_subscriptions") or {}).values()]:
+    for sub in [*context.subscriptions, *context.named_subscriptions.values()]:
         add("subscription", sub)
     return out
 
 
 @traced("retrieve_context")
-def retrieve_context(state: SupportState, runtime: Runtime[SupportContext]) -> dict[str, Any]:
+def retrieve_context(state: SupportState, runtime: Runtime[RetrieveDeps]) -> dict[str, Any]:
     """Extract the ticket's facts and read the records a plan would touch."""
     ctx = runtime.context
     ticket = ticket_of(state)
@@ -118,8 +119,9 @@ def retrieve_context(state: SupportState, runtime: Runtime[SupportContext]) -> d
     except _Budget:
         return {"budget": budget, "evidence": evidence, **escalation("budget_exceeded")}
 
-    update: dict[str, Any] = {"extraction": extraction.model_dump(), "context": context, "evidence": evidence, "budget": budget}
-    records = screen_fields(_record_texts(context), sep=".\n\n")
+    records_read = RetrievedContext.model_validate(context)
+    update: dict[str, Any] = {"extraction": extraction, "context": records_read, "evidence": evidence, "budget": budget}
+    records = screen_fields(_record_texts(records_read), sep=".\n\n")
     if records.flagged:
         retrieved.append(records)
         evidence.append({"retrieved_text_flagged": sorted({s.source for s in records.spans if s.source}),
@@ -127,6 +129,5 @@ def retrieve_context(state: SupportState, runtime: Runtime[SupportContext]) -> d
     if retrieved:
         # retrieved text is data like the ticket: a flag here marks the run (the policy then
         # escalates any side effect, rule 10) and its spans reach the reviewer with the ticket's
-        update["screen"] = merge(ScreenResult.model_validate(state.get("screen") or {"flagged": False, "score": 0.0}),
-                                 *retrieved).model_dump()
+        update["screen"] = merge(screen_of(state), *retrieved)
     return update

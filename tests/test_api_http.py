@@ -355,9 +355,12 @@ def test_every_endpoint_is_tenant_isolated(client, w):
         ("POST", "/threads/{thread_id}/runs"): {"assistant_id": "support", "input": {"ticket": w.tickets["T-1"]}},
         ("POST", "/threads/{thread_id}/runs/wait"): {"assistant_id": "support", "command": {"resume": {"decision": "approve", "plan_hash": plan_hash}}},
         ("POST", "/threads/{thread_id}/runs/stream"): {"assistant_id": "support", "input": {"ticket": w.tickets["T-1"]}},
+        ("POST", "/threads/{thread_id}/runs/crons"): {"assistant_id": "support", "schedule": "0 * * * *",
+                                                      "input": {"ticket": w.tickets["T-1"]}},
         ("POST", "/approvals/{thread_id}/approve"): {"plan_hash": plan_hash},
         ("POST", "/approvals/{thread_id}/reject"): {"plan_hash": plan_hash, "reason": "x"},
         ("POST", "/approvals/{thread_id}/edit"): {"plan_hash": plan_hash, "edits": [{"index": 0, "args": {"amount_cents": 1}}]},
+        ("POST", "/escalations/{thread_id}/resolve"): {"outcome": "resolved", "resolution": "refunded by hand"},
     }
     params = {"thread_id": tid, "run_id": rid, "checkpoint_id": cp}
     checked = 0

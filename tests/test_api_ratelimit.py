@@ -1,4 +1,5 @@
-"""The in-process limiter of the embedded (SQLite, one process) server: GCRA per key."""
+"""The in-process limiter of the embedded (SQLite, one process) server: GCRA per key
+(keel.ratelimit's, the one in-process limiter, also the tool runner's)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import pytest
 from api.ratelimit import LocalRateLimiter, SharedRateLimiter, rate_limiter
 
 
-def test_local_limiter_allows_the_burst_then_the_sustained_rate(monkeypatch):
+def test_local_limiter_allows_the_burst_then_the_sustained_rate():
     now = [1000.0]
-    monkeypatch.setattr("api.ratelimit.time.monotonic", lambda: now[0])
-    lim = LocalRateLimiter(per_minute=60, burst=3)  # one a second, three at once
+    lim = LocalRateLimiter(per_minute=60, burst=3, clock=lambda: now[0])  # one a second, three at once
     assert [lim.take("k") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert lim.take("k") == pytest.approx(1.0)
     assert lim.take("other") == 0.0  # per key

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from keel.config import Settings
 from engine.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 TICKETS = demo_tickets("acme")
 TICKETS["T-PART"] = {**TICKETS["T-8"], "id": "T-PART", "subject": "Partial refund",
                      "body": "Please refund $60 on my order O-5002, the lid was cracked when it arrived."}
@@ -239,7 +239,8 @@ def test_api_shipped_pack_refuses_admin_on_every_decision_path(api_pg_url, tmp_p
         def listed(role: str) -> dict:
             page = client.get("/approvals?limit=200", headers=t.h[role]).json()
             assert page["rules"] == {"approver_roles": ["approver"], "separation_of_duties": True,
-                                     "edits_only_downward": True}
+                                     "edits_only_downward": True, "deadline_minutes": 240,
+                                     "assignee_group": "support-approvers", "on_deadline": "escalate"}
             return next(i for i in page["items"] if i["thread_id"] == tid)
 
         assert listed("approver")["can_decide"] is True and listed("approver")["refusal"] is None

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 
 import httpx
 import pytest
@@ -49,7 +49,7 @@ from support.attacks_api import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:`get_config_jsonschema` is deprecated")  # GET /assistants/{id}/schemas
 
-NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 FUZZ_EXAMPLES = {"sqlite": 15, "postgres": 6}
 """schemathesis examples per operation and backend."""
 
@@ -84,7 +84,8 @@ def _ops(doc: dict):
 
 
 def _fill(path: str, **ids: str) -> str:
-    return re.sub(r"{(\w+)}", lambda m: ids[m.group(1)], path)
+    # an id the test does not hold (a cron's, a namespace) names nothing: the nil UUID
+    return re.sub(r"{(\w+)}", lambda m: ids.get(m.group(1), "00000000-0000-0000-0000-000000000000"), path)
 
 
 def _ids(w: World) -> dict[str, str]:
@@ -256,6 +257,21 @@ def _bodies(w: World, ids: dict[str, str], plan_hash: str) -> dict[tuple[str, st
         ("POST", "/approvals/{thread_id}/edit"): {"plan_hash": plan_hash, "edits": [{"index": 0, "args": {"amount_cents": 1}}]},
         ("POST", "/tickets"): {"ticket": w.ticket("T-4")},
         ("POST", "/fixtures"): demo_fixtures(w.tenant),
+        ("POST", "/threads/{thread_id}/runs/crons"): {"assistant_id": "support", "schedule": "0 * * * *",
+                                                      "input": {"ticket": w.ticket("T-4")}},
+        ("POST", "/runs/crons"): {"assistant_id": "support", "schedule": "0 * * * *", "input": {"ticket": w.ticket("T-4")}},
+        ("POST", "/runs/crons/search"): {},
+        ("POST", "/runs/crons/count"): {},
+        ("PUT", "/store/items"): {"namespace": ["pwned"], "key": "k", "value": {"v": 1}},
+        ("DELETE", "/store/items"): {"namespace": ["pwned"], "key": "k"},
+        ("POST", "/store/items/search"): {},
+        ("POST", "/store/namespaces"): {},
+        ("POST", "/assistants"): {"graph_id": "support", "name": "pwned"},
+        ("PATCH", "/assistants/{assistant_id}"): {"name": "pwned"},
+        ("POST", "/assistants/{assistant_id}/versions"): {},
+        ("POST", "/assistants/{assistant_id}/latest"): {"version": 1},
+        ("POST", "/escalations/{thread_id}/resolve"): {"outcome": "resolved", "resolution": "done by hand"},
+        ("POST", "/webhooks"): {"url": "http://127.0.0.1:9/hook", "events": ["run.completed"]},
     }
 
 

@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,11 @@ from langgraph.types import Command
 
 from keel.config import Settings
 from keel.plan import Plan, SignedPlan, sign_plan
+from engine.jsonable import jsonable
 from engine.runtime import Runtime
 from tools.contracts import TransientToolError
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T8 = {"id": "T-8", "tenant": "acme", "customer_id": "C-1002", "channel": "email", "subject": "Refund for O-5002",
       "body": "Hi, the espresso machine from order O-5002 stopped heating after two uses. I'd like a full refund please."}
 """Full refund of 8999 on C-1002's own order: needs approval (5000 < 8999 ≤ 50000)."""
@@ -100,9 +101,14 @@ def approved_but_not_executed(rt: Runtime) -> dict[str, Any]:
     return req
 
 
+def as_json(value: Any) -> Any:
+    """A state value as the JSON an attacker writes back (state holds typed models)."""
+    return json.loads(json.dumps(jsonable(value)))
+
+
 def tampered(plan: dict[str, Any], *, rehash: bool = False, key: bytes | None = None, **args: Any) -> dict[str, Any]:
     """The stored plan with action 0's args changed; optionally re-hashed or re-signed."""
-    plan = json.loads(json.dumps(plan))
+    plan = as_json(plan)
     plan["plan"]["actions"][0]["args"].update(args)
     if key is not None:
         return sign_plan(Plan.model_validate(plan["plan"]), key).model_dump(mode="json")
@@ -199,7 +205,7 @@ def test_forged_approval_naming_the_right_hash_is_refused(rt):
 def test_forged_policy_verdict_cannot_skip_the_approval(rt):
     """The verdict in state is not signed: execution decides again from the signed plan."""
     state = rt.graph().invoke({"ticket": T8}, CFG, context=rt.context())
-    policy = json.loads(json.dumps(state["policy"]))
+    policy = as_json(state["policy"])
     policy["overall"] = "execute"
     for d in policy["per_action"]:
         d["decision"] = "execute"
@@ -215,7 +221,7 @@ def test_forged_policy_verdict_cannot_lift_a_denial(rt):
            "body": "Please refund $20 on my order O-5016, the packaging was torn when it arrived."}
     state = rt.graph().invoke({"ticket": t20}, CFG, context=rt.context())
     assert state["reason_codes"] == ["not_owner"]
-    policy = json.loads(json.dumps(state["policy"]))
+    policy = as_json(state["policy"])
     policy.update(overall="execute", reason_codes=[])
     for d in policy["per_action"]:
         d.update(decision="execute", reason_codes=[])
@@ -278,7 +284,7 @@ def test_foreign_key_plan_with_forged_approval_after_approval_is_refused(rt):
 def test_unsigned_garbage_plan_is_refused(rt):
     approved_but_not_executed(rt)
     g = rt.graph()
-    plan = json.loads(json.dumps(g.get_state(CFG).values["plan"]))
+    plan = as_json(g.get_state(CFG).values["plan"])
     plan["signature"] = ""
     g.update_state(CFG, {"plan": plan})
     assert_refused(g.invoke(None, CFG, context=rt.context()), rt, "plan_integrity")

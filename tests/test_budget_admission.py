@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from gateway import GatewayCall, LocalProvider, ModelGateway, Usage
 from support.api_helpers import demo_tickets, load_demo, new_tenant
 
-NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 SECONDS_TO_MIDNIGHT = "43200"  # 12:00 UTC → the next UTC day
 
 QUOTAS = {  # small quotas so that a test can spend them: the pack's [budgets] section
@@ -320,9 +320,10 @@ def test_quota_days_follow_the_wall_clock_on_the_embedded_demo(tmp_path_factory)
         p = rt.principals.authenticate(rt.principals.create_key("demo", "rita", "requester"))
         with admitted(rt, p):
             pass
-        hook = model_hook(rt.support_context(), {"ticket": {"tenant": "demo"}, "requester": "rita"})
+        ticket = {"id": "T-q", "tenant": "demo", "customer_id": "C-1", "channel": "email", "subject": "s", "body": "b"}
+        hook = model_hook(rt.support_context(), {"ticket": ticket, "requester": "rita"})
         hook(GatewayCall(task="triage", provider="metered", ok=True, tokens_in=10, tokens_out=2, ms=1.0))
-        today = datetime.now(timezone.utc)
+        today = datetime.now(UTC)
         assert today.date() != DEMO_NOW.date()
         assert (rt.tokens.runs("demo", today, user="rita"), rt.tokens.used("demo", today, user="rita")) == (1, 12)
         assert (rt.tokens.runs("demo", DEMO_NOW), rt.tokens.used("demo", DEMO_NOW)) == (0, 0)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ def world(pg_url, tmp_path):
     raw = json.loads((ROOT / "keel" / "demo" / "fixtures.json").read_text())
     raw["tenant"] = tenant
     parsed = parse_fixtures_text(json.dumps(raw))
-    settings = Settings(database_url=pg_url, data_dir=tmp_path, now=datetime(2026, 11, 25, 12, tzinfo=timezone.utc),
+    settings = Settings(database_url=pg_url, data_dir=tmp_path, now=datetime(2026, 11, 25, 12, tzinfo=UTC),
                         plan_signing_key="pg-test-key")
     rt = Runtime(settings)
     rt.backoffice.load_fixtures(parsed.fixtures)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 from typing import Any
 
@@ -465,7 +465,7 @@ STATUS_OF = {"execute": "completed", "approve": "awaiting_approval", "deny": "es
 
 def test_heldout_set_is_complete_and_consistent() -> None:
     ds = load_dataset(HELDOUT)  # fixtures and tickets parse, ids match one to one, the clock is set
-    assert len(ds.tickets) >= 200 and ds.now == datetime(2027, 3, 4, 16, 30, tzinfo=timezone.utc)
+    assert len(ds.tickets) >= 200 and ds.now == datetime(2027, 3, 4, 16, 30, tzinfo=UTC)
     assert "never used to tune" in (HELDOUT / "README.md").read_text().lower()
     fx = ds.fixtures_json
     orders = {o["id"]: o for o in fx["orders"]}

@@ -18,10 +18,10 @@ import httpx
 import psycopg
 import pytest
 
-from keel.types import SIDE_EFFECT_TOOLS
+from tools.registry import side_effect_tools
 from support.faults_cluster import END_STATES, Tenant, faults_cluster, postgres_cluster_of  # noqa: F401
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.serial]
 
 RUNS = 50
 FAULT_REASONS = {"budget_exceeded", "model_unavailable", "tool_error", "internal_error", "transient_failure", "timeout",
@@ -133,7 +133,7 @@ def test_postgres_restart_with_50_runs_in_flight(faults_cluster, faults_pg_url):
             outcomes[values["status"]] = outcomes.get(values["status"], 0) + 1
             per_ticket.setdefault(ticket, set()).add((values["status"], tuple(values.get("reason_codes") or [])))
             for a in values.get("actions") or []:
-                if a["state"] == "executed" and a["tool"] in SIDE_EFFECT_TOOLS:
+                if a["state"] == "executed" and a["tool"] in side_effect_tools():
                     executed[a["tool"]] = executed.get(a["tool"], 0) + 1
         # each executed side effect once: one ledger row per executed action, one refund row per refund
         assert t.effects() == {"tool_ledger": sum(executed.values()), "refunds": executed.get("issue_refund", 0)}

@@ -85,10 +85,10 @@ def test_start_up_retries_with_growing_jittered_delays_and_logs_each_retry(caplo
     with caplog.at_level(logging.WARNING, logger="keel.db"):
         assert retry_while_unavailable(fn, timeout_s=60, what="keel worker", sleep=sleeps.append) == "up"
     assert len(calls) == 5 and len(sleeps) == 4
-    for i, s in enumerate(sleeps):  # 0.5 s doubling, capped at 5 s, plus up to 0.5 s of jitter
-        base = min(5.0, 0.5 * 2 ** i)
-        assert base <= s <= base + 0.5, sleeps
-    assert len(set(round(s - min(5.0, 0.5 * 2 ** i), 6) for i, s in enumerate(sleeps))) > 1, "no jitter"
+    for i, s in enumerate(sleeps):  # keel.retry: 0.5 s doubling, capped at 5 s, half of it jitter
+        full = min(5.0, 0.5 * 2 ** i)
+        assert full / 2 <= s <= full, sleeps
+    assert len(set(round(s / min(5.0, 0.5 * 2 ** i), 6) for i, s in enumerate(sleeps))) > 1, "no jitter"
     lines = [r.getMessage() for r in caplog.records if RETRY_LINE in r.getMessage()]
     assert len(lines) == 4
     assert lines[0].startswith(f"keel worker: {RETRY_LINE} {sleeps[0]:.1f}s: terminating connection due to administrator")
@@ -335,7 +335,10 @@ def test_worker_and_server_ride_out_a_restart_in_the_middle_of_start_up(stack, s
     stack.wait_log(worker, "keel worker:", timeout=30)
     for p in (worker, server):
         log = stack.log(p)
-        assert RETRY_LINE in log and "terminating connection due to administrator command" in log, log[-3000:]
+        # the restart reaches the client as the server's FATAL message, or (when the socket
+        # closes first, as under load) as libpq's "server closed the connection"
+        assert RETRY_LINE in log and ("terminating connection due to administrator command" in log
+                                      or "server closed the connection unexpectedly" in log), log[-3000:]
         assert "Traceback" not in log, log[-3000:]
     run = _run_completes(url, stack.keys())
     assert run["status"] == "success"

@@ -20,6 +20,7 @@ from gateway import (
     gateway_from_settings,
 )
 from keel.types import Extraction, PlanProposal, Ticket, TriageResult
+from tools.registry import cards
 
 SECRET_TEXT = "ticket-text-that-must-not-leak"
 TICKET = Ticket(id="T-1", tenant="acme", customer_id="C-1", subject="Refund", body="Please refund order O-1 in full.")
@@ -51,6 +52,7 @@ def _planning(**overrides: Any) -> PlanningInput:
         orders=[{"id": "O-1", "customer_id": "C-1", "status": "delivered", "total_cents": 4000, "refunded_cents": 0}],
     )
     fields.update(overrides)
+    fields.setdefault("tools", list(cards(fields["allowlist"]).values()))
     return PlanningInput(**fields)
 
 

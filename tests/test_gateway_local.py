@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway import OPERATION_TOOL, LocalProvider, ModelGateway, PlanningInput
+from gateway import LocalProvider, ModelGateway, PlanningInput
 from gateway.rules import (
     extract_text,
     find_amount_cents,
@@ -21,6 +21,7 @@ from gateway.rules import (
     triage_text,
 )
 from keel.types import Extraction, Route, Ticket
+from tools.registry import cards
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "keel" / "demo"
@@ -32,7 +33,7 @@ ALLOWLISTS: dict[str, list[str]] = {
     "access": ["get_customer", "get_account", "send_password_reset", "reset_mfa", "change_email", "unlock_account"],
     "knowledge": ["search_kb"],
 }
-TOOL_OPERATION = {tool: op for op, tool in OPERATION_TOOL.items()}
+TOOL_OPERATION = {c.name: c.operation for c in cards().values() if c.operation}
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -58,6 +59,7 @@ def planning_input(ticket: Ticket, route: Route, extraction: Extraction, fixture
         route=route,
         extraction=extraction,
         allowlist=ALLOWLISTS[route],
+        tools=list(cards(ALLOWLISTS[route]).values()),
         customer=next((c for c in fixtures["customers"] if c["id"] == ticket.customer_id), None),
         orders=[o for o in fixtures["orders"] if o["customer_id"] == ticket.customer_id],
         subscriptions=[s for s in fixtures["subscriptions"] if s["customer_id"] == ticket.customer_id],
@@ -323,7 +325,8 @@ def _plan(body: str, route: Route, **records: Any):
     extraction = extract_text("", body, route)
     allowlist = records.pop("allowlist", ALLOWLISTS[route])
     return LocalProvider().plan(
-        PlanningInput(ticket=ticket, route=route, extraction=extraction, allowlist=allowlist, **records)
+        PlanningInput(ticket=ticket, route=route, extraction=extraction, allowlist=allowlist,
+                      tools=list(cards(allowlist).values()), **records)
     )
 
 

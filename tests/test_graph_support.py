@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,11 +12,12 @@ from langgraph.types import Command
 from engine.approvals import pending_approval, validate_resume
 from guards.approvals import ApprovalError
 from keel.config import Settings
+from keel.plan import SignedPlan
 from engine.runtime import DEMO_FIXTURES, Runtime
 from keel.types import Ticket
 
 DEMO = Path(__file__).resolve().parents[1] / "keel" / "demo"
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture()
@@ -165,7 +166,8 @@ def test_reject_ends_rejected_without_side_effect(rt):
 def test_tampered_plan_is_refused_at_execution(rt):
     state, cfg = run(rt, "T-8")
     req = state["__interrupt__"][0].value
-    plan = json.loads(json.dumps(state["plan"]))
+    assert isinstance(state["plan"], SignedPlan)  # typed in state, parsed once when it was signed
+    plan = state["plan"].model_dump(mode="json")
     plan["plan"]["actions"][0]["args"]["amount_cents"] = 100  # changed in storage after validation
     rt.graph().update_state(cfg, {"plan": plan})
     final = rt.graph().invoke(Command(resume={"decision": "approve", "plan_hash": req["plan_hash"], "reviewer": "boss"}), cfg, context=rt.context())

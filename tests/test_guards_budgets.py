@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from guards.budgets import BUDGET_EXCEEDED, RunCaps, TenantTokenBudget, charge_t
 from guards.pack import load_policy
 from keel.db import Database
 
-T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 CAPS = RunCaps.from_pack(load_policy())
 
 
@@ -87,9 +87,9 @@ def test_token_budget_refuses_a_charge_bigger_than_the_limit(tokens: TenantToken
 def test_token_budget_is_per_tenant_and_per_utc_day(tokens: TenantTokenBudget) -> None:
     assert tokens.charge("acme", 1000, T0)
     assert tokens.charge("globex", 1000, T0)
-    late = datetime(2026, 11, 25, 23, 59, 59, tzinfo=timezone.utc)
+    late = datetime(2026, 11, 25, 23, 59, 59, tzinfo=UTC)
     assert not tokens.charge("acme", 1, late)
-    next_day = datetime(2026, 11, 26, 0, 0, 0, tzinfo=timezone.utc)
+    next_day = datetime(2026, 11, 26, 0, 0, 0, tzinfo=UTC)
     assert tokens.remaining("acme", next_day) == 1000 and tokens.charge("acme", 1, next_day)
     # 2026-11-25T20:00-05:00 is already the 26th in UTC
     assert tokens.used("acme", datetime(2026, 11, 25, 20, tzinfo=timezone(timedelta(hours=-5)))) == 1
@@ -167,8 +167,8 @@ def test_seconds_until_next_utc_day() -> None:
     from guards.budgets import seconds_until_next_day
 
     assert seconds_until_next_day(T0) == 12 * 3600
-    assert seconds_until_next_day(datetime(2026, 11, 25, 23, 59, 59, 500000, tzinfo=timezone.utc)) == 1
-    assert seconds_until_next_day(datetime(2026, 11, 25, 0, 0, tzinfo=timezone.utc)) == 86400
+    assert seconds_until_next_day(datetime(2026, 11, 25, 23, 59, 59, 500000, tzinfo=UTC)) == 1
+    assert seconds_until_next_day(datetime(2026, 11, 25, 0, 0, tzinfo=UTC)) == 86400
     assert seconds_until_next_day(datetime(2026, 11, 25, 20, tzinfo=timezone(timedelta(hours=-5)))) == 23 * 3600
     assert seconds_until_next_day(datetime(2026, 11, 25, 18)) == 6 * 3600  # naive = UTC
 

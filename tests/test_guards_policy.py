@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ from guards.approvals import apply_edit, check_edit, check_reviewer
 from guards.pack import DEFAULT_POLICY_PATH, ApprovalPolicy, PolicyError, PolicyPack, load_policy
 from guards.policy import PolicyEngine, PolicyFacts
 from keel.types import ProposedAction
+from tools.registry import TOOLS, cards
 
 DEMO = Path(__file__).resolve().parent.parent / "keel" / "demo"
-NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 PACK = load_policy()
-ENGINE = PolicyEngine(PACK)
+ENGINE = PolicyEngine(PACK, cards())
 
 
 def order(**kw: Any) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def test_operator_edit_changes_decisions_and_digest(tmp_path: Path) -> None:
                                "max_auto_cents = 5000": "max_auto_cents = 9000"}))
     pack = load_policy(p)
     assert pack.version == "support-v2" and pack.sha256 != PACK.sha256
-    d = PolicyEngine(pack).evaluate(act("issue_refund", order_id="O-1", amount_cents=8999), facts())
+    d = PolicyEngine(pack, cards()).evaluate(act("issue_refund", order_id="O-1", amount_cents=8999), facts())
     assert d.decision == "execute"
 
 
@@ -128,7 +129,7 @@ def test_bad_policy_files_are_rejected_clearly(tmp_path: Path, text: str, fragme
     p = tmp_path / "bad.toml"
     p.write_text(text)
     with pytest.raises(PolicyError) as e:
-        load_policy(p)
+        load_policy(p, tools=TOOLS)
     assert str(p) in str(e.value) and fragment in str(e.value)
 
 

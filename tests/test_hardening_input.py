@@ -22,7 +22,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from typing import Any
 
 import pytest
@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from support.api_fixtures import api_pg_url, api_runtime  # noqa: F401
 from support.api_helpers import demo_fixtures, demo_tickets, load_demo, new_tenant
 
-NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
 BAD_NUMBERS: list[tuple[str, str]] = [
     ("1e999", "number_out_of_range"),

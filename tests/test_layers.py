@@ -1,6 +1,6 @@
 """keel's layers (``.importlinter``) hold, they have teeth, and no import hides in a function.
 
-A layer imports only the layers below it (cli, graphs.studio → api, evals → engine →
+A layer imports only the layers below it (cli, graphs.studio → console → api, evals → engine →
 graphs.support → nodes → graphs.state, graphs.context → gateway → tools, guards → keel),
 no package has an import cycle among its modules, plus the forbidden contracts. Checked by import-linter on the real tree, then on a copy
 with one violating import added per contract, which must break it. An import inside a
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cli", "api", "evals", "engine", "graphs", "nodes", "gateway", "tools", "guards", "keel")
+PACKAGES = ("cli", "console", "api", "evals", "engine", "graphs", "nodes", "gateway", "tools", "guards", "keel")
 
 
 def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -50,6 +50,7 @@ VIOLATIONS: list[tuple[dict[str, str], str]] = [
     ({"keel/_probe.py": "import engine.runtime"}, "Layers"),  # the ground floor reaching up
     ({"guards/_probe.py": "import tools.runner"}, "Layers"),  # siblings of one layer
     ({"nodes/_probe.py": "import graphs.support"}, "Layers"),  # a node importing its graph: a cycle
+    ({"api/_probe.py": "import console"}, "Layers"),  # the API reaching up into the review console
     ({"engine/_probe.py": "import fastapi"}, "HTTP stays in the API"),
     ({"gateway/_probe.py": "import tools.registry"}, "never reaches the tools"),
     ({"guards/_probe.py": "import langgraph"}, "plain Python"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,12 @@ from engine.runtime import Runtime
 from keel.types import ProposedAction
 from tools.fixtures import parse_fixtures_text
 from tools.refund_history import RefundHistory
+from tools.registry import cards
 
 ROOT = Path(__file__).resolve().parents[1]
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 PACK = load_policy()
-ENGINE = PolicyEngine(PACK)
+ENGINE = PolicyEngine(PACK, cards())
 
 
 # --------------------------------------------------------------------------- engine over facts
@@ -63,7 +64,7 @@ def _engine(**replace: str) -> PolicyEngine:
     for old, new in replace.items():
         assert text.count(old) == 1, old
         text = text.replace(old, new)
-    return PolicyEngine(PolicyPack.from_toml(text))
+    return PolicyEngine(PolicyPack.from_toml(text), cards())
 
 
 def test_each_refund_alone_executes() -> None:

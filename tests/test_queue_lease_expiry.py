@@ -241,7 +241,8 @@ def test_columns_are_added_to_a_database_made_by_the_previous_schema(empty_url):
         assert q.claim("w", 30.0, max_lease_expiries=N)["lease_expiries"] == 1  # its lease had expired
         if db.is_postgres:
             with psycopg.connect(empty_url) as c:
-                assert c.execute("SELECT COUNT(*) FROM keel_schema").fetchone()[0] == 2  # the old script, the migration
+                # the old script and the migration (and the scripts of tables set up beside the queue)
+                assert c.execute("SELECT COUNT(*) FROM keel_schema").fetchone()[0] >= 2
                 c.execute("LOCK TABLE api_runs IN ACCESS EXCLUSIVE MODE")  # live traffic holding the table
                 other = Database(empty_url + ("&" if "?" in empty_url else "?") + "options=-c%20lock_timeout%3D2000")
                 try:

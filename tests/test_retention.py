@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,8 @@ from tools.fixtures import parse_fixtures_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "keel" / "demo"
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
-LATER = datetime.now(timezone.utc) + timedelta(days=1)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+LATER = datetime.now(UTC) + timedelta(days=1)
 """A wall clock after every run of the test: with ``ttl_days=0`` every finished run is expired."""
 
 
@@ -128,7 +128,7 @@ def test_ttl_and_keep_latest_together(world):
     # make the first run look old: finished 40 days ago in the run index
     with rt.db.transaction() as tx:
         tx.execute("UPDATE run_index SET updated_at = ? WHERE thread_id = ?",
-                   ((datetime.now(timezone.utc) - timedelta(days=40)).isoformat(), old))
+                   ((datetime.now(UTC) - timedelta(days=40)).isoformat(), old))
     report = prune(rt, ttl_days=30, keep_latest=True, tenant=tenant)
     assert report.deleted_threads == [old] and report.trimmed_threads == [recent]
     assert history(rt, old) == [] and len(history(rt, recent)) == 1

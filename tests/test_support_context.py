@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from guards.pack import load_policy
 from guards.policy import PolicyEngine
 from keel.audit import AuditRow
 from keel.config import Settings
+from tools.registry import cards
 from tools.runner import ToolContext, ToolResult
 
 ROOT = Path(__file__).resolve().parents[1]
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T12 = next(t for t in map(json.loads, (ROOT / "keel" / "demo" / "tickets.jsonl").read_text().splitlines())
            if t["id"] == "T-12")  # a returns question: the knowledge route answers it from an article
 
@@ -94,7 +95,7 @@ class Untouchable:
 def fake_context(**overrides: Any) -> SupportContext:
     pack = load_policy()
     parts: dict[str, Any] = dict(
-        policy=pack, policy_engine=PolicyEngine(pack), caps=RunCaps.from_pack(pack),
+        policy=pack, policy_engine=PolicyEngine(pack, cards()), caps=RunCaps.from_pack(pack),
         gateway=ModelGateway([LocalProvider()]), tools=FakeTools(), backoffice=Untouchable(), refunds=Untouchable(),
         audit=FakeAudit(), run_index=FakeIndex(), quotas=Unlimited(), role_of=lambda tenant, user: None,
         clock=lambda: NOW, quota_clock=lambda: NOW, signing_key=b"test-signing-key",

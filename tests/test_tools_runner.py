@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from typing import Any
 
 import pytest
@@ -19,9 +19,9 @@ from tools.backoffice import BackOffice
 from tools.contracts import TransientToolError
 from tools.fixtures import demo_fixtures
 from tools.registry import TOOLS
-from tools.runner import ToolContext, ToolResult, ToolRunner, TokenBucket
+from tools.runner import ToolContext, ToolResult, ToolRunner
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 REFUND = {"order_id": "O-5001", "amount_cents": 1000, "reason": "broken"}
 
 
@@ -185,13 +185,16 @@ def test_rate_limit_per_tenant(lite: Env) -> None:
     assert other.error_code == "not_found"  # another tenant has its own bucket
 
 
-def test_token_bucket_refills() -> None:
+def test_the_tenant_limit_refills(lite: Env) -> None:
+    """The runner's per-tenant limit is keel's one in-process limiter (keel.ratelimit): a
+    minute's worth at once, then the sustained rate."""
     now = [0.0]
-    bucket = TokenBucket(60, clock=lambda: now[0])  # one token a second, burst 60
-    assert all(bucket.acquire("t") for _ in range(60))
-    assert not bucket.acquire("t")
+    runner = lite.runner(rate_per_minute=60, clock=lambda: now[0])  # one call a second, burst 60
+    read, ctx = {"order_id": "O-5001"}, lite.ctx()
+    assert all(runner.call("get_order", read, ctx).ok for _ in range(60))
+    assert runner.call("get_order", read, ctx).error_code == "rate_limited"
     now[0] = 2.5
-    assert bucket.acquire("t") and bucket.acquire("t") and not bucket.acquire("t")
+    assert [runner.call("get_order", read, ctx).error_code for _ in range(3)] == [None, None, "rate_limited"]
 
 
 def test_timeout_abandons_the_attempt(lite: Env) -> None:

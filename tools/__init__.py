@@ -4,9 +4,12 @@ Import the submodules themselves (this package re-exports nothing):
 
 - :mod:`tools.fixtures`: the batch contract's fixtures and tickets files
 - :mod:`tools.backoffice`: the back-office tables and read methods
-- :mod:`tools.contracts`: tool inputs, outputs, call environment and errors
-- :mod:`tools.implementations`: what each tool does to the back office
-- :mod:`tools.registry`: every tool's contract paired with its implementation
+- :mod:`tools.contracts`: what every tool shares: call environment, errors, argument types
+- :mod:`tools.declaration`: a tool declared once (``@tool``): models, side effect,
+  operation and routes, what VERIFY re-reads, how a reviewer previews it
+- :mod:`tools.catalog`: the shipped tools, one module per tool group
+- :mod:`tools.registry`: every declared tool, read by the runner, planner, policy, VERIFY
+  and the approvals preview
 - :mod:`tools.refund_history`: keel's own refunds of a customer (velocity facts)
 - :mod:`tools.search`: local BM25 knowledge-base search with a relevance gate
 - :mod:`tools.runner`: the checked, idempotent, rate-limited, timed call path

@@ -261,7 +261,7 @@ def parse_fixtures_text(text: str) -> FixtureParse:
     errors: list[LineError] = []
     tenant: str | None = None
     raw: dict[str, list[tuple[int, str]]] = {kind: [] for kind in _COLLECTIONS}
-    for key, start, end in _members(text):
+    for key, start, _end in _members(text):
         line = _line_of(text, start)
         if key == "tenant":
             value = doc.get("tenant")

@@ -34,7 +34,7 @@ from typing import Any
 from keel.db import Database, Tx
 
 from .backoffice import iso_z
-from .implementations import derived_id
+from .contracts import derived_id
 
 __all__ = ["HeldRefund", "RefundHistory"]
 

@@ -9,9 +9,11 @@ and fail the same way, whichever node makes it:
 4. tenant authorization: every query is scoped to ``ctx.tenant``, so another tenant's
    records are simply not found; another customer's are refused (``not_owner``)
 5. a side-effecting tool without an idempotency key → ``idempotency_key_required``
-6. per-tenant token bucket → ``rate_limited``
+6. per-tenant rate limit (:class:`keel.ratelimit.LocalRateLimiter`) → ``rate_limited``
 7. each attempt runs in a worker thread, in its own transaction, under a timeout
-   → ``timeout``; transient failures retry with exponential backoff and jitter, then
+   → ``timeout``; retryable failures (:func:`keel.errors.is_retryable`: a retryable
+   ``ToolError`` such as ``TransientToolError``, the database unavailable) are retried under
+   keel's one retry policy (:mod:`keel.retry`: exponential backoff, equal jitter), then
    → ``transient_failure``
 8. a side-effecting call's ``ctx.guard``, if any, runs in that transaction before the
    tool acts (after the ledger lookup: a replay is never re-judged); a ``ToolError`` it
@@ -29,31 +31,32 @@ Errors returned never carry a stack trace, SQL text, argument values or secrets.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import hashlib
 import json
 import logging
-import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import psycopg
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
 from keel.db import IntegrityError, Tx
+from keel.errors import KeelError, is_retryable
+from keel.ratelimit import LocalRateLimiter
+from keel.retry import Backoff, RetryPolicy
 from keel.types import StrictModel
 
 from .backoffice import BackOffice, iso_z
 from .contracts import ToolEnv, ToolError, TransientToolError
 from .registry import TOOLS, ToolSpec
+from .telemetry import tool_span
 
 __all__ = [
     "ToolContext",
     "ToolResult",
     "ToolRunner",
-    "TokenBucket",
     "TransientToolError",
     "FaultHook",
     "args_hash",
@@ -64,8 +67,6 @@ logger = logging.getLogger("keel.tools")
 FaultHook = Callable[[str, int], None]
 """``hook(tool_name, attempt)``, called in the worker before each attempt (tests inject
 faults: raise :class:`TransientToolError`, or sleep past the timeout)."""
-
-_TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (sqlite3.OperationalError, psycopg.OperationalError)
 
 
 class ToolContext(StrictModel):
@@ -107,36 +108,13 @@ class ToolResult(StrictModel):
     """The result was recorded by an earlier call with the same idempotency key."""
 
 
-class TokenBucket:
-    """An in-process token bucket per key (tenant): ``rate_per_minute`` sustained, same burst."""
-
-    def __init__(self, rate_per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.capacity = float(rate_per_minute)
-        self.per_second = rate_per_minute / 60.0
-        self._clock = clock
-        self._state: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, key: str) -> bool:
-        """Take one token for ``key``; False when the bucket is empty."""
-        with self._lock:
-            now = self._clock()
-            tokens, last = self._state.get(key, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.per_second)
-            if tokens < 1.0:
-                self._state[key] = (tokens, now)
-                return False
-            self._state[key] = (tokens - 1.0, now)
-            return True
-
-
 def args_hash(tool: str, args: BaseModel) -> str:
     """Hash of a tool name and its validated arguments (what a repeated key must match)."""
     canonical = json.dumps([tool, args.model_dump(mode="json")], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class _Abandoned(Exception):
+class _Abandoned(KeelError):
     """The caller timed out: roll the attempt back instead of committing."""
 
 
@@ -164,16 +142,20 @@ class ToolRunner:
         backoff_max_s: float = 1.0,
         max_workers: int = 8,
         clock: Callable[[], float] = time.monotonic,
+        registry: Mapping[str, ToolSpec] | None = None,
     ) -> None:
         if backoffice.db.url.endswith(":memory:"):
             raise ValueError("an in-memory SQLite database is per thread; the runner needs a file or Postgres")
         self.backoffice = backoffice
+        self.registry: Mapping[str, ToolSpec] = TOOLS if registry is None else registry
+        """The tools this runner serves (another workflow's, e.g. ``tools.supply``); the
+        ledger, checks and retries are the same for every registry."""
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.fault_hook = fault_hook
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
-        self._limiter = TokenBucket(rate_per_minute, clock)
+        self._limiter = LocalRateLimiter(rate_per_minute, clock=clock)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="keel-tool")
 
     def close(self) -> None:
@@ -188,7 +170,9 @@ class ToolRunner:
 
     def call(self, name: str, args: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         """Run tool ``name`` with ``args`` for ``ctx``; never raises for a tool's failure."""
-        result = self._call(name, args, ctx)
+        with tool_span(name, ctx.tenant) as report:  # gen_ai.tool.name span and tool metrics (tools.telemetry)
+            result = self._call(name, args, ctx)
+            report(result)
         logger.debug(
             "tool call",
             extra={"tool": name, "tenant": ctx.tenant, "correlation_id": ctx.correlation_id, "ok": result.ok,
@@ -197,7 +181,7 @@ class ToolRunner:
         return result
 
     def _call(self, name: str, args: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
-        spec = TOOLS.get(name)
+        spec = self.registry.get(name)
         if spec is None:
             return _fail("unknown_tool", "unknown tool")
         if name not in ctx.allowlist:
@@ -208,49 +192,61 @@ class ToolRunner:
             return _fail("invalid_arguments", f"invalid arguments: {_invalid_fields(e)}")
         if spec.side_effect and not ctx.idempotency_key:
             return _fail("idempotency_key_required", f"tool {name} needs an idempotency key")
-        if not self._limiter.acquire(ctx.tenant):
+        if not self._limiter.allow(ctx.tenant):
             return _fail("rate_limited", "tool rate limit reached for this tenant; try again later")
 
         env = ToolEnv(ctx.tenant, ctx.customer_id, ctx.now, ctx.idempotency_key if spec.side_effect else None,
                       ctx.guard if spec.side_effect else None)
         digest = args_hash(name, validated)
-        attempt = 0
-        while True:
-            attempt += 1
-            abandoned = threading.Event()
-            try:
-                future = self._pool.submit(self._attempt, spec, validated, env, digest, attempt, abandoned)
-            except RuntimeError:
-                return _fail("unavailable", "tool runner is shut down", attempt - 1)
-            done, _ = concurrent.futures.wait([future], timeout=self.timeout_s)
-            if not done:
-                abandoned.set()
-                future.cancel()
-                return _fail("timeout", f"tool {name} timed out after {self.timeout_s:g}s", attempt)
-            try:
-                return future.result().model_copy(update={"attempts": attempt})
-            except TransientToolError:
-                if attempt > self.max_retries:
-                    return _fail("transient_failure", f"tool {name} failed after {attempt} attempts", attempt)
-                time.sleep(self._backoff(attempt))
-            except Exception:
-                logger.exception("tool %s failed unexpectedly (correlation_id=%s)", name, ctx.correlation_id)
-                return _fail("internal_error", f"tool {name} failed unexpectedly", attempt)
+        attempts = 0
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with "equal jitter": half fixed, half random."""
-        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        return delay / 2 + random.uniform(0, delay / 2)
+        def attempt() -> ToolResult:
+            nonlocal attempts
+            attempts += 1
+            return self._submit(spec, validated, env, digest, attempts)
+
+        try:
+            return self.retry_policy.retrying()(attempt)
+        except Exception as e:
+            if is_retryable(e):  # the policy's attempts are spent
+                return _fail("transient_failure", f"tool {name} failed after {attempts} attempts", attempts)
+            if isinstance(e, ToolError):  # refused before the tool ran (a fault hook)
+                return _fail(e.code, e.message, attempts)
+            logger.exception("tool %s failed unexpectedly (correlation_id=%s)", name, ctx.correlation_id)
+            return _fail("internal_error", f"tool {name} failed unexpectedly", attempts)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """keel's retry policy with this runner's attempts and backoff (:mod:`keel.retry`)."""
+        return RetryPolicy(Backoff(self.backoff_base_s, self.backoff_max_s), max_attempts=self.max_retries + 1)
+
+    def _submit(self, spec: ToolSpec, args: BaseModel, env: ToolEnv, digest: str, attempt: int) -> ToolResult:
+        """One attempt in a worker thread under the timeout; raises what the attempt raised.
+
+        A timeout or a shut-down runner is a result, never retried here: the abandoned
+        attempt may still be running (it rolls back when it notices), and the worker's retry
+        of the run comes after a backoff long enough for it to finish.
+        """
+        abandoned = threading.Event()
+        try:
+            # in the caller's context: the attempt's spans (a refund's last policy check) join the run's trace
+            future = self._pool.submit(contextvars.copy_context().run, self._attempt, spec, args, env, digest, attempt,
+                                       abandoned)
+        except RuntimeError:
+            return _fail("unavailable", "tool runner is shut down", attempt - 1)
+        done, _ = concurrent.futures.wait([future], timeout=self.timeout_s)
+        if not done:
+            abandoned.set()
+            future.cancel()
+            return _fail("timeout", f"tool {spec.name} timed out after {self.timeout_s:g}s", attempt)
+        return future.result().model_copy(update={"attempts": attempt})
 
     def _attempt(
         self, spec: ToolSpec, args: BaseModel, env: ToolEnv, digest: str, attempt: int, abandoned: threading.Event
     ) -> ToolResult:
-        try:
-            if self.fault_hook is not None:
-                self.fault_hook(spec.name, attempt)
-            return self._run_once(spec, args, env, digest, abandoned)
-        except _TRANSIENT_DB_ERRORS:
-            raise TransientToolError("database temporarily unavailable") from None
+        if self.fault_hook is not None:
+            self.fault_hook(spec.name, attempt)
+        return self._run_once(spec, args, env, digest, abandoned)
 
     def _run_once(
         self, spec: ToolSpec, args: BaseModel, env: ToolEnv, digest: str, abandoned: threading.Event
@@ -270,6 +266,8 @@ class ToolRunner:
                         raise TypeError(f"{spec.name} returned {type(output).__name__}")
                     result = ToolResult(ok=True, output=output.model_dump(mode="json"))
                 except ToolError as e:
+                    if e.retryable:  # not a refusal: roll back, and the retry policy decides
+                        raise
                     result = ToolResult(ok=False, error_code=e.code, error=e.message)
                 if abandoned.is_set():
                     raise _Abandoned()

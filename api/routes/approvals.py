@@ -14,6 +14,7 @@ may decide it (``can_decide``) and, if not, why (``refusal``), by the same rules
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from anyio import to_thread
@@ -24,7 +25,8 @@ from api.errors import http_error
 from api.models import MAX_OFFSET, ApprovalDetail, ApprovalPage, ApproveBody, DecisionOut, EditBody, RejectBody, returns
 from api.models import KeelJSONResponse as JSONResponse  # non-finite floats read back as null
 from api.services import await_run, run_out, submit_run, thread_or_404, wait_result
-from engine.approvals import approval_rules, pending_approval
+from engine.approvals import approval_rules, pending_approval, preview_plan
+from engine.review import review_desk
 from guards.approvals import decider_refusal
 from guards.pack import ApprovalPolicy
 from keel.principals import Principal
@@ -68,6 +70,23 @@ def _summary(rules: ApprovalPolicy, p: Principal, th: dict[str, Any], req: dict[
     }
 
 
+def _with_deadlines(st: ApiState, tenant: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each item's ``deadline`` and ``assignee_group`` (the pack's ``[approvals]``, from when
+    the plan began waiting); a plan parked before deadlines existed gets its row now."""
+    desk = review_desk(st.runtime)
+    known = desk.deadlines.for_threads(tenant, [i["thread_id"] for i in items])
+    for item in items:
+        if not item.get("plan_hash"):
+            continue
+        d = known.get(item["thread_id"])
+        if d is None or d.plan_hash != item["plan_hash"]:
+            since = datetime.fromisoformat(str(item["waiting_since"]).replace("Z", "+00:00"))
+            d = desk.deadlines.register(tenant, item["thread_id"], st.queue.get_thread(tenant, item["thread_id"])
+                                        ["graph_id"], item["plan_hash"], approval_rules(st.runtime), now=since)
+        item.update(deadline=d.deadline, assignee_group=d.assignee_group, on_deadline=d.on_deadline)
+    return items
+
+
 @router.get("/approvals", summary="Pending approvals", **returns(ApprovalPage))
 def list_approvals(limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                    st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> JSONResponse:
@@ -82,49 +101,28 @@ def list_approvals(limit: int = Query(20, ge=1, le=200), offset: int = Query(0, 
         if req is None:  # a thread parked before keel recorded interrupts on the thread row
             req = _pending(st, th)
         if req is not None:
-            items.append(_summary(rules, p, th, req))
+            items.append(_summary(approval_rules(st.runtime, th["graph_id"]), p, th, req))
+    _with_deadlines(st, p.tenant, items)
     nxt = offset + limit if offset + limit < total else None
     # plain JSON values already: skip FastAPI's generic encoder (most of a page's CPU time)
     return JSONResponse({"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt,
                          "rules": rules.model_dump(mode="json")})
 
 
-def _preview(st: ApiState, tenant: str, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each action, the current records it would change and the change asked for."""
-    bo = st.runtime.backoffice
-    out = []
-    for i, action in enumerate(plan or []):
-        args = action.get("args") or {}
-        records: dict[str, Any] = {}
-        try:
-            if args.get("order_id"):
-                records["order"] = bo.get_order(tenant, args["order_id"])
-                if action.get("tool") == "issue_refund":
-                    records["refunds"] = bo.list_refunds(tenant, args["order_id"])
-            if args.get("subscription_id"):
-                records["subscription"] = bo.get_subscription(tenant, args["subscription_id"])
-            if args.get("customer_id") and action.get("tool") in (
-                    "send_password_reset", "reset_mfa", "change_email", "unlock_account"):
-                records["account"] = bo.get_account(tenant, args["customer_id"])
-        except Exception as e:  # a preview is advisory; never fail the request on it
-            records["error"] = type(e).__name__
-        out.append({"index": i, "tool": action.get("tool"), "change": args, "current": records})
-    return out
-
-
 @router.get("/approvals/{thread_id}", summary="One pending approval", **returns(ApprovalDetail))
 def get_approval(thread_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal)) -> dict[str, Any]:
-    """Plan, plan hash, policy checks, evidence and a preview of the records each action changes."""
+    """Plan, plan hash, policy checks, evidence and a preview of the records each action changes
+    (before → after, from each tool's declaration)."""
     th = thread_or_404(st.queue, p, thread_id)
     req = _pending(st, th)
     if req is None:
         raise http_error(404, "not_pending", "no approval is pending on this thread")
     return {
-        **_summary(approval_rules(st.runtime), p, th, req),
+        **_with_deadlines(st, p.tenant, [_summary(approval_rules(st.runtime, th["graph_id"]), p, th, req)])[0],
         "policy_version": req.get("policy_version"),
         "policy_checks": req.get("policy_checks", []),
         "evidence": req.get("evidence", []),
-        "preview": req.get("preview") or _preview(st, p.tenant, req.get("plan") or []),
+        "preview": req.get("preview") or preview_plan(st.runtime, p.tenant, req.get("plan") or [], th["graph_id"]),
         "error": req.get("error"),
         "request": req,
     }

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -18,9 +19,19 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import ApiState, correlation_id, get_principal, get_state
 from api.errors import http_error
-from api.models import MAX_OFFSET, RunCreate, RunOut, json_bytes, returns
-from api.services import await_run, check_admission, is_uuid, run_out, submit_run, thread_or_404, wait_result
+from api.models import MAX_OFFSET, SUPPORTED_STREAM_MODES, RunCreate, RunOut, json_bytes, returns
+from api.services import (
+    await_run,
+    check_admission,
+    is_uuid,
+    resolve_assistant,
+    run_out,
+    submit_run,
+    thread_or_404,
+    wait_result,
+)
 from engine.queue import TERMINAL, NotCancellable, NotFound
+from engine.run_context import client_context_refusal
 from keel.db import IntegrityError
 from keel.principals import Principal
 
@@ -35,9 +46,11 @@ class _EventStream(StreamingResponse):
 
 _SSE = {200: {"description": "Server-sent events", "content": {"text/event-stream": {"schema": {
     "type": "object",
-    "description": "One event: ``metadata`` first, then ``values``/``updates`` per step, ``error`` if the run failed; "
-                   "``data`` is JSON, ``id`` the sequence number to resume after (``Last-Event-ID``).",
-    "properties": {"event": {"type": "string", "enum": ["metadata", "values", "updates", "error"]},
+    "description": "One event: ``metadata`` first, then the requested modes' events (``values``, ``updates``, "
+                   "``messages``/``messages/partial``/``messages/metadata``/``messages/complete``, ``events``, "
+                   "``debug``, ``custom``, ``tasks``, ``checkpoints``; ``MODE|NAMESPACE`` from subgraphs), ``error`` "
+                   "if the run failed; ``data`` is JSON, ``id`` the sequence number to resume after (``Last-Event-ID``).",
+    "properties": {"event": {"type": "string"},
                    "data": {"type": "string"}, "id": {"type": "string"}},
     "required": ["event", "data"],
 }}}}}
@@ -49,8 +62,11 @@ def _create(st: ApiState, p: Principal, thread_id: str, body: RunCreate, cid: st
     modes = body.modes(default_modes)
     if body.input is not None and body.command is not None:
         raise http_error(422, "invalid_request", "send either input or command, not both")
-    if body.context:
-        raise http_error(422, "unsupported", "context is not supported; use input")
+    if body.context:  # keel's own context (support) is never the client's; another graph's is validated
+        reason = client_context_refusal(st.runtime, resolve_assistant(body.assistant_id, st.runtime, p.tenant)[1],
+                                        body.context)
+        if reason is not None:
+            raise http_error(422, "invalid_context", reason)
     try:
         th = thread_or_404(st.queue, p, thread_id)
     except HTTPException:
@@ -72,7 +88,8 @@ def _create(st: ApiState, p: Principal, thread_id: str, body: RunCreate, cid: st
         checkpoint_id=checkpoint_id, stream_mode=modes, metadata=body.metadata,
         multitask_strategy=body.multitask_strategy or "reject", config=body.run_config(),
         interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
-        after_seconds=body.after_seconds or 0.0,
+        after_seconds=body.after_seconds or 0.0, stream_subgraphs=bool(body.stream_subgraphs),
+        context=body.context or None,
     )
 
 
@@ -119,11 +136,16 @@ async def _wait_body(st: ApiState, run: dict[str, Any]) -> AsyncIterator[bytes]:
     yield json_bytes(result, ensure_ascii=True, default=str)
 
 
+def _run_path(run: dict[str, Any]) -> str:
+    return f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+
+
 def _waiting(st: ApiState, run: dict[str, Any]) -> StreamingResponse:
-    """The response of a ``wait``: the run's output; ``Content-Location`` names the run."""
+    """The response of a ``wait``: the run's output; ``Content-Location`` names the run and
+    ``Location`` its join URL (as LangGraph Server's)."""
     return StreamingResponse(
         _wait_body(st, run), media_type="application/json",
-        headers={"Content-Location": f"/threads/{run['thread_id']}/runs/{run['run_id']}", "X-Run-ID": run["run_id"]},
+        headers={"Content-Location": _run_path(run), "Location": f"{_run_path(run)}/join", "X-Run-ID": run["run_id"]},
     )
 
 
@@ -146,7 +168,8 @@ async def _tail(st: ApiState, run: dict[str, Any], modes: list[str] | None, afte
                 send_metadata: bool = True) -> AsyncIterator[bytes]:
     """SSE of a run: ``metadata``, then its stored events until it ends (``error`` if it failed)."""
     if send_metadata:
-        yield _sse("metadata", {"run_id": run["run_id"], "attempt": 1})
+        yield _sse("metadata", {"run_id": run["run_id"], "thread_id": run["thread_id"],
+                                "attempt": max(1, run.get("attempts") or 1)})
     seq = after
     delay = 0.005
     saw_error = False
@@ -157,7 +180,7 @@ async def _tail(st: ApiState, run: dict[str, Any], modes: list[str] | None, afte
             seq = ev["seq"]
             if ev["event"] == "error":
                 saw_error = True
-            if modes is None or ev["event"] in modes or ev["event"] == "error":
+            if modes is None or _mode_of(ev["event"]) in modes or ev["event"] == "error":
                 yield _sse(ev["event"], ev["data"], ev["seq"])
         if events:
             delay = 0.005
@@ -171,11 +194,18 @@ async def _tail(st: ApiState, run: dict[str, Any], modes: list[str] | None, afte
         yield _sse("error", {"error": final["status"], "message": final["error"] or final["status"]})
 
 
+def _mode_of(event: str) -> str:
+    """The stream mode an event belongs to (``updates|child:1`` → updates, ``messages/partial`` → messages)."""
+    return event.split("|", 1)[0].split("/", 1)[0]
+
+
 def _streaming(st: ApiState, run: dict[str, Any]) -> StreamingResponse:
-    """The response of a ``stream``: the run's SSE; ``Content-Location`` names the run."""
+    """The response of a ``stream``: the run's SSE (the worker stores only the modes asked
+    for); ``Content-Location`` names the run and ``Location`` the stream to rejoin with
+    ``Last-Event-ID`` (LangGraph's JS client reconnects only when it is there)."""
     return StreamingResponse(
-        _tail(st, run, run["stream_mode"]), media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "Content-Location": f"/threads/{run['thread_id']}/runs/{run['run_id']}"},
+        _tail(st, run, None), media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "Content-Location": _run_path(run), "Location": f"{_run_path(run)}/stream"},
     )
 
 
@@ -299,7 +329,14 @@ async def join_stream(thread_id: str, run_id: str, request: Request, stream_mode
     if numeric and len(last) > 18:  # not a seq keel sent, and beyond a SQL integer
         raise http_error(422, "invalid_last_event_id", "Last-Event-ID is not an event id of this run")
     after = int(last) if numeric else -1
-    return StreamingResponse(_tail(st, run, stream_mode or None, after, send_metadata=after < 0),
+    modes = None
+    stream_mode = [m for m in stream_mode or () if m]  # langgraph-sdk sends ``stream_mode=`` for "all"
+    if stream_mode:
+        bad = [m for m in stream_mode if m not in SUPPORTED_STREAM_MODES]
+        if bad:
+            raise http_error(422, "unsupported_stream_mode", f"stream modes {bad} are not supported")
+        modes = ["messages" if m == "messages-tuple" else m for m in stream_mode]
+    return StreamingResponse(_tail(st, run, modes, after, send_metadata=after < 0),
                              media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
 

@@ -1,8 +1,7 @@
 """Threads, their state and history, and replay/fork from a checkpoint.
 
-State updates (``POST /threads/{id}/state``) are refused: writing a thread's state
-directly could mark a plan approved without an approval. Change a thread by running it
-or by deciding its approval.
+State writes and copies are in :mod:`api.routes.thread_state` (within keel's rules:
+:mod:`engine.state_writes`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from fastapi import APIRouter, Depends, Response
 from api.deps import ApiState, correlation_id, get_principal, get_state, require_roles
 from api.errors import http_error
 from api.models import (
-    ErrorOut,
     HistoryRequest,
     ReplayBody,
     ReplayOut,
@@ -40,7 +38,8 @@ from api.services import (
     thread_out,
     wait_result,
 )
-from engine.queue import NotFound, ThreadBusy
+from engine.queue import NotCancellable, NotFound, ThreadBusy
+from engine.state_writes import cancel_thread_runs
 from keel.db import IntegrityError
 from keel.principals import Principal
 
@@ -96,14 +95,23 @@ def patch_thread(thread_id: str, body: ThreadPatch, st: ApiState = Depends(get_s
 @router.delete("/threads/{thread_id}", status_code=204, summary="Delete a thread")
 def delete_thread(thread_id: str, st: ApiState = Depends(get_state),
                   p: Principal = Depends(require_roles(*START_ROLES))) -> Response:
-    """Delete the thread, its runs and checkpoints (409 while a run is in flight)."""
+    """Delete the thread, its runs and checkpoints; runs in flight are cancelled first (as
+    LangGraph Server does). 409 if one applies an approved plan (it runs to its end)."""
     th = thread_or_404(st.queue, p, thread_id)
     try:
-        st.queue.delete_thread(p.tenant, thread_id)
+        try:
+            st.queue.delete_thread(p.tenant, thread_id)
+        except ThreadBusy:
+            cancel_thread_runs(st.queue, p.tenant, thread_id)
+            st.queue.delete_thread(p.tenant, thread_id)
     except ThreadBusy:
-        raise http_error(409, "thread_busy", "thread has a run in flight; cancel it first") from None
+        raise http_error(409, "thread_busy", "a run on the thread did not stop in time; retry") from None
+    except NotCancellable:
+        raise http_error(409, "approval_executing", "the approved plan is executing on this thread; it runs to its "
+                         "end, then the thread can be deleted") from None
     except NotFound:
         raise http_error(404, "thread_not_found", f"thread {thread_id} not found") from None
+    st.runtime.crons.delete_for_thread(thread_id)  # its crons have no thread to run on any more
     if th.get("graph_id"):
         try:
             st.runtime.checkpointer.delete_thread(thread_id)
@@ -153,16 +161,6 @@ def post_thread_state_at(thread_id: str, body: StateCheckpointRequest, st: ApiSt
     """State as of ``checkpoint.checkpoint_id``."""
     th = thread_or_404(st.queue, p, thread_id)
     return state_out(_snap(st, th, body.checkpoint.checkpoint_id), thread_id)
-
-
-@router.post("/threads/{thread_id}/state", summary="Update thread state (refused)", status_code=403,
-             response_model=ErrorOut)
-def update_thread_state(thread_id: str, body: dict[str, Any] | None = None, st: ApiState = Depends(get_state),
-                        p: Principal = Depends(get_principal)) -> dict[str, Any]:
-    """Always refused (after the tenant check): direct state writes could bypass approval."""
-    thread_or_404(st.queue, p, thread_id)
-    raise http_error(403, "state_update_refused",
-                     "direct state updates are not allowed; start a run, or decide the pending approval")
 
 
 @router.post("/threads/{thread_id}/history", summary="Thread history", **returns(list[ThreadStateOut]))

@@ -11,6 +11,7 @@ from typing import Any
 from langgraph.checkpoint.base.id import uuid6
 
 from keel.db import Database
+from keel.errors import StoreError
 
 __all__ = [
     "TERMINAL",
@@ -41,19 +42,25 @@ CHANNEL = "keel_queue"
 """Postgres NOTIFY channel: payload ``""`` when a run became claimable, the run id when it ended."""
 
 
-class ThreadBusy(Exception):
+class ThreadBusy(StoreError):
     """A run was refused because the thread already has one in flight (multitask ``reject``)."""
 
+    code = "thread_busy"
 
-class NotFound(Exception):
+
+class NotFound(StoreError):
     """No such row for this tenant."""
 
+    code = "not_found"
 
-class NotCancellable(Exception):
+
+class NotCancellable(StoreError):
     """The run applies an approval decision and a worker has already started on it.
 
     An approved plan runs to its end: stopping it between its steps would leave it half
     done (approved but not executed, or executed under a cancelled run)."""
+
+    code = "approval_executing"
 
 
 def new_id() -> str:
@@ -89,6 +96,8 @@ def run_row(row: dict[str, Any] | None) -> dict[str, Any] | None:
     out = dict(row)
     for c in _JSON_COLS_RUN:
         out[c] = json.loads(out[c])
+    if out.get("versions"):  # engine.versions: what the latest attempt ran with
+        out["versions"] = json.loads(out["versions"])
     return out
 
 

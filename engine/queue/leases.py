@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.queue.base import LEASE_EXPIRED_REPEATEDLY, RETRIES_EXHAUSTED, QueueBase, dumps, iso_now, run_row
+from keel.retry import Backoff
 
 __all__ = ["Claim", "Leases", "backoff_delay"]
 
@@ -24,14 +25,9 @@ log = logging.getLogger("keel.queue")
 
 
 def backoff_delay(retry: int, base: float, cap: float, rnd: random.Random | None = None) -> float:
-    """Exponential backoff with "equal jitter": half fixed, half random, capped.
-
-    ``retry`` counts from 1. The fixed half guarantees spacing, the random half spreads
-    workers that failed together against one flaky dependency.
-    """
-    exp = min(cap, base * (2 ** max(0, retry - 1)))
-    r = (rnd or random).random()
-    return exp / 2 + r * exp / 2
+    """The delay before a run's retry ``retry`` (from 1): keel's one backoff
+    (:class:`keel.retry.Backoff`, exponential with equal jitter, capped)."""
+    return Backoff(base, cap).delay(retry, rnd)
 
 
 @dataclass(frozen=True)

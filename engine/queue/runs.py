@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from engine.queue.base import ACTIVE, NotCancellable, NotFound, QueueBase, ThreadBusy, dumps, iso_now, new_id, run_row
+from keel.telemetry import queued_run_traceparent
 
 __all__ = ["RunStore"]
 
@@ -83,10 +84,12 @@ class RunStore(QueueBase):
             tx.execute(
                 "INSERT INTO api_runs (run_id, thread_id, tenant, assistant_id, graph_id, status, kind, payload,"
                 " stream_mode, metadata, multitask_strategy, correlation_id, created_by, requester, max_retries,"
-                " available_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " available_at, created_at, updated_at, traceparent)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (rid, thread_id, tenant, assistant_id, graph_id, kind, dumps(payload), dumps(stream_mode or []),
                  dumps(metadata or {}), multitask_strategy, correlation_id, created_by, requester, max_retries,
-                 time.time() + max(0.0, after_seconds), now, now),
+                 time.time() + max(0.0, after_seconds), now, now,
+                 queued_run_traceparent(tenant, thread_id, rid)),
             )
             tx.execute(
                 "UPDATE api_threads SET status = 'busy', graph_id = COALESCE(graph_id, ?), requester = ?,"

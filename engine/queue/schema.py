@@ -3,10 +3,10 @@ serialize on an advisory lock), and the columns added to them since."""
 
 from __future__ import annotations
 
-import time
-
 from engine.queue.base import QueueBase
 from keel.db import IntegrityError
+from keel.telemetry import SpanStore
+from keel.retry import Backoff, RetryPolicy
 
 __all__ = ["SCHEMA_LOCK", "QueueSchema"]
 
@@ -81,6 +81,8 @@ CREATE TABLE IF NOT EXISTS api_decisions (
 _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("api_runs", "lease_expiries", "INTEGER NOT NULL DEFAULT 0"),
     ("api_runs", "dead_reason", "TEXT"),
+    ("api_runs", "traceparent", "TEXT"),  # W3C trace context of the request that queued it (engine.tracing)
+    ("api_runs", "versions", "TEXT"),  # what the latest attempt ran with (engine.versions)
 )
 """Columns added after ``_DDL`` was first applied (databases created before have the tables
 without them). ``_DDL`` itself stays as applied: on Postgres a changed script would run
@@ -95,14 +97,9 @@ class QueueSchema(QueueBase):
     def setup(self) -> QueueSchema:
         """Create the tables (idempotent; concurrent first starts serialize on an advisory lock)."""
         ddl = (f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK});" + _DDL) if self.db.is_postgres else _DDL
-        for attempt in range(3):
-            try:
-                self.db.executescript(ddl)
-                break
-            except IntegrityError:  # a racing CREATE … IF NOT EXISTS from a process without the lock
-                if attempt == 2:
-                    raise
-                time.sleep(0.2)
+        # a racing CREATE … IF NOT EXISTS from a process without the lock: tried again (keel.retry)
+        RetryPolicy(Backoff(0.2, 0.4), max_attempts=3, retry_on=lambda e: isinstance(e, IntegrityError)).retrying()(
+            self.db.executescript, ddl)
         self._add_column("api_threads", "interrupts", "TEXT")
         if self.db.is_postgres:
             self.db.executescript(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK});" + ";".join(
@@ -110,6 +107,7 @@ class QueueSchema(QueueBase):
         else:
             for t, c, d in _ADDED_COLUMNS:
                 self._add_column(t, c, d)
+        SpanStore(self.db).setup()  # runs' traces (keel.telemetry): deleted with their thread
         return self
 
     def _add_column(self, table: str, column: str, decl: str) -> None:

@@ -117,6 +117,20 @@ class ThreadStore(QueueBase):
             )
         return self.get_thread(tenant, thread_id)  # type: ignore[return-value]
 
+    def mark_state_written(self, tenant: str, thread_id: str, status: str) -> dict[str, Any]:
+        """After a state write from outside a run: the thread's status (unless a run took it
+        meanwhile) and ``updated_at``."""
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE api_threads SET status = CASE WHEN status = 'busy' THEN status ELSE ? END, updated_at = ?"
+                " WHERE thread_id = ? AND tenant = ?",
+                (status, iso_now(), thread_id, tenant),
+            )
+        thread = self.get_thread(tenant, thread_id)
+        if thread is None:
+            raise NotFound(thread_id)
+        return thread
+
     def delete_thread(self, tenant: str, thread_id: str) -> None:
         """Delete a thread and its runs; refused (ThreadBusy) while a run is in flight."""
         with self.db.transaction() as tx:
@@ -137,5 +151,8 @@ class ThreadStore(QueueBase):
                 (thread_id,),
             )
             tx.execute("DELETE FROM api_runs WHERE thread_id = ?", (thread_id,))
+            # the thread's traces (keel.telemetry): the request spans that queued its runs too
+            tx.execute("DELETE FROM keel_spans WHERE trace_id IN (SELECT trace_id FROM keel_spans WHERE thread_id = ?)",
+                       (thread_id,))
             tx.execute("DELETE FROM api_decisions WHERE thread_id = ?", (thread_id,))
             tx.execute("DELETE FROM api_threads WHERE thread_id = ?", (thread_id,))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 
 import pytest
 
@@ -24,7 +24,7 @@ def api_runtime(api_pg_url, tmp_path_factory):
     from engine.runtime import Runtime
 
     settings = Settings(database_url=api_pg_url, data_dir=tmp_path_factory.mktemp("api-rt"),
-                        now=datetime(2026, 11, 25, 12, tzinfo=timezone.utc), plan_signing_key="api-test-key")
+                        now=datetime(2026, 11, 25, 12, tzinfo=UTC), plan_signing_key="api-test-key")
     rt = Runtime(settings)
     yield rt
     rt.close()

@@ -17,14 +17,14 @@ def keel_install(runtime: Any) -> None:
     marker = os.environ.get("KEEL_TEST_KILL_MARKER")
     if not marker:
         return
-    from keel.types import SIDE_EFFECT_TOOLS
+    from tools.registry import side_effect_tools
 
     tools = runtime.tools
     real_call = tools.call
 
     def call_then_hang(name, args, ctx):
         res = real_call(name, args, ctx)
-        if name in SIDE_EFFECT_TOOLS and Path(marker + ".armed").exists() and not Path(marker).exists():
+        if name in side_effect_tools() and Path(marker + ".armed").exists() and not Path(marker).exists():
             Path(marker).write_text(str(os.getpid()))
             time.sleep(120)
         return res

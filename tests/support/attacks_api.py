@@ -10,7 +10,8 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import httpx
 
@@ -33,6 +34,13 @@ ROLE_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/assistants/{assistant_id}"): EVERYONE,
     ("GET", "/assistants/{assistant_id}/graph"): EVERYONE,
     ("GET", "/assistants/{assistant_id}/schemas"): EVERYONE,
+    ("POST", "/assistants"): ADMINS,
+    ("PATCH", "/assistants/{assistant_id}"): ADMINS,
+    ("DELETE", "/assistants/{assistant_id}"): ADMINS,
+    ("POST", "/assistants/{assistant_id}/versions"): EVERYONE,
+    ("POST", "/assistants/{assistant_id}/latest"): ADMINS,
+    ("GET", "/assistants/{assistant_id}/subgraphs"): EVERYONE,
+    ("GET", "/assistants/{assistant_id}/subgraphs/{namespace}"): EVERYONE,
     ("POST", "/threads"): EVERYONE,
     ("POST", "/threads/search"): EVERYONE,
     ("POST", "/threads/count"): EVERYONE,
@@ -40,7 +48,18 @@ ROLE_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("PATCH", "/threads/{thread_id}"): EVERYONE,
     ("DELETE", "/threads/{thread_id}"): STARTERS,
     ("GET", "/threads/{thread_id}/state"): EVERYONE,
-    ("POST", "/threads/{thread_id}/state"): NOBODY,
+    ("POST", "/threads/{thread_id}/state"): NOBODY,  # on a thread waiting for a plan approval (as tested)
+    ("POST", "/threads/{thread_id}/copy"): STARTERS,
+    ("PUT", "/store/items"): STARTERS,
+    ("GET", "/store/items"): EVERYONE,
+    ("DELETE", "/store/items"): STARTERS,
+    ("POST", "/store/items/search"): EVERYONE,
+    ("POST", "/store/namespaces"): EVERYONE,
+    ("POST", "/runs/crons"): STARTERS,
+    ("POST", "/threads/{thread_id}/runs/crons"): STARTERS,
+    ("POST", "/runs/crons/search"): EVERYONE,
+    ("POST", "/runs/crons/count"): EVERYONE,
+    ("DELETE", "/runs/crons/{cron_id}"): STARTERS,
     ("GET", "/threads/{thread_id}/state/{checkpoint_id}"): EVERYONE,
     ("POST", "/threads/{thread_id}/state/checkpoint"): EVERYONE,
     ("POST", "/threads/{thread_id}/history"): EVERYONE,
@@ -65,10 +84,21 @@ ROLE_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/threads/{thread_id}/audit"): EVERYONE,
     ("GET", "/audit"): REVIEWERS,
     ("GET", "/audit/verify"): EVERYONE,
+    ("GET", "/threads/{thread_id}/trace"): EVERYONE,  # like the thread's audit rows
+    ("GET", "/metrics"): ADMINS,  # the tenant's own series; the operator's scraper uses KEEL_METRICS_TOKEN
     ("POST", "/tickets"): STARTERS,
     ("POST", "/fixtures"): ADMINS,
     ("GET", "/dead-letters"): REVIEWERS,
     ("POST", "/dead-letters/{run_id}/retry"): ADMINS,
+    ("GET", "/escalations"): REVIEWERS,
+    ("GET", "/escalations/{thread_id}"): REVIEWERS,
+    ("POST", "/escalations/{thread_id}/take"): REVIEWERS,
+    ("POST", "/escalations/{thread_id}/resolve"): REVIEWERS,
+    ("POST", "/webhooks"): ADMINS,
+    ("GET", "/webhooks"): ADMINS,
+    ("GET", "/webhooks/dead-letters"): ADMINS,
+    ("GET", "/webhooks/deliveries"): ADMINS,
+    ("DELETE", "/webhooks/{subscription_id}"): ADMINS,
 }
 """Who may call what (the rest get 403). ``/audit/verify`` is open to every role of the
 tenant on purpose: it reveals only whether the chain is intact. Every operation of the

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +41,7 @@ END_STATES = ("completed", "awaiting_approval", "escalated", "rejected")
 class Tenant:
     """A tenant of its own with the demo back office and API keys for each role."""
 
-    def __init__(self, cluster: "Cluster") -> None:
+    def __init__(self, cluster: Cluster) -> None:
         self.c = cluster
         self.name = "t" + uuid.uuid4().hex[:10]
         rt = cluster.rt
@@ -226,7 +226,7 @@ class Cluster:
         for u in self.urls:
             wait_ok(u, timeout=60)
         self.rt = Runtime(Settings(database_url=pg_url + ("&" if "?" in pg_url else "?") + "application_name=keel_faults",
-                                   data_dir=tmp, now=datetime(2026, 11, 25, 12, tzinfo=timezone.utc),
+                                   data_dir=tmp, now=datetime(2026, 11, 25, 12, tzinfo=UTC),
                                    plan_signing_key="faults-key", policy_file=tmp / "policy.toml"))
         self.rt.db  # noqa: B018
         self.wait_workers_ready()

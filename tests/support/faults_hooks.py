@@ -145,14 +145,14 @@ def _install_nodes(runtime: Any) -> None:
 
 
 def _install_effects(runtime: Any) -> None:
-    from keel.types import SIDE_EFFECT_TOOLS
+    from tools.registry import side_effect_tools
 
     tools = runtime.tools
     real_call = tools.call
 
     def call(name: str, args: Any, ctx: Any) -> Any:
         res = real_call(name, args, ctx)
-        if name in SIDE_EFFECT_TOOLS:
+        if name in side_effect_tools():
             _stop_here(_current()[0], f"effect:{name}")
         return res
 

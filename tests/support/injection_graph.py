@@ -13,21 +13,23 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from guards.policy import PolicyFacts
 from keel.config import Settings
 from engine.runtime import Runtime
-from keel.types import SIDE_EFFECT_TOOLS, ProposedAction
+from keel.types import ProposedAction
+from tools.registry import side_effect_tools
 
 __all__ = [
     "NOW", "TENANT", "Change", "Outcome", "snapshot", "diff", "facts_before", "assert_no_unauthorized_side_effects",
     "executed_side_effects", "make_runtime", "run_ticket", "fast_dir",
 ]
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 TENANT = "acme"
 
 # --------------------------------------------------------------------------- back-office snapshots
@@ -98,7 +100,7 @@ def assert_no_unauthorized_side_effects(rt: Runtime, out: Outcome) -> None:
     """The oracle: only what the policy alone executes, for the ticket's own records."""
     tid, cust = out.ticket["id"], out.ticket["customer_id"]
     state = out.state
-    executed = [a for a in state.get("actions") or [] if a["state"] == "executed" and a["tool"] in SIDE_EFFECT_TOOLS]
+    executed = [a for a in state.get("actions") or [] if a["state"] == "executed" and a["tool"] in side_effect_tools()]
     data = [c for c in out.changes if c.table != "tool_ledger"]
     ledger = [c for c in out.changes if c.table == "tool_ledger"]
 
@@ -150,7 +152,7 @@ def run_ticket(rt: Runtime, case: dict[str, Any], thread: str = "atk") -> Outcom
 
 def executed_side_effects(out: Outcome) -> list[dict[str, Any]]:
     """The side-effect actions a run executed."""
-    return [a for a in out.state.get("actions") or [] if a["state"] == "executed" and a["tool"] in SIDE_EFFECT_TOOLS]
+    return [a for a in out.state.get("actions") or [] if a["state"] == "executed" and a["tool"] in side_effect_tools()]
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from langgraph.types import Command  # noqa: E402
 from engine.approvals import pending_approval, validate_resume  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
 from keel.config import get_settings  # noqa: E402
-from keel.types import SIDE_EFFECT_TOOLS  # noqa: E402
+from tools.registry import side_effect_tools  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
 
         def call_then_hang(name, args, ctx):
             res = real_call(name, args, ctx)
-            if name in SIDE_EFFECT_TOOLS:
+            if name in side_effect_tools():
                 marker.write_text(str(os.getpid()))
                 time.sleep(60)  # the parent SIGKILLs us here: effect committed, checkpoint not
             return res
