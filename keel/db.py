@@ -239,6 +239,16 @@ class Database:
         return conn
 
     @contextmanager
+    def within(self, tx: Tx | None) -> Iterator[Tx]:
+        """``tx`` when the caller already holds one (the work joins it, all or nothing with
+        the caller's), else a transaction of its own."""
+        if tx is not None:
+            yield tx
+        else:
+            with self.transaction() as own:
+                yield own
+
+    @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """An all-or-nothing unit of work."""
         if self.is_postgres:

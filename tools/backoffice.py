@@ -12,8 +12,6 @@ happen only through the tools (:mod:`tools.contracts`), apart from :meth:`load_f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, UTC
 from typing import Any
 
@@ -127,14 +125,6 @@ class BackOffice:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    @contextmanager
-    def _tx(self, tx: Tx | None) -> Iterator[Tx]:
-        if tx is not None:
-            yield tx
-        else:
-            with self.db.transaction() as own:
-                yield own
-
     def setup(self) -> None:
         """Create the tables if they do not exist (idempotent, both engines). The refund holds
         read with them are :class:`tools.refund_history.RefundHistory`'s, set up after these."""
@@ -176,7 +166,7 @@ class BackOffice:
 
     def has_tenant(self, tenant: str) -> bool:
         """Whether any customer or article of ``tenant`` is loaded."""
-        with self._tx(None) as tx:
+        with self.db.transaction() as tx:
             row = tx.fetchone(
                 "SELECT (SELECT COUNT(*) FROM customers WHERE tenant = ?)"
                 " + (SELECT COUNT(*) FROM articles WHERE tenant = ?) AS n",
@@ -186,7 +176,7 @@ class BackOffice:
 
     def get_customer(self, tenant: str, customer_id: str, tx: Tx | None = None) -> dict[str, Any] | None:
         """A customer like a fixture record, or None."""
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             row = t.fetchone("SELECT * FROM customers WHERE tenant = ? AND id = ?", (tenant, customer_id))
         return _customer(row) if row else None
 
@@ -199,13 +189,13 @@ class BackOffice:
 
     def get_order(self, tenant: str, order_id: str, tx: Tx | None = None) -> dict[str, Any] | None:
         """An order like a fixture record (status may also be ``cancelled``), or None."""
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             row = t.fetchone("SELECT * FROM orders WHERE tenant = ? AND id = ?", (tenant, order_id))
         return _order(row) if row else None
 
     def list_orders(self, tenant: str, customer_id: str, tx: Tx | None = None) -> list[dict[str, Any]]:
         """A customer's orders, oldest first."""
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             rows = t.fetchall(
                 "SELECT * FROM orders WHERE tenant = ? AND customer_id = ? ORDER BY placed_at, id", (tenant, customer_id)
             )
@@ -213,13 +203,13 @@ class BackOffice:
 
     def get_subscription(self, tenant: str, subscription_id: str, tx: Tx | None = None) -> dict[str, Any] | None:
         """A subscription like a fixture record, or None."""
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             row = t.fetchone("SELECT * FROM subscriptions WHERE tenant = ? AND id = ?", (tenant, subscription_id))
         return _subscription(row) if row else None
 
     def list_subscriptions(self, tenant: str, customer_id: str, tx: Tx | None = None) -> list[dict[str, Any]]:
         """A customer's subscriptions."""
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             rows = t.fetchall(
                 "SELECT * FROM subscriptions WHERE tenant = ? AND customer_id = ? ORDER BY id", (tenant, customer_id)
             )
@@ -237,13 +227,13 @@ class BackOffice:
         if order_id is not None:
             sql += " AND p.order_id = ?"
             params.append(order_id)
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             rows = t.fetchall(sql + " ORDER BY p.captured_at, p.id", params)
         return [_payment(r) for r in rows]
 
     def list_refunds(self, tenant: str, order_id: str, tx: Tx | None = None) -> list[dict[str, Any]]:
         """Refunds issued by the tools on an order, oldest first."""
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             rows = t.fetchall(
                 "SELECT id, order_id, customer_id, amount_cents, currency, reason, created_at FROM refunds"
                 " WHERE tenant = ? AND order_id = ? ORDER BY created_at, id",
@@ -253,7 +243,7 @@ class BackOffice:
 
     def list_reships(self, tenant: str, order_id: str, tx: Tx | None = None) -> list[dict[str, Any]]:
         """Replacement shipments created for an order."""
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             return t.fetchall(
                 "SELECT id, order_id, customer_id, reason, status, created_at FROM reships"
                 " WHERE tenant = ? AND order_id = ? ORDER BY created_at, id",
@@ -262,7 +252,7 @@ class BackOffice:
 
     def list_password_resets(self, tenant: str, customer_id: str, tx: Tx | None = None) -> list[dict[str, Any]]:
         """Password-reset links sent to a customer."""
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             return t.fetchall(
                 "SELECT id, customer_id, email, created_at FROM password_resets"
                 " WHERE tenant = ? AND customer_id = ? ORDER BY created_at, id",
@@ -271,13 +261,13 @@ class BackOffice:
 
     def articles(self, tenant: str, tx: Tx | None = None) -> list[dict[str, Any]]:
         """The tenant's knowledge-base articles ``{id, title, body}``, by id."""
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             return t.fetchall("SELECT id, title, body FROM articles WHERE tenant = ? ORDER BY id", (tenant,))
 
     def count_rows(self, table: str, tenant: str) -> int:
         """Rows of one tenant in one back-office table (for tests and verification)."""
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}")
-        with self._tx(None) as tx:
+        with self.db.transaction() as tx:
             row = tx.fetchone(f"SELECT COUNT(*) AS n FROM {table} WHERE tenant = ?", (tenant,))
         return int(row["n"]) if row else 0

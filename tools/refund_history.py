@@ -26,8 +26,7 @@ cannot both read "nothing refunded yet" and both pay out.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -71,14 +70,6 @@ class RefundHistory:
         """Create the holds table and the indexes (idempotent; after the back office's tables)."""
         self.db.executescript(_SCHEMA)
 
-    @contextmanager
-    def _tx(self, tx: Tx | None) -> Iterator[Tx]:
-        if tx is not None:
-            yield tx
-        else:
-            with self.db.transaction() as own:
-                yield own
-
     def lock(self, tx: Tx, tenant: str, customer_id: str) -> None:
         """Hold the customer's refund lock until ``tx`` ends (waits for another holder)."""
         if self.db.is_postgres:
@@ -114,7 +105,7 @@ class RefundHistory:
         asking run's own idempotency keys) are left out.
         """
         own = {derived_id("RF", tenant, k) for k in exclude_keys}
-        with self._tx(tx) as t:
+        with self.db.within(tx) as t:
             issued = t.fetchall(
                 "SELECT id, order_id, amount_cents, created_at FROM refunds"
                 " WHERE tenant = ? AND customer_id = ? AND created_at >= ? ORDER BY created_at, id",
