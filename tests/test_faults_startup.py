@@ -224,7 +224,7 @@ def stack(private_pg, tmp_path_factory):
     url = private_pg.create_database(name)
     tmp = tmp_path_factory.mktemp("startup")
     env = keel_env(KEEL_DATABASE_URL=url, KEEL_DATA_DIR=str(tmp), KEEL_PLAN_SIGNING_KEY="startup-key",
-                   KEEL_STARTUP_TIMEOUT_S="60", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+                   KEEL_STARTUP_TIMEOUT_S="60", KEEL_DB_POOL_TIMEOUT_S="3", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
     s = Stack(private_pg, url, tmp, Zygote(env, tmp / "zygote.log"))
     try:
         yield s

@@ -76,7 +76,10 @@ def wait_ok(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = Non
 
 def keel_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    env.update({"KEEL_NOW": NOW, "KEEL_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)})
+    # servers and workers of a test share 2 cores with the rest of the parallel suite: a pooled
+    # connection may take longer than production's 3 s to come free, which is not what these
+    # tests are about (tests/test_faults_startup.py sets the production value to test the 503)
+    env.update({"KEEL_NOW": NOW, "KEEL_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "KEEL_DB_POOL_TIMEOUT_S": "20"})
     env.update(extra)
     return env
 
