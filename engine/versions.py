@@ -73,14 +73,26 @@ def _policy(rt: Runtime, graph_id: str) -> dict[str, str]:
     return {"version": pack.version, "sha256": getattr(pack, "sha256", "") or digest(pack.model_dump(mode="json"))}
 
 
+_TOOL_VERSIONS: dict[tuple[str, tuple[tuple[str, int], ...]], dict[str, str]] = {}
+"""Tool-contract versions by (graph, declarations): the JSON schemas take about 2 ms to build,
+on every run attempt otherwise. Declarations are frozen, so a registered or replaced tool is a
+new key."""
+
+
 def _tools(graph_id: str) -> dict[str, str]:
     if graph_id == "supply":
         registry: Any = SUPPLY_TOOLS
     else:
         registry = TOOLS
-    schemas = tool_schemas(registry=registry)
-    side = sorted(n for n, d in registry.items() if getattr(d, "side_effect", False))
-    return {"version": f"{len(schemas)} tools", "sha256": digest({"inputs": schemas, "side_effect": side})}
+    key = (graph_id, tuple((name, id(decl)) for name, decl in sorted(registry.items())))
+    hit = _TOOL_VERSIONS.get(key)
+    if hit is None:
+        schemas = tool_schemas(registry=registry)
+        side = sorted(n for n, d in registry.items() if getattr(d, "side_effect", False))
+        hit = {"version": f"{len(schemas)} tools", "sha256": digest({"inputs": schemas, "side_effect": side})}
+        with _LOCK:
+            _TOOL_VERSIONS[key] = hit
+    return hit
 
 
 def _routing(rt: Runtime) -> dict[str, str]:
