@@ -158,15 +158,8 @@ class EscalationStore:
                " e.state, e.assignee, e.taken_at, e.outcome, e.resolution, e.resolved_by, e.resolved_at"
                " FROM run_index r LEFT JOIN escalations e ON e.thread_id = r.thread_id AND e.tenant = r.tenant"
                " WHERE r.tenant = ? AND r.status = 'escalated'")
-        params: list[Any] = [tenant]
-        if state == "open":
-            sql += " AND e.state IS NULL"
-        elif state in ("taken", "resolved"):
-            sql += " AND e.state = ?"
-            params.append(state)
-        elif state == "active":
-            sql += " AND (e.state IS NULL OR e.state = 'taken')"
-        sql += " ORDER BY r.updated_at, r.thread_id LIMIT ? OFFSET ?"
+        where, params = _state_filter(tenant, state)
+        sql += where + " ORDER BY r.updated_at, r.thread_id LIMIT ? OFFSET ?"
         params += [limit, offset]
         with self.db.transaction() as tx:
             rows = tx.fetchall(sql, params)
@@ -177,15 +170,8 @@ class EscalationStore:
         """How many :meth:`list` would return without paging."""
         sql = ("SELECT COUNT(*) AS n FROM run_index r LEFT JOIN escalations e"
                " ON e.thread_id = r.thread_id AND e.tenant = r.tenant WHERE r.tenant = ? AND r.status = 'escalated'")
-        params: list[Any] = [tenant]
-        if state == "open":
-            sql += " AND e.state IS NULL"
-        elif state in ("taken", "resolved"):
-            sql += " AND e.state = ?"
-            params.append(state)
-        elif state == "active":
-            sql += " AND (e.state IS NULL OR e.state = 'taken')"
-        row = self.db.fetchone(sql, params)
+        where, params = _state_filter(tenant, state)
+        row = self.db.fetchone(sql + where, params)
         return int(row["n"]) if row else 0
 
     def get(self, tenant: str, thread_id: str, *, state_of: StateReader | None = None,
@@ -309,3 +295,15 @@ class EscalationStore:
             route=row["route"], reason_codes=codes or ["escalated"], escalated_at=row["escalated_at"],
             state=row["state"] or "open", assignee=row["assignee"], taken_at=row["taken_at"], outcome=row["outcome"],
             resolution=row["resolution"], resolved_by=row["resolved_by"], resolved_at=row["resolved_at"])
+
+
+def _state_filter(tenant: str, state: str) -> tuple[str, list[Any]]:
+    """The ``WHERE`` tail and parameters selecting escalations in ``state`` (the tenant's first)."""
+    params: list[Any] = [tenant]
+    if state == "open":
+        return " AND e.state IS NULL", params
+    if state in ("taken", "resolved"):
+        return " AND e.state = ?", [*params, state]
+    if state == "active":
+        return " AND (e.state IS NULL OR e.state = 'taken')", params
+    return "", params
