@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cli import commands, feedback, service, trace
+from cli import apidocs, commands, feedback, service, trace
 from cli.commands import CliError
 from evals.cli import register as register_eval
 from guards.dlp import install_redaction
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     service.register(sub)  # keel serve, keel worker, keel keys
     feedback.register(sub)  # keel feedback export: reviewers' decisions as a golden set
     trace.register(sub)  # keel trace THREAD: spans with timings
+    apidocs.register(sub)  # keel api-docs: docs/api.md from the OpenAPI document
     return p
 
 
