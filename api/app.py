@@ -296,7 +296,7 @@ def create_app(
         finally:
             if stop is not None:
                 stop.set()
-                queue.notify()
+                queue.wake_all()
             if listening:
                 queue.stop_listener()
 

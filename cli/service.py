@@ -14,9 +14,11 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import signal
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable
@@ -32,6 +34,8 @@ from engine.runtime import DEMO_FIXTURES, Runtime
 from engine.worker import run_workers
 from keel.config import get_settings
 from keel.db import StartupError, retry_while_unavailable
+from keel.keys import KeyringError
+from keel.principals import hash_key, key_id_of
 
 __all__ = ["register", "main", "CONFIG_HELP"]
 
@@ -61,6 +65,7 @@ def _warm_up(rt: Runtime, modules: list[str] | None, installed: set[str] | None 
     with rt.setup_lock():
         _imports(rt, modules, installed)
         rt.db  # noqa: B018 - builds every store's tables
+        rt.keyring  # noqa: B018 - the signing keys' table, this server's configured key registered
         queue = RunQueue(rt.db).setup()
         rt.checkpointer  # noqa: B018
         for g in graph_ids():
@@ -175,17 +180,21 @@ def _work(args: argparse.Namespace, rt: Runtime) -> int:
         queue = _start_up(rt, "keel worker", lambda: _warm_up(rt, args.imports, installed))
     except (StartupError, GraphConfigError) as e:
         return _cannot_start("keel worker", e)
+    # claims and heartbeats on a small pool of their own: the lease protocol never waits behind
+    # checkpoint writes, stream events and outcomes (which stay on the main pool)
+    claims = RunQueue(rt.db.lane("queue", rt.settings.worker_queue_pool_size))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
         log.info("worker: signal %d, finishing the current run", signum)
         stop.set()
-        queue.notify()
+        queue.wake_all()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     threads = run_workers(rt, queue, concurrency=args.concurrency, stop=stop, lease_s=args.lease_seconds or rt.settings.worker_lease_s,
-                          poll_s=args.poll_seconds, backoff_base=args.backoff_base, backoff_cap=args.backoff_cap)
+                          poll_s=args.poll_seconds, backoff_base=args.backoff_base, backoff_cap=args.backoff_cap,
+                          claims=claims)
     print(f"keel worker: {args.concurrency} worker thread(s) on "
           f"{'Postgres' if rt.settings.is_postgres else rt.settings.data_dir}", flush=True)
     while any(t.is_alive() for t in threads):
@@ -194,31 +203,112 @@ def _work(args: argparse.Namespace, rt: Runtime) -> int:
     return 0
 
 
+_DURATION = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``3600s``, ``2w`` as a positive timedelta (argparse type)."""
+    m = _DURATION.match(text or "")
+    if m is None or int(m.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h, 90m, 3600s or 2w")
+    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+
+
+def _usage_error(what: str, message: str) -> int:
+    print(f"keel keys {what}: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create an API key; the key alone is the last line of standard output."""
     rt = _runtime()
     try:
-        key = rt.principals.create_key(args.tenant, args.user, args.role)
+        key = rt.principals.create_key(args.tenant, args.user, args.role, expires_in=args.expires_in)
+        expires = next((k.expires_at for k in rt.principals.list_keys(args.tenant)
+                        if k.key_id == key_id_of(hash_key(key))), None)
         rt.audit.append(args.tenant, "admin", actor="cli", data={"event": "key_created", "user": args.user,
-                                                                 "role": args.role})
+                                                                 "role": args.role, "key_id": key_id_of(hash_key(key)),
+                                                                 "expires_at": expires})
     finally:
         rt.close()
-    print(f"created a {args.role} key for {args.user} in tenant {args.tenant} (shown once; stored hashed):")
+    until = f", expires {expires}" if expires else ""
+    print(f"created a {args.role} key for {args.user} in tenant {args.tenant} "
+          f"(id {key_id_of(hash_key(key))}{until}; shown once; stored hashed):")
     print(key, flush=True)
     return 0
 
 
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    """Revoke an API key."""
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """List API keys by id: tenant, user, role, created, expires, revoked (never a key or its digest)."""
     rt = _runtime()
     try:
-        revoked = rt.principals.revoke(args.key)
+        keys = rt.principals.list_keys(args.tenant)
+    finally:
+        rt.close()
+    if args.json:
+        print(json.dumps([k.model_dump(mode="json") for k in keys], indent=2))
+        return 0
+    print(f"{'ID':<17} {'TENANT':<16} {'USER':<16} {'ROLE':<10} {'CREATED (UTC)':<20} {'EXPIRES (UTC)':<20} STATE")
+    for k in keys:
+        state = "revoked" if k.revoked else "expired" if k.expired else "active"
+        print(f"{k.key_id:<17} {k.tenant:<16} {k.user_id:<16} {k.role:<10} {k.created_at[:19]:<20} "
+              f"{(k.expires_at or 'never')[:19]:<20} {state}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke an API key, named by its id (``keel keys list``) or the key itself."""
+    if not args.key.strip():
+        return _usage_error("revoke", "name a key id (see `keel keys list`) or a key")
+    rt = _runtime()
+    try:
+        revoked = rt.principals.revoke(args.key.strip())
     finally:
         rt.close()
     if not revoked:
-        print("keel keys revoke: no such key", file=sys.stderr)
-        return 1
+        return _usage_error("revoke", "no such key")
     print("revoked")
+    return 0
+
+
+def cmd_keys_rotate_signing(args: argparse.Namespace) -> int:
+    """A new active plan-signing key; the previous one keeps verifying the plans it signed."""
+    rt = _runtime()
+    try:
+        info = rt.keyring.rotate()
+    finally:
+        rt.close()
+    print(f"plan-signing key {info.key_id} is active; earlier keys verify only (retire one with "
+          f"`keel keys retire-signing ID`)")
+    return 0
+
+
+def cmd_keys_retire_signing(args: argparse.Namespace) -> int:
+    """Retire a plan-signing key: plans it signed neither execute nor get approved."""
+    rt = _runtime()
+    try:
+        info = rt.keyring.retire(args.key_id)
+    except KeyringError as e:
+        return _usage_error("retire-signing", str(e))
+    finally:
+        rt.close()
+    print(f"plan-signing key {info.key_id} retired")
+    return 0
+
+
+def cmd_keys_list_signing(args: argparse.Namespace) -> int:
+    """List plan-signing keys (ids and states, never their material)."""
+    rt = _runtime()
+    try:
+        keys = rt.keyring.list()
+    finally:
+        rt.close()
+    if args.json:
+        print(json.dumps([k.model_dump(mode="json") for k in keys], indent=2))
+        return 0
+    for k in keys:
+        print(f"{k.key_id:<24} {k.state:<12} {k.source:<11} created {k.created_at}")
     return 0
 
 
@@ -252,16 +342,30 @@ def register(sub: Any) -> None:
     w.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     w.set_defaults(func=cmd_worker)
 
-    k = sub.add_parser("keys", help="manage API keys")
+    k = sub.add_parser("keys", help="manage API keys and plan-signing keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create a key (printed alone on the last line)")
     kc.add_argument("--tenant", required=True)
     kc.add_argument("--role", required=True, choices=["requester", "approver", "admin"])
     kc.add_argument("--user", required=True)
+    kc.add_argument("--expires-in", dest="expires_in", type=parse_duration, default=None, metavar="DURATION",
+                    help="the key stops working after this long (30d, 12h, 90m, 2w); default: never")
     kc.set_defaults(func=cmd_keys_create)
-    kr = ksub.add_parser("revoke", help="revoke a key")
-    kr.add_argument("key")
+    kl = ksub.add_parser("list", help="list keys by id (no secret is printed)")
+    kl.add_argument("--tenant", default=None, help="only this tenant's keys")
+    kl.add_argument("--json", action="store_true", help="one JSON array")
+    kl.set_defaults(func=cmd_keys_list)
+    kr = ksub.add_parser("revoke", help="revoke a key (at once, on every server)")
+    kr.add_argument("key", metavar="ID|KEY", help="the key's id from `keel keys list`, or the key itself")
     kr.set_defaults(func=cmd_keys_revoke)
+    ks = ksub.add_parser("rotate-signing", help="new active plan-signing key; the previous one verifies only")
+    ks.set_defaults(func=cmd_keys_rotate_signing)
+    kt = ksub.add_parser("retire-signing", help="retire a plan-signing key (its plans no longer execute)")
+    kt.add_argument("key_id", metavar="ID", help="a key id from `keel keys list-signing`")
+    kt.set_defaults(func=cmd_keys_retire_signing)
+    kls = ksub.add_parser("list-signing", help="list plan-signing keys (ids and states)")
+    kls.add_argument("--json", action="store_true", help="one JSON array")
+    kls.set_defaults(func=cmd_keys_list_signing)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,13 @@ starts is decided from the checkpoint store each time it is claimed.
   graph continues from it with ``graph.invoke(None, config)``-style resumption, so
   completed nodes are not re-run; side-effecting tools carry idempotency keys, so a
   node that was cut off mid-call does its side effect at most once.
+
+A process holds many runs that mostly wait on models, so what a held run costs is kept
+small: one heartbeat loop per process extends the leases of all its runs
+(:class:`Heartbeats`), idle threads share one poll of the queue (:class:`PollSlots`) and a
+queued run wakes one idle thread, not all; ``keel worker`` puts the queue on a small pool
+of its own (``KEEL_WORKER_QUEUE_POOL_SIZE``) for claims and heartbeats, so the lease
+protocol never waits behind checkpoint writes; ``KEEL_WORKER_RUN_THREADS`` bounds LangGraph's executor per run.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, UTC
 from typing import Any
 
@@ -30,6 +39,7 @@ from engine.checkpoints import LeaseLost
 from engine.correlation import correlation_var
 from engine.jsonable import jsonable
 from engine.queue import RunQueue
+from engine.releases import canary_arm, run_ended
 from engine.review import after_dead_letter, after_run, sweep
 from engine.run_context import run_context
 from engine.runtime import Runtime
@@ -39,7 +49,7 @@ from engine.versions import record_run_versions
 from keel import metrics
 from keel.errors import is_retryable
 
-__all__ = ["Worker", "run_workers", "start_embedded_worker"]
+__all__ = ["Heartbeats", "PollSlots", "Worker", "run_workers", "start_embedded_worker"]
 
 
 def _discard(events: list[tuple[str, Any]]) -> None:
@@ -48,38 +58,155 @@ def _discard(events: list[tuple[str, Any]]) -> None:
 log = logging.getLogger("keel.worker")
 
 
-class _Lease:
-    """Heartbeats one claimed run in the background; flags cancellation and lease loss."""
+CANCEL_NOTICE_S = 1.0
+"""How often the heartbeat loop reads its runs' cancel flags (and notices a lost lease)."""
 
-    def __init__(self, queue: RunQueue, run_id: str, worker_id: str, lease_s: float) -> None:
-        self.queue, self.run_id, self.worker_id, self.lease_s = queue, run_id, worker_id, lease_s
+
+class _Lease:
+    """One claimed run held by a :class:`Heartbeats` loop: flags cancellation and lease loss."""
+
+    def __init__(self, beats: Heartbeats, run_id: str, worker_id: str) -> None:
+        self.beats, self.run_id, self.worker_id = beats, run_id, worker_id
         self.cancelled = threading.Event()
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, name=f"lease-{run_id[:8]}", daemon=True)
-
-    def __enter__(self) -> _Lease:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._t.join(timeout=5)
 
     def check(self) -> None:
-        """Heartbeat now (between graph steps)."""
-        owned, cancel = self.queue.heartbeat(self.run_id, self.worker_id, self.lease_s)
-        if not owned:
-            self.lost.set()
-        if cancel:
-            self.cancelled.set()
+        """Heartbeat this run now."""
+        self.beats.beat([self], extend=True)
+
+    def keep_alive(self) -> None:
+        """Between graph steps: extend this run's lease from the worker's own thread if the
+        shared loop is late (a starved process on a loaded machine); else nothing."""
+        if time.monotonic() - self.beats.extended_at > self.beats.lease_s / 2:
+            self.check()
+
+
+class Heartbeats:
+    """One heartbeat loop for every run a worker process holds, not a thread per run.
+
+    A run waiting on a model costs its worker nothing but a slot here: every
+    ``CANCEL_NOTICE_S`` one thread reads the cancel flag and owner of all held runs (one
+    statement), and every ``lease_s / 3`` it extends all their leases (one more); a run
+    whose lease was taken over is flagged ``lost``, a cancelled one ``cancelled``. The
+    thread exists only while runs are held."""
+
+    def __init__(self, queue: RunQueue, lease_s: float, *, notice_s: float = CANCEL_NOTICE_S) -> None:
+        self.queue, self.lease_s = queue, lease_s
+        self.notice_s = min(notice_s, lease_s / 3)
+        self._held: dict[tuple[str, str], _Lease] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._extended = time.monotonic()
+
+    @property
+    def extended_at(self) -> float:
+        """When the loop last extended every held lease (``time.monotonic()``)."""
+        return self._extended
+
+    @property
+    def held(self) -> int:
+        """Runs held now."""
+        return len(self._held)
+
+    @contextmanager
+    def hold(self, run_id: str, worker_id: str) -> Iterator[_Lease]:
+        """Keep ``run_id``'s lease (owned by ``worker_id``) alive while the block runs."""
+        lease = _Lease(self, run_id, worker_id)
+        key = (run_id, worker_id)
+        with self._lock:
+            self._held[key] = lease
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="keel-heartbeats", daemon=True)
+                self._thread.start()
+        try:
+            yield lease
+        finally:
+            with self._lock:
+                if self._held.get(key) is lease:
+                    del self._held[key]
+
+    def beat(self, leases: list[_Lease] | None = None, *, extend: bool | None = None) -> None:
+        """Extend (when due, or ``extend``) the leases of ``leases`` (default: every held run)
+        and flag the lost and cancelled ones."""
+        full = leases is None
+        if leases is None:
+            with self._lock:
+                leases = list(self._held.values())
+        if not leases:
+            return
+        now = time.monotonic()
+        if extend is None:
+            extend = now - self._extended >= self.lease_s / 3 - self.notice_s / 2
+        alive = self.queue.heartbeat_many([(x.run_id, x.worker_id) for x in leases],
+                                          self.lease_s if extend else None)
+        if extend and full:  # once done: a beat stuck in a slow database is not an extension
+            self._extended = now
+        for x in leases:
+            key = (x.run_id, x.worker_id)
+            if key not in alive:
+                x.lost.set()
+            elif alive[key]:
+                x.cancelled.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
+        self._extended = time.monotonic()  # the claim just set the first lease
+        while True:
+            time.sleep(self.notice_s)
+            with self._lock:
+                if not self._held:
+                    self._thread = None
+                    return
             try:
-                self.check()
-            except Exception:  # a DB hiccup: the next beat retries; the lease is 3 beats long
-                log.warning("heartbeat failed for run %s", self.run_id, exc_info=True)
+                self.beat()
+            except Exception:  # noqa: BLE001 - a DB hiccup: the next beat retries; the lease is 3 beats long
+                log.warning("heartbeat of %d run(s) failed", self.held, exc_info=True)
+
+
+class PollSlots:
+    """One poll of the queue per ``every_s`` for all the idle worker threads of a process.
+
+    One idle thread at a time is the poller: it waits for the next slot, then claims. The
+    others wait for a notification (a queued run wakes one of them) and only look again
+    after ``idle_s`` to see whether the poller role is free. A poller that claimed a run
+    leaves the role, and its claim wakes one more idle thread (``Worker.run_forever``),
+    which takes it over."""
+
+    def __init__(self, every_s: float, idle_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.idle_s = max(idle_s, every_s)
+        self._next = 0.0
+        self._poller: int | None = None
+        self._lock = threading.Lock()
+        self.taken = 0
+        """Slots taken (polls made) so far."""
+
+    def wait_s(self) -> float:
+        """How long the calling idle thread waits: until the next slot if it is (or now
+        becomes) the poller, else ``idle_s``."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._poller is None:
+                self._poller = me
+            if self._poller != me:
+                return self.idle_s
+            return min(self.every_s, max(0.01, self._next - time.monotonic()))
+
+    def take(self) -> bool:
+        """The poller takes the slot if it is due (and leaves the role to claim)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._poller != threading.get_ident() or now < self._next:
+                return False
+            self._next = now + self.every_s
+            self._poller = None
+            self.taken += 1
+            return True
+
+    def leave(self) -> None:
+        """The calling thread stops being the poller (a notification woke it to claim)."""
+        with self._lock:
+            if self._poller == threading.get_ident():
+                self._poller = None
 
 
 class Worker:
@@ -97,6 +224,9 @@ class Worker:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         max_lease_expiries: int | None = None,
+        heartbeats: Heartbeats | None = None,
+        polls: PollSlots | None = None,
+        claims: RunQueue | None = None,
     ) -> None:
         self.runtime = runtime
         self.queue = queue
@@ -108,17 +238,38 @@ class Worker:
         self.max_lease_expiries = (runtime.settings.worker_max_lease_expiries if max_lease_expiries is None
                                    else max_lease_expiries)
         """Lease expiries after which a run is dead-lettered (``KEEL_WORKER_MAX_LEASE_EXPIRIES``)."""
+        self.polls = polls or PollSlots(poll_s)
+        """When this worker's process may poll the queue next (``run_workers``: shared)."""
+        self.claims = claims or queue
+        """Where this worker claims runs and heartbeats them: ``keel worker`` gives it the queue
+        on a small pool of its own (the lease protocol never waits behind checkpoint writes,
+        stream events and outcomes, which stay on ``queue``)."""
+        self.heartbeats = heartbeats or Heartbeats(self.claims, lease_s)
+        """Keeps the leases of the runs this worker holds (``run_workers``: one per process);
+        the worker reads its flags between graph steps (a cancel is noticed within a step
+        and ``CANCEL_NOTICE_S``)."""
 
     primary = True
-    """Polls every ``poll_s`` when idle; the other threads of a process (``run_workers``)
-    wait for queue notifications and poll only about once a second while they arrive."""
+    """Sweeps approval deadlines and webhooks (one thread per process, ``run_workers``)."""
 
     def idle_wait(self) -> float:
-        """How long an idle loop waits for a notification before polling the queue again.
+        """How long an idle loop waits for a notification before it may poll the queue.
 
         Polling finds what no notification announces: runs whose backoff or
-        ``after_seconds`` elapsed, and leases of dead workers that expired."""
-        return self.poll_s if self.primary else self.queue.poll_cap(self.poll_s)
+        ``after_seconds`` elapsed, and leases of dead workers that expired. The threads of
+        a process share one poll every ``poll_s`` (:class:`PollSlots`), whichever is idle:
+        hundreds of idle threads do not each query the queue every second."""
+        return self.polls.wait_s()
+
+    def _idle(self, seen: int, stop: threading.Event) -> None:
+        """Sleep until a notification (a run to claim) or this thread's turn to poll."""
+        while not stop.is_set():
+            if self.queue.wait_change(seen, self.idle_wait()) != seen:
+                self.polls.leave()
+                return
+            if self.polls.take():
+                return
+        self.polls.leave()
 
     # -- loop --------------------------------------------------------------------------
     def run_forever(self, stop: threading.Event) -> None:
@@ -137,8 +288,12 @@ class Worker:
                     log.exception("worker %s: claim failed", self.worker_id)
                 did = False
                 stop.wait(self.poll_s)
-            if not did:
-                self.queue.wait_change(seen, self.idle_wait())
+            if did:
+                # more may be claimable (found by a poll, or queued while this thread claimed):
+                # one more idle thread looks; it claims or sleeps again, a chain, not a stampede
+                self.queue.notify()
+            else:
+                self._idle(seen, stop)
         log.info("worker %s stopped", self.worker_id)
 
     _next_sweep = 0.0
@@ -171,7 +326,7 @@ class Worker:
     def run_one(self) -> bool:
         """Claim one run and execute it; False when nothing was runnable."""
         self._fire_crons()
-        claim = self.queue.claim_next(self.worker_id, self.lease_s, max_lease_expiries=self.max_lease_expiries)
+        claim = self.claims.claim_next(self.worker_id, self.lease_s, max_lease_expiries=self.max_lease_expiries)
         for dead in claim.dead_lettered:
             self._audit_dead_letter(dead)
         run = claim.run
@@ -211,6 +366,10 @@ class Worker:
         }
         if isinstance(user.get("recursion_limit"), int):
             cfg["recursion_limit"] = user["recursion_limit"]
+        if self.runtime.settings.worker_run_threads is not None:
+            # LangGraph gives every run an executor of its own (up to 6 threads here: a step's
+            # parallel tasks, its background checkpoint writes); bounded, a held run costs fewer
+            cfg["max_concurrency"] = self.runtime.settings.worker_run_threads
         return cfg
 
     def _start_input(self, graph: Any, run: dict[str, Any], cfg: dict[str, Any]) -> tuple[bool, Any, dict[str, Any]]:
@@ -254,28 +413,34 @@ class Worker:
         log.info("run %s (thread %s, graph %s, attempt %d) started", rid, run["thread_id"], run["graph_id"], run["attempts"])
         store = bool(run["stream_mode"])
         stream: ServerStream | None = None
-        with _Lease(self.queue, rid, self.worker_id, self.lease_s) as lease:
+        with self.heartbeats.hold(rid, self.worker_id) as lease:  # the process's one heartbeat loop
             try:
                 cfg = self._config(run)
                 # a factory graph of langgraph.json is built from the run's config, per run
                 graph = self.runtime.graph(run["graph_id"], config=cfg)
-                record_run_versions(self.runtime, run, graph)  # graph, pack, prompts, tools, routing
+                arm = canary_arm(self.runtime, run)  # an active canary's arm for this run (engine.releases)
+                record_run_versions(self.runtime, run, graph,  # graph, pack, prompts, tools, routing
+                                    extra=arm.versions if arm is not None else None)
                 done, inp, cfg = self._start_input(graph, run, cfg)
                 if not done:
                     # the requested modes as LangGraph Server streams them (engine.streaming)
                     stream = ServerStream(run["stream_mode"], stored_events(self.queue, rid) if store else _discard,
                                           subgraphs=bool(run["payload"].get("stream_subgraphs")))
+                    # subgraph chunks only when asked for: LangGraph then runs a step's single task
+                    # in this thread, where with ``subgraphs=True`` every task and a stream waiter
+                    # take threads of the run's own executor (about three more threads per run)
+                    sub = stream.subgraphs
                     if "events" in run["stream_mode"]:
                         cfg = {**cfg, "callbacks": [*cfg.get("callbacks", []), EventsHandler(stream)]}
                     kwargs = {k: run["payload"][k] for k in ("interrupt_before", "interrupt_after") if run["payload"].get(k)}
-                    last_beat = time.monotonic()
                     context = run_context(self.runtime, run["graph_id"], run["payload"].get("context"))
-                    for ns, mode, chunk in graph.stream(inp, cfg, stream_mode=graph_modes(run["stream_mode"]),
-                                                        subgraphs=True, context=context, **kwargs):
+                    if arm is not None:
+                        context = arm.context(self.runtime, context)  # the candidate's parts on its arm
+                    for item in graph.stream(inp, cfg, stream_mode=graph_modes(run["stream_mode"]),
+                                             subgraphs=sub, context=context, **kwargs):
+                        ns, mode, chunk = item if sub else ((), *item)
                         stream.chunk(ns, mode, chunk)
-                        if time.monotonic() - last_beat > 1.0:  # notice a cancel within a step or so
-                            lease.check()
-                            last_beat = time.monotonic()
+                        lease.keep_alive()  # a backstop: the heartbeat loop extends the lease
                         if lease.cancelled.is_set() or lease.lost.is_set():
                             break
                     stream.flush()
@@ -293,7 +458,9 @@ class Worker:
                 thread_status, interrupts = self._outcome(graph, run)
                 if self.queue.finish(run, self.worker_id, "success", thread_status, interrupts=interrupts):
                     after_run(self.runtime, self.queue, run, thread_status, interrupts)  # deadlines, webhooks, feedback
-                    record_run_end(run["graph_id"], run_outcome(graph, run, thread_status))
+                    outcome = run_outcome(graph, run, thread_status)
+                    record_run_end(run["graph_id"], outcome)
+                    run_ended(self.runtime, run, outcome, graph)  # canary metrics, shadow replay (engine.releases)
                 log.info("run %s finished in %.3fs", rid, time.monotonic() - t0)
             except Exception as e:  # noqa: BLE001 - every failure is recorded on the run
                 msg = f"{type(e).__name__}: {e}"[:2000]
@@ -315,7 +482,8 @@ class Worker:
                     if status == "dead":
                         self._audit_dead_letter(run, reload=True)
                 else:
-                    self.queue.finish(run, self.worker_id, "error", "error", msg)
+                    if self.queue.finish(run, self.worker_id, "error", "error", msg):
+                        run_ended(self.runtime, run, "error")
                     record_run_end(run["graph_id"], "error")
                     log.exception("run %s failed", rid)
 
@@ -336,6 +504,7 @@ class Worker:
                                       correlation_id=run.get("correlation_id"), data=data)
             metrics.DEAD_LETTERS.labels(workflow=run.get("graph_id") or "-", reason=run.get("dead_reason") or "-").inc()
             after_dead_letter(self.runtime, run)
+            run_ended(self.runtime, run, "dead")
         except Exception:  # noqa: BLE001 - the run row already holds the reason
             log.warning("run %s: could not audit its dead-lettering", run["run_id"], exc_info=True)
 
@@ -359,10 +528,16 @@ def run_workers(
     stop: threading.Event | None = None,
     **worker_kwargs: Any,
 ) -> list[threading.Thread]:
-    """Start ``concurrency`` worker threads; they stop when ``stop`` is set."""
+    """Start ``concurrency`` worker threads; they stop when ``stop`` is set. They share one
+    heartbeat loop (:class:`Heartbeats`): a held run costs no thread of its own."""
     stop = stop or threading.Event()
     queue.start_listener()  # Postgres: a run queued by any server wakes an idle worker at once
     threads = []
+    if "heartbeats" not in worker_kwargs:
+        worker_kwargs = {**worker_kwargs, "heartbeats": Heartbeats(worker_kwargs.get("claims") or queue,
+                                                                   worker_kwargs.get("lease_s", 30.0))}
+    if "polls" not in worker_kwargs:
+        worker_kwargs = {**worker_kwargs, "polls": PollSlots(worker_kwargs.get("poll_s", 0.5))}
     for i in range(max(1, concurrency)):
         w = Worker(runtime, queue, **worker_kwargs)
         w.primary = i == 0

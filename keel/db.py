@@ -7,6 +7,14 @@ psycopg pool be shared with LangGraph's PostgresSaver.
 
 SQL written for this module uses ``?`` placeholders and the common subset of SQLite and
 PostgreSQL (``INSERT … ON CONFLICT``, ``TEXT``, ``INTEGER``/``BIGINT``).
+
+The pooled connections keep no session state, so ``KEEL_DATABASE_URL`` may name a connection
+pooler in transaction mode (PgBouncer), where each transaction may run on another server
+connection: statements are never prepared server-side (psycopg's ``prepare_threshold=None``;
+LangGraph's ``prepare_threshold=0`` prepares every statement, which a pooler that does not
+track prepared statements answers with ``prepared statement "_pg3_0" does not exist``), and
+locks are transaction-scoped. What needs a session of its own (LISTEN, the set-up lock) opens
+:meth:`Database.connect_direct` on ``direct_url`` (``KEEL_DATABASE_DIRECT_URL``).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import select
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from collections.abc import Callable, Iterator, Sequence
@@ -147,35 +155,71 @@ def _alive(conn: Any) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _live_pool_class() -> type:
-    from psycopg_pool import ConnectionPool
+    from psycopg_pool import ConnectionPool, PoolTimeout
 
     class LivePool(ConnectionPool):
-        """A pool that never lends a connection the server has closed.
+        """A pool that never lends a connection the server has closed, and that reconnects
+        while anyone waits.
 
-        After a server restart every idle connection is dead; each would fail the first
-        statement of whoever borrows it (an HTTP 500, a failed run). ``getconn`` discards
-        such connections at once and takes the next (or a new one). psycopg_pool's own
-        ``check`` hook would do the same but sleep a growing backoff (1 s, 2 s, 4 s…)
+        After a server (or pooler) restart every idle connection is dead; each would fail
+        the first statement of whoever borrows it (an HTTP 500, a failed run). ``getconn``
+        discards such connections at once and takes the next (or a new one). psycopg_pool's
+        own ``check`` hook would do the same but sleep a growing backoff (1 s, 2 s, 4 s…)
         after each dead connection, stalling requests for seconds after a restart.
+
+        psycopg_pool gives up a failed connection attempt after ``reconnect_timeout`` and
+        starts a new one only on the next checkout, not for the clients already waiting: a
+        server down a little longer than that would leave them waiting their whole timeout
+        although it is back. So a checkout waits in slices of ``_WAIT_SLICE_S``, each
+        asking the pool anew (and so starting a connection attempt if none is under way).
         """
 
         def getconn(self, timeout: float | None = None) -> Any:
-            for _ in range(self.max_size):
-                conn = super().getconn(timeout)
+            total = self.timeout if timeout is None else timeout
+            deadline = time.monotonic() + total
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    conn = super().getconn(max(0.001, min(left, _WAIT_SLICE_S)))
+                except PoolTimeout:
+                    if time.monotonic() < deadline:
+                        continue
+                    raise PoolTimeout(f"couldn't get a connection after {total:.2f} sec") from None
                 if _alive(conn):
                     return conn
                 conn.close()
                 self.putconn(conn)  # discarded and replaced by the pool
-            return super().getconn(timeout)
 
     return LivePool
 
 
 _DEFAULT_POOL_TIMEOUT_S: float = Settings.model_fields["db_pool_timeout_s"].default
 _DEFAULT_CONNECT_TIMEOUT_S: int = Settings.model_fields["db_connect_timeout_s"].default
+_WAIT_SLICE_S = 0.5
+"""How long a checkout waits before asking the pool again (see ``LivePool``)."""
 _RECONNECT_WINDOW_S = 2.0
 """How long the pool keeps rescheduling one failed connection attempt (see ``Database``):
 two attempts, a second apart; checkouts start new ones after."""
+
+_PG_CONNECTION: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+"""Every keel connection to Postgres: autocommit (``transaction()`` opens its own), and no
+server-side prepared statement (a transaction pooler would lend another server connection)."""
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection or the pooler's server connection failed (reset,
+    closed by a restart, a pooler's error such as ``query_wait_timeout``), not that the pool
+    had no connection for us (``PoolTimeout``: the caller already waited its pool timeout)."""
+    from psycopg_pool import PoolTimeout
+
+    return not isinstance(exc, PoolTimeout) and db_error_kind(exc) == "unavailable"
+
+
+_BEGIN_RETRY = RetryPolicy(Backoff(0.05, 0.4), max_attempts=3, retry_on=_connection_lost)
+"""A transaction whose BEGIN failed on a broken connection ran nothing: it is started again
+on another connection (up to twice, 25-400 ms apart) instead of failing its caller. Once
+BEGIN succeeded the body runs once; a failure later is the caller's to retry. A single read
+(:meth:`Database.fetchone`) is repeated the same way, reading twice being harmless."""
 
 
 class Database:
@@ -191,9 +235,18 @@ class Database:
         *,
         pool_timeout_s: float = _DEFAULT_POOL_TIMEOUT_S,
         connect_timeout_s: int = _DEFAULT_CONNECT_TIMEOUT_S,
+        direct_url: str | None = None,
+        pool_size: int = 10,
     ) -> None:
         self.url = url
+        self._options: dict[str, Any] = {"pool_timeout_s": pool_timeout_s, "connect_timeout_s": connect_timeout_s,
+                                         "direct_url": direct_url}
+        self._lanes: dict[str, Database] = {}
+        self._lanes_lock = threading.Lock()
         self.is_postgres = url.startswith(("postgres://", "postgresql://"))
+        self.direct_url = direct_url or url
+        """The same database without a pooler in between (Postgres): sessions of their own."""
+        self._connect_timeout_s = int(connect_timeout_s)
         self._pool: Any = None
         self._local = threading.local()
         if self.is_postgres:
@@ -202,9 +255,8 @@ class Database:
             self._pool = _live_pool_class()(
                 url,
                 min_size=1,
-                max_size=10,
-                kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row,
-                        "connect_timeout": int(connect_timeout_s)},
+                max_size=pool_size,
+                kwargs={**_PG_CONNECTION, "row_factory": dict_row, "connect_timeout": int(connect_timeout_s)},
                 # a checkout waits this long, then fails (an HTTP 503 with Retry-After) rather
                 # than holding a request for psycopg_pool's default 30 s during an outage
                 timeout=pool_timeout_s,
@@ -226,6 +278,36 @@ class Database:
     def pool(self) -> Any:
         """The psycopg pool (Postgres only); shared with PostgresSaver."""
         return self._pool
+
+    def lane(self, name: str, size: int) -> Database:
+        """The same database on a small pool of its own (Postgres; SQLite: this one), created
+        once per ``name``: work that must never queue behind the main pool's users (a
+        worker's claims and heartbeats, which would otherwise wait behind checkpoint writes
+        and a lease lapse), nor make them wait. Closed with this database."""
+        if not self.is_postgres:
+            return self
+        with self._lanes_lock:
+            lane = self._lanes.get(name)
+            if lane is None:
+                lane = self._lanes[name] = Database(self.url, pool_size=size, **self._options)
+            return lane
+
+    def connect_direct(self, *, autocommit: bool = True) -> Any:
+        """A new psycopg connection on :attr:`direct_url` (Postgres), for a session that must
+        stay on one server connection (LISTEN, a lock held across transactions); the
+        caller closes it."""
+        import psycopg
+
+        return psycopg.connect(self.direct_url, **{**_PG_CONNECTION, "autocommit": autocommit},
+                               connect_timeout=self._connect_timeout_s)
+
+    def _begun(self) -> tuple[ExitStack, Any]:
+        """A pooled connection with its transaction begun; closing the stack commits (or rolls
+        back, on an exception) and returns the connection."""
+        with ExitStack() as stack:
+            conn = stack.enter_context(self._pool.connection())
+            stack.enter_context(conn.transaction())
+            return stack.pop_all(), conn
 
     def _sqlite(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -255,9 +337,9 @@ class Database:
             # not in pipeline mode: measured here, entering and syncing a pipeline costs
             # more CPU and wall time than the BEGIN and COMMIT round trips it saves on
             # loopback (0.55 against 0.35 ms for a one-read transaction)
-            with self._pool.connection() as conn, _integrity():
-                with conn.transaction():
-                    yield _PgTx(conn)
+            stack, conn = _BEGIN_RETRY.retrying()(self._begun)
+            with _integrity(), stack:
+                yield _PgTx(conn)
         else:
             conn = self._sqlite()
             conn.execute("BEGIN IMMEDIATE")
@@ -271,12 +353,16 @@ class Database:
 
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         """One read statement as its own transaction: on Postgres one round trip
-        (autocommit), where ``transaction()`` spends three (BEGIN, the read, COMMIT)."""
+        (autocommit), where ``transaction()`` spends three (BEGIN, the read, COMMIT). Read
+        again on another connection if the connection broke (``_BEGIN_RETRY``)."""
         if self.is_postgres:
-            with self._pool.connection() as conn, _integrity():
-                return conn.execute(_pg(sql), tuple(params)).fetchone()
+            return _BEGIN_RETRY.retrying()(self._read_one, _pg(sql), tuple(params))
         with self.transaction() as tx:
             return tx.fetchone(sql, params)
+
+    def _read_one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        with self._pool.connection() as conn, _integrity():
+            return conn.execute(sql, params).fetchone()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One write statement as its own transaction (atomic by itself); the row count."""
@@ -315,6 +401,8 @@ class Database:
 
     def close(self) -> None:
         """Release connections."""
+        for lane in self._lanes.values():
+            lane.close()
         if self._pool is not None:
             self._pool.close()
         conn = getattr(self._local, "conn", None)

@@ -323,7 +323,7 @@ def test_worker_and_server_ride_out_a_restart_in_the_middle_of_start_up(stack, s
     worker = stack.worker()
     server, url = stack.serve()
     deadline = time.monotonic() + 60
-    polling = "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_try_advisory_lock%%' AND pid <> pg_backend_pid()"
+    polling = "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_try_advisory_%%lock%%' AND pid <> pg_backend_pid()"
     while holder.execute(polling).fetchone()[0] < 2:  # both wait for the set-up lock, sessions open
         for p in (worker, server):
             assert p.poll() is None, stack.log(p)[-3000:]

@@ -30,7 +30,8 @@ class StreamEvents(QueueBase):
                 for row in rows:
                     tx.execute(sql, row)
         seq = start_seq + len(rows)
-        self.notify()
+        # no wake-up: nothing waits on stored events in-process (readers poll), and an idle
+        # worker woken per stored event would only query the queue for nothing
         return seq
 
     def next_event_seq(self, run_id: str) -> int:

@@ -37,14 +37,21 @@ class Wakeups(QueueBase):
         self.listening = False
         """True while this process receives other processes' NOTIFYs (Postgres)."""
 
-    def notify(self, run_id: str | None = None) -> None:
-        """Wake waiters in this process (a run changed state or got an event); ``run_id``:
-        also the :meth:`done_event` waiters of that run."""
+    def notify(self, run_id: str | None = None, *, claimable: bool = True) -> None:
+        """Wake waiters in this process: ``claimable`` (a run may be claimable now) wakes one
+        idle worker thread, one per call, so a queued run wakes one waiter and not every
+        thread of the process; ``run_id``: also the :meth:`done_event` waiters of that run."""
+        if claimable:
+            self._wake_worker()
+        if run_id is not None:
+            self._wake(run_id)
+
+    def wake_all(self) -> None:
+        """Wake every idle worker thread of this process (to stop, or after a gap in which
+        notifications may have been missed)."""
         with self._cond:
             self._version += 1
             self._cond.notify_all()
-        if run_id is not None:
-            self._wake(run_id)
 
     def _wake_worker(self) -> None:
         """Wake one idle worker thread of this process (it claims; the others sleep on)."""
@@ -82,8 +89,9 @@ class Wakeups(QueueBase):
         return max(poll_s, 1.0) if self.listening else poll_s
 
     def start_listener(self) -> bool:
-        """Postgres: LISTEN on a dedicated connection in a daemon thread, waking this process's
-        workers and waiters on every NOTIFY of the queue. No-op on SQLite or if running."""
+        """Postgres: LISTEN on a dedicated connection (``KEEL_DATABASE_DIRECT_URL``'s, not a
+        pooler's) in a daemon thread, waking this process's workers and waiters on every
+        NOTIFY of the queue. No-op on SQLite or if running."""
         if not self.db.is_postgres or self._listener is not None:
             return False
         self._listen_stop.clear()
@@ -101,10 +109,12 @@ class Wakeups(QueueBase):
     def _listen(self) -> None:
         while not self._listen_stop.is_set():
             try:
-                with psycopg.connect(self.db.url, autocommit=True, connect_timeout=5) as conn:
+                # the direct URL: through a transaction pooler a LISTEN would stay on a server
+                # connection lent to other clients, and this session would hear nothing
+                with self.db.connect_direct() as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.listening = True
-                    self.notify()  # anything may have changed while not listening
+                    self.wake_all()  # anything may have changed while not listening
                     with self._waiters_lock:
                         pending = list(self._waiters)
                     for rid in pending:
