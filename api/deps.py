@@ -66,12 +66,17 @@ class ApiState:
     max_body_bytes: int
     wait_poll_s: float = 0.05
     graphs: list[str] = field(default_factory=list)
-    auth_ttl_s: float = 5.0
+    auth_ttl_s: float = 0.0
+    """Seconds a key's principal may be reused without reading the database. 0 (the default):
+    every request reads the key's row, so a revoked or expired key is refused at once on every
+    server; a positive TTL trades that for one read per key per TTL."""
     _auth_cache: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
     _auth_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def authenticate(self, key: str) -> Principal | None:
-        """Principal of a key, cached for ``auth_ttl_s`` (a revoked key stops working within it)."""
+        """Principal of a key (read on every call unless ``auth_ttl_s`` is positive)."""
+        if self.auth_ttl_s <= 0:
+            return self.runtime.principals.authenticate(key)
         digest = hashlib.sha256(key.encode()).hexdigest()
         now = time.monotonic()
         with self._auth_lock:

@@ -18,6 +18,8 @@ from engine.supply import supply_parts
 from engine.tracing import approval_span
 from guards.approvals import ApprovalError, check_resume, decider_refusal
 from guards.pack import ApprovalPolicy
+from keel.keys import SigningKeyRetired, UnknownSigningKey
+from keel.plan import PlanIntegrityError, verify_plan
 from keel.principals import Principal
 from tools.registry import preview_actions
 from tools.supply import SUPPLY_TOOLS
@@ -61,7 +63,23 @@ def validate_resume(rt: Runtime, thread_id: str, principal: Principal, payload: 
     snap = rt.graph(graph_id).get_state({"configurable": {"thread_id": thread_id}})
     with approval_span(rt, principal.tenant, thread_id, graph_id, payload, getattr(snap, "created_at", None)) as span:
         span.set_attribute("keel.approval.reviewer_role", principal.role)
-        return _validate_resume(rt, thread_id, principal, payload, graph_id)
+        value = _validate_resume(rt, thread_id, principal, payload, graph_id)
+        if value.get("decision") == "approve":
+            _refuse_untrusted_key(rt, (getattr(snap, "values", None) or {}).get("plan"))
+        return value
+
+
+def _refuse_untrusted_key(rt: Runtime, plan: Any) -> None:
+    """Refuse approving a plan whose signing key was retired (or is unknown): it would never
+    execute. The thread keeps waiting; a reviewer may still reject it."""
+    if plan is None:
+        return
+    try:
+        verify_plan(plan, rt.keyring)
+    except (SigningKeyRetired, UnknownSigningKey) as e:
+        raise ApprovalError(e.code, 409, f"{e}; the plan cannot be approved, only rejected") from None
+    except (PlanIntegrityError, ValueError):
+        pass  # a tampered plan: execution refuses it (plan_integrity), as before
 
 
 def _validate_resume(rt: Runtime, thread_id: str, principal: Principal, payload: dict[str, Any],

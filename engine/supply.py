@@ -53,7 +53,9 @@ def supply_parts(rt: Any, pack_path: Path = DEFAULT_SUPPLY_POLICY_PATH) -> Suppl
             pack = load_supply_policy(pack_path)
             runner = ToolRunner(store, timeout_s=rt.settings.tool_timeout_s,  # type: ignore[arg-type]
                                 rate_per_minute=rt.settings.tool_rate_per_minute,
-                                max_retries=pack.budgets.max_retries, registry=SUPPLY_TOOLS)
+                                max_retries=pack.budgets.max_retries, registry=SUPPLY_TOOLS,
+                                # KEEL_ENV: the deployment's pack decides for every workflow (staging: dry run)
+                                dry_run_side_effects=rt.policy.dry_run_side_effects(rt.settings.env))
             parts = _PARTS[rt] = SupplyParts(store=store, pack=pack, engine=SupplyPolicyEngine(pack), tools=runner)
         return parts
 
@@ -63,7 +65,7 @@ def supply_context(rt: Any) -> SupplyContext:
     p = supply_parts(rt)
     return SupplyContext(policy=p.pack, policy_engine=TracedJudge(p.engine), caps=RunCaps.from_pack(p.pack), tools=p.tools,
                          records=p.store, audit=rt.audit, run_index=rt.threads, role_of=rt.role_of, clock=rt.now,
-                         signing_key=rt.signing_key())
+                         signing_key=rt.keyring)
 
 
 def load_supply_fixtures(rt: Any, fixtures: SupplyFixtures | str | Path) -> SupplyFixtures:

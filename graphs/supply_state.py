@@ -18,6 +18,7 @@ from graphs.context import AuditTrail, Clock, RoleLookup, RunIndex, ToolCalls
 from guards.budgets import RunCaps
 from guards.supply_pack import SupplyPack
 from guards.supply_policy import SupplyPolicyEngine
+from keel.plan import PlanKeys
 
 __all__ = ["SupplyInput", "SupplyState", "SupplyContext", "SupplyRecords"]
 
@@ -88,4 +89,4 @@ class SupplyContext:
     run_index: RunIndex
     role_of: RoleLookup
     clock: Clock
-    signing_key: bytes = field(repr=False)
+    signing_key: bytes | PlanKeys = field(repr=False)

@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from keel.errors import ConfigError
+
 __all__ = ["Settings", "get_settings", "ModelProvider", "PACKAGE_DIR"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -32,7 +34,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore", frozen=True)
 
     database_url: str | None = None
-    """``postgresql://…`` for the production store; unset means embedded SQLite in ``data_dir``."""
+    """``postgresql://…`` for the production store; unset means embedded SQLite in ``data_dir``.
+    May point at a connection pooler in transaction mode (PgBouncer): keel's pooled statements
+    rely on no session state (no server-side prepared statements, transaction-scoped locks)."""
+    database_direct_url: str | None = None
+    """A direct (not pooled) connection to the same Postgres database, for what needs a session
+    of its own: the queue's LISTEN and the schema set-up lock. Set it when ``database_url``
+    goes through a transaction-mode pooler. Unset: ``database_url``."""
     data_dir: Path = Path(".keel")
     """Folder of the embedded store (SQLite files, the generated signing key)."""
     model_provider: ModelProvider = "local"
@@ -53,7 +61,15 @@ class Settings(BaseSettings):
     budget and latency target → ordered chain of models. Unset: ``model_provider`` then
     ``model_fallbacks`` for every task."""
     plan_signing_key: SecretStr | None = None
-    """HMAC key that signs plans. Unset: a random key is generated once per data dir."""
+    """HMAC key that signs plans. Unset: ``plan_signing_key_file``, else a random key generated
+    once per data dir. It is the keyring's configured key (:mod:`keel.keys`, id ``k-cfg-…``):
+    ``keel keys rotate-signing`` adds newer keys to the ring in keel's database."""
+    plan_signing_key_file: Path | None = None
+    """File holding the plan-signing key (a mounted secret), read when ``plan_signing_key`` is unset."""
+    env: Literal["dev", "staging", "prod"] = "dev"
+    """Deployment environment (``KEEL_ENV``): selects the policy pack's ``[env.<name>]`` tool
+    allowlists and overrides; in ``staging`` side-effecting tools dry-run unless the pack says
+    otherwise. Recorded in each run's versions and spans."""
     policy_file: Path | None = None
     """Policy pack (TOML). Unset: the bundled ``support-v1``."""
     langgraph_config: Path | None = None
@@ -73,6 +89,18 @@ class Settings(BaseSettings):
     """Largest request body ``keel serve`` accepts (413 above)."""
     worker_lease_s: float = 30.0
     """How long a worker's claim on a run lasts without a heartbeat."""
+    worker_run_threads: int | None = Field(default=None, ge=1)
+    """Threads of LangGraph's executor per run in a worker (the run config's
+    ``max_concurrency``): each run otherwise gets up to ``min(32, cores + 4)`` for its
+    parallel tasks and background checkpoint writes. 1 suits linear graphs (the support
+    graph): one thread writes checkpoints while the worker's thread runs the next node; a
+    step's parallel tasks then run one after another, and a node that waits on tasks it
+    submitted from inside a parallel step would wait forever. Unset: LangGraph's default."""
+    worker_queue_pool_size: int = Field(default=3, ge=1)
+    """Postgres connections of a ``keel worker`` process's own pool for claiming runs and
+    heartbeating their leases: apart from the pool of checkpoint writes, stream events, run
+    outcomes and stores, so the lease protocol never waits behind them however many runs the
+    process holds."""
     worker_max_lease_expiries: int = Field(default=3, ge=1)
     """Times a run's lease may expire (its worker was killed, crashed or hung while running
     it) before the run is dead-lettered with reason ``lease_expired_repeatedly`` instead of
@@ -131,6 +159,15 @@ class Settings(BaseSettings):
         """The plan-signing key; generated and kept in ``data_dir`` if not configured."""
         if self.plan_signing_key is not None:
             return self.plan_signing_key.get_secret_value().encode()
+        if self.plan_signing_key_file is not None:
+            try:
+                key = self.plan_signing_key_file.read_text().strip()
+            except OSError as e:
+                raise ConfigError(f"KEEL_PLAN_SIGNING_KEY_FILE: cannot read {self.plan_signing_key_file}: "
+                                 f"{e.strerror or e}") from None
+            if not key:
+                raise ConfigError(f"KEEL_PLAN_SIGNING_KEY_FILE: {self.plan_signing_key_file} is empty")
+            return key.encode()
         path = self.data_dir / "signing.key"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import Field
 
@@ -19,7 +19,7 @@ from keel.audit import canonical_json
 from keel.errors import KeelError
 from keel.types import ProposedAction, StrictModel
 
-__all__ = ["Plan", "SignedPlan", "PlanIntegrityError", "sign_plan", "verify_plan", "idempotency_key"]
+__all__ = ["Plan", "SignedPlan", "PlanIntegrityError", "PlanKeys", "sign_plan", "verify_plan", "idempotency_key"]
 
 
 class PlanIntegrityError(KeelError):
@@ -55,27 +55,47 @@ class SignedPlan(StrictModel):
     hash: str
     """SHA-256 of the plan's canonical JSON."""
     signature: str
-    """HMAC-SHA256 of ``hash`` under keel's signing key."""
+    """HMAC-SHA256 of ``key_id:hash`` (of ``hash`` alone without a key id) under that key."""
+    key_id: str | None = None
+    """Id of the signing key (:mod:`keel.keys`); None: signed with a bare key (plans signed
+    before keys had ids verify with the configured key while it is not retired)."""
+
+
+class PlanKeys(Protocol):
+    """A keyring (:class:`keel.keys.Keyring`): the key that signs, and the key a plan names."""
+
+    def signing(self) -> tuple[str, bytes]:
+        """``(key_id, material)`` of the active key."""
+        ...
+
+    def verifying(self, key_id: str | None) -> bytes:
+        """Material of key ``key_id``; raises :class:`PlanIntegrityError` if it is retired or unknown."""
+        ...
 
 
 def _hash(plan: Plan) -> str:
     return hashlib.sha256(canonical_json(plan.model_dump(mode="json")).encode()).hexdigest()
 
 
-def sign_plan(plan: Plan, key: bytes) -> SignedPlan:
-    """Hash and sign a plan."""
+def _mac(key: bytes, key_id: str | None, digest: str) -> str:
+    message = digest if key_id is None else f"{key_id}:{digest}"  # the id is signed too
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_plan(plan: Plan, key: bytes | PlanKeys) -> SignedPlan:
+    """Hash and sign a plan: with a keyring's active key (naming it), or a bare key."""
     digest = _hash(plan)
-    sig = hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
-    return SignedPlan(plan=plan, hash=digest, signature=sig)
+    key_id, material = (None, key) if isinstance(key, bytes) else key.signing()
+    return SignedPlan(plan=plan, hash=digest, signature=_mac(material, key_id, digest), key_id=key_id)
 
 
-def verify_plan(signed: SignedPlan | dict[str, Any], key: bytes) -> SignedPlan:
-    """Return the plan if its hash and signature match its content, else raise."""
+def verify_plan(signed: SignedPlan | dict[str, Any], key: bytes | PlanKeys) -> SignedPlan:
+    """Return the plan if its hash and signature (under the key it names) match its content, else raise."""
     sp = signed if isinstance(signed, SignedPlan) else SignedPlan.model_validate(signed)
     if not hmac.compare_digest(_hash(sp.plan), sp.hash):
         raise PlanIntegrityError("plan content does not match its hash")
-    expected = hmac.new(key, sp.hash.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, sp.signature):
+    material = key if isinstance(key, bytes) else key.verifying(sp.key_id)
+    if not hmac.compare_digest(_mac(material, sp.key_id, sp.hash), sp.signature):
         raise PlanIntegrityError("plan signature is invalid")
     return sp
 

@@ -39,7 +39,7 @@ from guards.pack import ApprovalPolicy
 from guards.policy import PlanDecision
 from keel.db import Tx
 from keel.errors import KeelError
-from keel.plan import Plan, PlanIntegrityError, SignedPlan, idempotency_key, sign_plan, verify_plan
+from keel.plan import Plan, PlanIntegrityError, PlanKeys, SignedPlan, idempotency_key, sign_plan, verify_plan
 from keel.types import ProposedAction
 from nodes.common import attempt_budget, escalation, injection_flagged, output_actions, plan_of, policy_of
 from tools.runner import ToolContext
@@ -47,8 +47,11 @@ from tools.runner import ToolContext
 __all__ = [
     "SEVERITY", "ToolFailure", "RunRef", "Workflow", "GuardedContext", "Judge",
     "audit_run", "record_run", "decide", "stricter", "approval_request", "await_approval", "approved_in_audit",
-    "execute_plan", "sign", "correlation_of", "policy_gate", "finish",
+    "execute_plan", "sign", "correlation_of", "policy_gate", "finish", "untrusted_key", "UNTRUSTED_KEY",
 ]
+
+UNTRUSTED_KEY = frozenset({"signing_key_retired", "signing_key_unknown"})
+"""Codes of :mod:`keel.keys`' refusals: the plan's signing key is retired or not in the ring."""
 
 SEVERITY: dict[str, int] = {"execute": 0, "approve": 1, "escalate": 2, "deny": 3}
 """Decisions from the mildest; a plan follows its strictest action."""
@@ -109,7 +112,7 @@ class GuardedContext(Protocol):
     def clock(self) -> Clock: ...
 
     @property
-    def signing_key(self) -> bytes: ...
+    def signing_key(self) -> bytes | PlanKeys: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +277,12 @@ def await_approval(state: Any, config: RunnableConfig | None, ctx: GuardedContex
 
     signed = plan_of(state)
     assert signed is not None
+    refused = untrusted_key(signed, ctx)
+    if refused is not None:  # a plan whose signing key was retired (or is unknown) is not approvable
+        audit_run(ctx, run, "approval", {**approval, "decision": "refused", "refused": refused.code,
+                                         "detail": str(refused)}, actor=decision.reviewer)
+        return {"approval": {**approval, "decision": "refused"}, "actions": output_actions(state),
+                "correlation_id": state.get("correlation_id"), **escalation("plan_integrity", refused.code)}
     update: dict[str, Any] = {"status": "running", "correlation_id": state.get("correlation_id")}
     if decision.edits:
         actions = apply_edits(signed.plan.actions, decision.edits)
@@ -293,6 +302,16 @@ def await_approval(state: Any, config: RunnableConfig | None, ctx: GuardedContex
     audit_run(ctx, run, "approval", approval, actor=decision.reviewer)
     record_run(ctx, run, "running", plan_hash=approval["plan_hash"])
     return {**update, "approval": approval}
+
+
+def untrusted_key(signed: SignedPlan, ctx: GuardedContext) -> PlanIntegrityError | None:
+    """Why the key that signed ``signed`` is no longer trusted (retired, or not in the ring), or
+    None. Other integrity failures are left to :func:`execute_plan`, which refuses them."""
+    try:
+        verify_plan(signed, ctx.signing_key)
+    except PlanIntegrityError as e:
+        return e if e.code in UNTRUSTED_KEY else None
+    return None
 
 
 def approved_in_audit(ctx: GuardedContext, state: Any, signed: SignedPlan) -> bool:
@@ -319,8 +338,10 @@ def execute_plan(state: Any, ctx: GuardedContext, wf: Workflow) -> dict[str, Any
     try:
         signed = verify_plan(state["plan"], ctx.signing_key)
     except (PlanIntegrityError, ValueError) as e:
+        # a retired or unknown signing key is named as such (ids only, never key material)
+        finer = e.code if isinstance(e, PlanIntegrityError) and e.code != PlanIntegrityError.code else None
         audit_run(ctx, run, "policy_decision", {"refused": "plan_integrity", "detail": str(e)}, actor="executor")
-        return {"actions": output_actions(state), **escalation("plan_integrity")}
+        return {"actions": output_actions(state), **escalation("plan_integrity", *([finer] if finer else []))}
     stored = policy_of(state)
     if stored is None or len(stored.per_action) != len(signed.plan.actions) or (run.tenant, run.owner) != (
             signed.plan.tenant, signed.plan.customer_id):
@@ -357,9 +378,10 @@ def execute_plan(state: Any, ctx: GuardedContext, wf: Workflow) -> dict[str, Any
             call = call.model_copy(update={"guard": guard})
         res = ctx.tools.call(action.tool, action.args, call)
         budget = charge_tool_call(budget, max(0, res.attempts - 1))
+        dry = {"dry_run": True} if getattr(res, "dry_run", False) else {}  # KEEL_ENV=staging: nothing written
         audit_run(ctx, run, "tool_call", {"index": i, "tool": action.tool, "args": action.args, "ok": res.ok,
                                           "error": res.error_code, "replayed": res.replayed, "attempts": res.attempts,
-                                          "idempotency_key": key}, actor="executor")
+                                          "idempotency_key": key, **dry}, actor="executor")
         if not res.ok:
             if res.error_code in ("transient_failure", "timeout"):
                 raise ToolFailure(f"{action.tool}: {res.error_code}")
@@ -367,7 +389,7 @@ def execute_plan(state: Any, ctx: GuardedContext, wf: Workflow) -> dict[str, Any
             return {"budget": budget, "results": results, "actions": output_actions(state, states),
                     **escalation(res.error_code or "tool_error")}
         results.append({"index": i, "tool": action.tool, "output": res.output, "replayed": res.replayed,
-                        "idempotency_key": key})
+                        "idempotency_key": key, **dry})
         states.append("executed")
         if check(attempt_budget(budget), ctx.caps, datetime.now(UTC)):
             states += ["not_run"] * (n - len(states))

@@ -31,6 +31,9 @@ def verify(state: SupportState, runtime: Runtime[VerifyDeps]) -> dict[str, Any]:
     answer = state.get("answer")
     for r in state.get("results") or []:
         action = state["actions"][r["index"]]
+        if r.get("dry_run"):  # a dry run (KEEL_ENV=staging) wrote nothing: there is nothing to re-read
+            checked.append({"index": r["index"], "tool": r["tool"], "ok": True, "dry_run": True})
+            continue
         if r["tool"] == "track_shipment":
             out = r["output"] or {}
             answer = f"Order {out.get('order_id')} is {out.get('status')}: {out.get('carrier_status')}."

@@ -150,8 +150,10 @@ def test_keels_runtime_gives_each_graph_the_context_it_declares(tmp_path):
     GRAPH_BUILDERS.setdefault("ctx_free_probe", lambda runtime=None: _context_free_graph())
     try:
         ctx = rt.context("support")
-        assert isinstance(ctx, SupportContext) and ctx.tools is rt.tools and ctx.audit is rt.audit
-        assert ctx.clock() == NOW and ctx.signing_key == b"k"
+        # the model, tool and store-read parts are the runtime's behind a recorder (engine.recordings)
+        assert isinstance(ctx, SupportContext) and ctx.tools.inner is rt.tools and ctx.audit is rt.audit
+        assert ctx.clock() == NOW and ctx.signing_key is rt.keyring  # the keyring (keel.keys)
+        assert ctx.signing_key.verifying(None) == b"k"  # the configured key verifies plans without a key id
         assert rt.context("ctx_free_probe") is None
     finally:
         GRAPH_BUILDERS.pop("ctx_free_probe", None)

@@ -238,7 +238,8 @@ def test_versions_on_the_run_the_audit_row_and_the_span(done, env):
     tid, first, resume, tenant, req = done
     run = client.get(f"/threads/{tid}/runs/{first['run_id']}", headers=req).json()
     versions = run["versions"]
-    assert set(versions) == {"graph", "policy_pack", "prompts", "tool_contracts", "model_routing"}
+    assert set(versions) == {"graph", "policy_pack", "prompts", "tool_contracts", "model_routing", "environment"}
+    assert versions["environment"]["version"] == rt.settings.env == "dev"  # KEEL_ENV (keel.config)
     assert all(len(v["sha256"]) == 64 and v["version"] for v in versions.values())
     assert versions["policy_pack"] == {"version": rt.policy.version, "sha256": rt.policy.sha256}
     audit = client.get(f"/threads/{tid}/audit", headers=req).json()["items"]
