@@ -11,6 +11,7 @@ Import the submodules themselves (this package re-exports nothing):
 - :mod:`tools.registry`: every declared tool, read by the runner, planner, policy, VERIFY
   and the approvals preview
 - :mod:`tools.refund_history`: keel's own refunds of a customer (velocity facts)
-- :mod:`tools.search`: local BM25 knowledge-base search with a relevance gate
+- :mod:`tools.search`: knowledge-base search on the database's full-text index (SQLite FTS5,
+  Postgres tsvector), per-tenant synonyms and a relevance gate
 - :mod:`tools.runner`: the checked, idempotent, rate-limited, timed call path
 """

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from keel.config import PACKAGE_DIR
 from keel.types import StrictModel, Ticket
@@ -27,6 +27,7 @@ __all__ = [
     "Order",
     "Subscription",
     "Article",
+    "SynonymGroup",
     "Fixtures",
     "LineError",
     "FixtureParse",
@@ -131,6 +132,12 @@ class Article(_Record):
     """Article text."""
 
 
+SynonymGroup = Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(min_length=2, max_length=50)]
+"""Words or phrases that mean the same to a tenant's customers (``["refund", "money back"]``)."""
+
+_SYNONYMS: TypeAdapter[list[SynonymGroup]] = TypeAdapter(list[SynonymGroup], config=ConfigDict(strict=True))
+
+
 class Fixtures(StrictModel):
     """One tenant's sandbox back office, as loaded by :class:`tools.backoffice.BackOffice`."""
 
@@ -144,6 +151,8 @@ class Fixtures(StrictModel):
     """Subscriptions, each owned by one of ``customers``."""
     articles: list[Article] = Field(default_factory=list)
     """Knowledge-base articles."""
+    synonyms: list[SynonymGroup] = Field(default_factory=list, max_length=2_000)
+    """Optional: the tenant's synonym groups for knowledge search (:mod:`tools.search`)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Fixtures:
@@ -261,7 +270,8 @@ def parse_fixtures_text(text: str) -> FixtureParse:
     errors: list[LineError] = []
     tenant: str | None = None
     raw: dict[str, list[tuple[int, str]]] = {kind: [] for kind in _COLLECTIONS}
-    for key, start, _end in _members(text):
+    synonyms: list[list[str]] = []
+    for key, start, end in _members(text):
         line = _line_of(text, start)
         if key == "tenant":
             value = doc.get("tenant")
@@ -274,6 +284,11 @@ def parse_fixtures_text(text: str) -> FixtureParse:
                 errors.append(LineError(line=line, message=f"field '{key}' must be a list"))
                 continue
             raw[key] = [(_line_of(text, s), text[s:e]) for s, e in _elements(text, start)]
+        elif key == "synonyms":
+            try:
+                synonyms = _SYNONYMS.validate_json(text[start:end])
+            except ValidationError as e:
+                errors.append(LineError(line=line, message=f"synonyms: {format_validation_error(e)}"))
         else:
             errors.append(LineError(line=line, message=f"unknown field '{key}'"))
     if tenant is None:
@@ -299,7 +314,7 @@ def parse_fixtures_text(text: str) -> FixtureParse:
                 continue
             seen.add(record.id)
             kept[kind].append(record)
-    fixtures = Fixtures(tenant=tenant, **kept)
+    fixtures = Fixtures(tenant=tenant, synonyms=synonyms, **kept)
     return FixtureParse(fixtures=fixtures, errors=sorted(errors, key=lambda e: e.line))
 
 
