@@ -84,6 +84,8 @@ class GatewayCall(StrictModel):
     """The answer (or attempt) came from a fallback: an earlier model of the chain failed."""
     attempt: int = Field(default=1, ge=1)
     """1 for the first try of this model, 2 for its first retry, …"""
+    cached: bool = False
+    """Answered from keel's model cache (:mod:`gateway.cache`): no request was sent, no tokens charged."""
 
     @property
     def tokens(self) -> int:

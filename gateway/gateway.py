@@ -14,10 +14,15 @@ trace and charge the tenant's token budget. A hook that raises stops the task (h
 budget hook refuses more spending). The tokens are what a model provider reported, or an
 estimate when it reported none (a model call is never free); a provider that calls no
 model (``charges_tokens = False``, the local rules) is charged nothing.
+
+A routing rule with ``cache_ttl_s`` lets an identical temperature-0 call of the same
+tenant be answered from :mod:`gateway.cache` (a ``cached`` call, 0 tokens), re-validated
+and re-checked like a fresh answer.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -32,6 +37,7 @@ import jsonschema
 from pydantic import BaseModel, ValidationError
 
 from guards.pack import load_policy
+from keel import metrics
 from keel.config import Settings
 from keel.errors import is_retryable, is_timeout
 from gateway.base import (
@@ -47,6 +53,7 @@ from gateway.base import (
     Usage,
 )
 from gateway.breaker import BREAKERS, BreakerBoard
+from gateway.cache import CacheKey, ModelCache, call_digest
 from gateway.local import LocalProvider
 from gateway.minimize import Minimizer
 from gateway.openai_provider import CallOptions, OpenAIProvider
@@ -129,6 +136,7 @@ class ModelGateway:
         wall_clock_s: float | None = None,
         remaining: RemainingTokens | None = None,
         breakers: BreakerBoard = BREAKERS,
+        cache: ModelCache | None = None,
     ) -> None:
         if routing is None:
             if not providers:
@@ -148,6 +156,8 @@ class ModelGateway:
         self._remote = any(getattr(p, "charges_tokens", True) for p in self.providers)
         """Only a gateway that may call a model asks the budget (the local rules cost nothing)."""
         self.breakers = breakers
+        self.cache = cache
+        """Where identical temperature-0 calls are answered again (rules with ``cache_ttl_s`` only)."""
 
     @property
     def provider_names(self) -> list[str]:
@@ -216,7 +226,8 @@ class ModelGateway:
                 self._emit(call, on_call)
                 if value is not None:
                     provider = self.models[name]
-                    if not getattr(provider, "streams_callbacks", False):  # a LangChain model streamed itself
+                    # a LangChain model streamed itself, unless the answer came from the cache
+                    if call.cached or not getattr(provider, "streams_callbacks", False):
                         stream_answer(task, provider.name, system, payload, value.model_dump(mode="json"))
                     return GatewayResult(value=value, calls=calls)
         raise ModelError(task, calls)
@@ -245,11 +256,19 @@ class _Attempt(Generic[T]):
     deadline: float
     tenant: str | None
     remaining: int | None
+    _answer: Any = field(default=None, init=False, repr=False)
+    """The model's last answer as it came (references not yet restored): what the cache keeps."""
 
     def tries(self) -> Iterable[tuple[GatewayCall, T | None]]:
         provider = self.gw.models[self.name]
         spec = self.gw.routing.models.get(self.name)
         remote = getattr(provider, "charges_tokens", True)
+        cacheable = self._cache_key(provider, spec) if remote else None
+        if cacheable is not None:
+            hit = self._from_cache(provider, spec, *cacheable)
+            if hit is not None:
+                yield hit
+                return
         breaker = None
         if remote:
             identity = getattr(provider, "identity", provider.name)
@@ -265,6 +284,8 @@ class _Attempt(Generic[T]):
                 yield self._call(provider, spec, n, 0.0, 0, 0, "circuit_open"), None
                 return
             call, value, transport_failed = self._once(provider, spec, n, remote, min(self.limits.timeout_s, left))
+            if value is not None and cacheable is not None:
+                self._to_cache(cacheable[0])
             if breaker is not None:
                 if transport_failed:
                     breaker.failure()
@@ -294,6 +315,7 @@ class _Attempt(Generic[T]):
                 raw, usage = provider.complete(self.task, self.schema, self.system, sent, options=options)  # type: ignore[call-arg]
             else:
                 raw, usage = provider.complete(self.task, self.schema, self.system, sent)
+            self._answer = raw.model_dump(mode="json") if isinstance(raw, BaseModel) else raw
             tokens_in, tokens_out = charged_tokens(provider, usage, self.system, sent, raw)
             if minimizer is not None:
                 raw = minimizer.restore(raw.model_dump() if isinstance(raw, BaseModel) else raw)
@@ -318,12 +340,80 @@ class _Attempt(Generic[T]):
         return self._call(provider, spec, n, ms, tokens_in, tokens_out, error, ok=value is not None), value, transport_failed
 
     def _call(self, provider: ModelProvider, spec: ModelSpec | None, n: int, ms: float, tokens_in: int,
-              tokens_out: int, error: str | None, *, ok: bool = False) -> GatewayCall:
+              tokens_out: int, error: str | None, *, ok: bool = False, cached: bool = False) -> GatewayCall:
         return GatewayCall(
             task=self.task, provider=provider.name, ok=ok, tokens_in=tokens_in, tokens_out=tokens_out,
             ms=round(ms, 3), error=error, model=self.name, rule=self.rule.name, routing=self.gw.routing.version,
             cost_usd=spec.cost(tokens_in, tokens_out) if spec is not None else 0.0, degraded=self.degraded, attempt=n,
+            cached=cached,
         )
+
+    # -------------------------------------------------------------- the cache (gateway.cache)
+    def _cache_key(self, provider: ModelProvider, spec: ModelSpec | None) -> tuple[CacheKey, Minimizer] | None:
+        """The key of this call in the model cache, or None when it may not be cached: no cache,
+        a rule without ``cache_ttl_s``, no tenant to keep it under, or a temperature above 0."""
+        if self.gw.cache is None or not self.rule.cache_ttl_s or not self.tenant:
+            return None
+        temperature = getattr(provider, "temperature", None)
+        if temperature is None:
+            temperature = spec.temperature if spec is not None else 0.0
+        if temperature != 0:
+            return None
+        minimizer = Minimizer()
+        sent = minimizer.minimize(self.payload)  # the exact payload the model is sent (deterministic)
+        params = {"endpoint": getattr(provider, "identity", provider.name), "provider": provider.name,
+                  "method": getattr(provider, "method", None), "max_tokens": self.limits.max_tokens,
+                  "temperature": temperature}
+        digest = call_digest(self.system, sent, _schema_json(self.schema), params)
+        return CacheKey(tenant=self.tenant, model=self.name, task=self.task, digest=digest), minimizer
+
+    def _from_cache(self, provider: ModelProvider, spec: ModelSpec | None, key: CacheKey,
+                    minimizer: Minimizer) -> tuple[GatewayCall, T] | None:
+        """A hit as a call (``cached``, 0 tokens) and its value, re-validated and re-checked
+        like a fresh answer; None on a miss (or a cache that cannot be read: the model is asked)."""
+        assert self.gw.cache is not None and self.tenant
+        started = time.perf_counter()
+        try:
+            answer = self.gw.cache.get(key)
+        except Exception as exc:  # noqa: BLE001 - a cache never fails a model call
+            log.warning("model cache unreadable (%s); asking the model", type(exc).__name__)
+            return None
+        value: T | None = None
+        if answer is not None:
+            try:
+                value = _validate(self.schema, minimizer.restore(answer))
+                if self.check is not None:
+                    self.check(value)
+            except (ValidationError, InvalidOutput, TypeError):
+                value = None
+                self._forget(key)
+        if value is None:
+            metrics.cache_miss("model", self.tenant)
+            return None
+        metrics.cache_hit("model", self.tenant)
+        ms = (time.perf_counter() - started) * 1000
+        return self._call(provider, spec, 1, ms, 0, 0, None, ok=True, cached=True), value
+
+    def _to_cache(self, key: CacheKey) -> None:
+        if self.gw.cache is None or not isinstance(self._answer, dict) or not self.rule.cache_ttl_s:
+            return
+        try:
+            self.gw.cache.put(key, self._answer, self.rule.cache_ttl_s)
+        except Exception as exc:  # noqa: BLE001 - the answer stands; it is only not kept
+            log.warning("could not keep a model answer in the cache (%s)", type(exc).__name__)
+
+    def _forget(self, key: CacheKey) -> None:
+        try:
+            assert self.gw.cache is not None
+            self.gw.cache.drop(key)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not drop a stale model-cache row (%s)", type(exc).__name__)
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_json(schema: type[BaseModel]) -> dict[str, Any]:
+    """An output schema's JSON Schema (part of the cache key: a changed schema never reuses an answer)."""
+    return schema.model_json_schema()
 
 
 def _cause(exc: BaseException) -> str:
@@ -487,6 +577,7 @@ def provider_from_spec(name: str, spec: ModelSpec, settings: Settings) -> ModelP
         method=spec.structured_output,
         stream=spec.stream,
         max_tokens_param=spec.max_tokens_param,
+        temperature=spec.temperature,
     )
 
 
@@ -500,7 +591,7 @@ def _wall_clock_s(settings: Settings) -> float | None:
 
 def gateway_from_settings(settings: Settings, *, on_call: CallHook | None = None,
                           remaining: RemainingTokens | None = None,
-                          wall_clock_s: float | None = None) -> ModelGateway:
+                          wall_clock_s: float | None = None, cache: ModelCache | None = None) -> ModelGateway:
     """The gateway the settings describe.
 
     ``KEEL_MODEL_ROUTING`` set: that routing file's models and rules. Else the chain
@@ -510,10 +601,11 @@ def gateway_from_settings(settings: Settings, *, on_call: CallHook | None = None
     if settings.model_routing is not None:
         table = load_routing(settings.model_routing)
         models = {n: provider_from_spec(n, spec, settings) for n, spec in table.models.items()}
-        return ModelGateway(routing=table, models=models, on_call=on_call, remaining=remaining, wall_clock_s=cap)
+        return ModelGateway(routing=table, models=models, on_call=on_call, remaining=remaining, wall_clock_s=cap,
+                            cache=cache)
     names = list(dict.fromkeys([settings.model_provider, *settings.model_fallbacks]))
     table = chain_routing(names)
     limits = TaskLimits(timeout_s=settings.model_timeout_s, deadline_s=max(settings.model_timeout_s, 8.0))
     table = table.model_copy(update={"tasks": {t: limits for t in ("route", "extract", "plan", "answer")}})
     return ModelGateway(routing=table, models={n: provider_from_name(n, settings) for n in names},
-                        on_call=on_call, remaining=remaining, wall_clock_s=cap)
+                        on_call=on_call, remaining=remaining, wall_clock_s=cap, cache=cache)

@@ -105,6 +105,7 @@ class OpenAIProvider:
         max_tokens_param: str = "max_tokens",
         name: str | None = None,
         chat_model: BaseChatModel | None = None,
+        temperature: float = 0.0,
     ) -> None:
         if method not in ("json_schema", "function_calling", "json_mode"):
             raise ValueError(f"unknown structured-output method {method!r}")
@@ -118,6 +119,8 @@ class OpenAIProvider:
         self.method = method
         self.stream = stream
         self.max_tokens_param = max_tokens_param
+        self.temperature = temperature
+        """Sampling temperature (0: the answer the cache may reuse, see :mod:`gateway.cache`)."""
         self._injected = chat_model
         self._chats: dict[float, BaseChatModel] = {}
         self._lock = threading.Lock()
@@ -146,7 +149,7 @@ class OpenAIProvider:
                     api_key=self._api_key,
                     timeout=timeout,
                     max_retries=self.max_retries,
-                    temperature=0,
+                    temperature=self.temperature,
                     stream_usage=True,
                 )
             return chat

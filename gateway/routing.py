@@ -43,6 +43,8 @@ class ModelSpec(StrictModel):
     stream: bool = False
     cost_in_per_1k: float = Field(default=0.0, ge=0)
     cost_out_per_1k: float = Field(default=0.0, ge=0)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    """Sampling temperature sent to the model; only a model at 0 is ever cached (``Rule.cache_ttl_s``)."""
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         """USD for this many tokens."""
@@ -75,6 +77,9 @@ class Rule(StrictModel):
     max_latency_ms: int | None = Field(default=None, ge=0)
     """Applies when the caller's latency target is at most this (a tight target)."""
     chain: list[str] = Field(min_length=1)
+    cache_ttl_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
+    """Answers of this rule's models (at temperature 0) may be reused this long for an identical
+    call of the same tenant (:mod:`gateway.cache`). Unset: never cached."""
 
     def matches(self, task: RoutingTask, risk: RiskTier, remaining: int | None, latency_ms: int | None) -> bool:
         """Does this rule apply? An unknown remaining budget or latency target matches no bound on it."""

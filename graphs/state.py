@@ -133,3 +133,10 @@ class SupportState(TypedDict, total=False):
     """Answer text for knowledge and tracking tickets."""
     citations: list[str]
     """Knowledge-base article ids the answer is drawn from."""
+    degraded: bool
+    """A model answer this run used came from a fallback (an earlier model of the routing
+    chain failed, timed out or had its circuit open): what the batch output's ``degraded``
+    says, visible to API and Studio clients in the run's values."""
+    degraded_causes: list[str]
+    """Why, one ``task:model:cause`` per failed attempt before a fallback answered
+    (``triage:small:provider_error:APIConnectionError``); never model output or ticket text."""

@@ -21,7 +21,7 @@ from typing import Literal
 from prometheus_client import Counter, Gauge
 
 __all__ = ["QUOTA_ALERTS", "ADMISSION_REFUSALS", "QUOTA_USED_RATIO", "quota_alert", "admission_refused",
-           "quota_used"]
+           "quota_used", "CACHE_HITS", "CACHE_MISSES", "cache_hit", "cache_miss"]
 
 Scope = Literal["tenant", "user"]
 Quota = Literal["tokens", "runs"]
@@ -107,3 +107,33 @@ def model_called(task: str, provider: str, ok: bool, seconds: float, tenant: str
         TOKENS.labels(tenant=t, direction="output").inc(tokens_out)
     if cost_usd:
         COST.labels(tenant=t).inc(cost_usd)
+
+
+# ------------------------------------------------------------------ caches (gateway.cache, tools.cache)
+CacheKind = Literal["model", "tool"]
+
+CACHE_HITS = Counter("keel_cache_hits", "Model calls and read-only tool calls answered from keel's cache",
+                     ["kind", "tenant"])
+CACHE_MISSES = Counter("keel_cache_misses", "Cacheable model and tool calls the cache could not answer",
+                       ["kind", "tenant"])
+
+
+def cache_hit(kind: CacheKind, tenant: str) -> None:
+    """Count one call answered from the cache (no model request, no tool run)."""
+    CACHE_HITS.labels(kind=kind, tenant=tenant or "-").inc()
+
+
+def cache_miss(kind: CacheKind, tenant: str) -> None:
+    """Count one cacheable call the cache had no fresh answer for."""
+    CACHE_MISSES.labels(kind=kind, tenant=tenant or "-").inc()
+
+
+# ------------------------------------------------------------------ releases (engine.releases)
+# Labels: release id (a handful per deploy), metric (safety, error, escalation), graph id,
+# shadow result (same, changed, failed, skipped).
+RELEASE_ROLLBACKS = Counter("keel_release_rollbacks", "Canary releases that rolled back by themselves, by release "
+                            "and the metric on which the candidate was worse than stable", ["release", "metric"])
+RELEASE_CANARY_SHARE = Gauge("keel_release_canary_share", "Share of new runs of the graph the active canary's "
+                             "candidate takes (0 when no canary is active)", ["graph"], multiprocess_mode="mostrecent")
+RELEASE_SHADOW = Counter("keel_release_shadow_runs", "Live runs replayed under a shadow release's candidate, by result "
+                         "(same, changed, failed, skipped)", ["release", "result"])

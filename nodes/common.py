@@ -8,6 +8,7 @@ parsed.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from datetime import datetime
@@ -32,7 +33,7 @@ __all__ = [
     "model_hook",
     "ask_model", "ticket_of", "triage_of", "screen_of", "injection_flagged", "extraction_of", "context_of", "plan_of",
     "policy_of", "tenant_of", "audit", "tool_context", "escalation", "output_actions", "traced", "allowlist", "record_status",
-    "attempt_budget", "raise_if_infrastructure"]
+    "attempt_budget", "raise_if_infrastructure", "marks_fallbacks"]
 
 log = logging.getLogger("keel.nodes")
 
@@ -232,10 +233,57 @@ def model_hook(ctx: AsksModels, state: SupportState) -> Callable[[Any], None]:
         raise TokenBudgetExceeded()
 
     def on_call(call: Any) -> None:
+        seen = _NODE_CALLS.get()
+        if seen is not None:  # the node's ``marks_fallbacks`` reads them
+            seen.append(call)
         audit(ctx, state, "model_call", call.model_dump(mode="json"), actor=f"model:{call.provider}")
-        ctx.quotas.charge(tenant, call.tokens, clock(), allow_overdraft=True, user=user)
+        if call.tokens:  # a call that cost nothing (the local rules) changes no quota: no write
+            ctx.quotas.charge(tenant, call.tokens, clock(), allow_overdraft=True, user=user)
 
     return on_call
+
+
+_NODE_CALLS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("keel_node_model_calls", default=None)
+"""The gateway calls of the node running in this context (set by :func:`marks_fallbacks`)."""
+
+
+def marks_fallbacks(*, starts_run: bool = False) -> Callable:
+    """Put ``degraded`` / ``degraded_causes`` in the state update of a node that asks the gateway.
+
+    An answer from a fallback model (``GatewayCall.degraded``) marks the run, with the cause
+    of each failed attempt before it, so API and Studio clients see it in the run's values
+    (the batch output reads the same from the audit rows). Marks accumulate over the run's
+    nodes; ``starts_run`` (TRIAGE) starts them afresh, as a new run on a thread does.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        @wraps(fn)
+        def wrapper(state: SupportState, *args: Any, **kwargs: Any) -> Any:
+            calls: list[Any] = []
+            token = _NODE_CALLS.set(calls)
+            try:
+                result = fn(state, *args, **kwargs)
+            finally:
+                _NODE_CALLS.reset(token)
+            if not isinstance(result, dict):
+                return result
+            return {**result, **_fallback_marks(state, calls, starts_run)}
+
+        return wrapper
+
+    return deco
+
+
+def _fallback_marks(state: SupportState, calls: list[Any], starts_run: bool) -> dict[str, Any]:
+    """The marks to add: none while no answer of the run was degraded (state keeps no
+    ``degraded: false`` then, so an undegraded run's values are what they always were)."""
+    if any(c.ok and c.degraded for c in calls):
+        causes = [] if starts_run else list(state.get("degraded_causes") or [])
+        causes += [f"{c.task}:{c.model or c.provider}:{c.error}" for c in calls if not c.ok and c.error]
+        return {"degraded": True, "degraded_causes": causes}
+    if starts_run and state.get("degraded"):  # a new run on a thread a degraded run left marked
+        return {"degraded": False, "degraded_causes": []}
+    return {}
 
 
 def escalation(*reason_codes: str, **extra: Any) -> dict[str, Any]:

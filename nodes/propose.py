@@ -18,7 +18,8 @@ from graphs.context import ProposeDeps
 from graphs.state import SupportState
 from keel.plan import Plan, sign_plan
 from keel.types import ProposedAction
-from nodes.common import allowlist, ask_model, audit, context_of, escalation, extraction_of, ticket_of, traced
+from nodes.common import (allowlist, ask_model, audit, context_of, escalation, extraction_of, marks_fallbacks,
+                          ticket_of, traced)
 from tools.registry import TOOLS, cards
 
 __all__ = ["propose_action", "CITATION_RATIO"]
@@ -89,6 +90,7 @@ def _amounts_from_claims(state: SupportState, actions: list[ProposedAction]) -> 
 
 
 @traced("propose_action")
+@marks_fallbacks()
 def propose_action(state: SupportState, runtime: Runtime[ProposeDeps]) -> dict[str, Any]:
     """Plan the actions (or answer a knowledge question)."""
     if state["route"] == "knowledge":
@@ -143,7 +145,7 @@ def propose_action(state: SupportState, runtime: Runtime[ProposeDeps]) -> dict[s
         ),
         ctx.signing_key,
     )
-    audit(ctx, state, "plan_proposed", {"plan_hash": signed.hash, "actions": [a.model_dump() for a in actions],
+    audit(ctx, state, "plan_proposed", {"plan_hash": signed.hash, "key_id": signed.key_id, "actions": [a.model_dump() for a in actions],
                                       "rationale": proposal.rationale, "outside_allowlist": [a.tool for a in actions if a.tool not in tools]},
           actor="planner")
     return {"plan": signed}

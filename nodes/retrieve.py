@@ -18,7 +18,8 @@ from graphs.state import RetrievedContext, SupportState
 from guards.budgets import charge_tool_call, check
 from guards.injection import ScreenResult, merge, screen_fields
 from keel.errors import KeelError
-from nodes.common import allowlist, ask_model, attempt_budget, escalation, screen_of, ticket_of, tool_context, traced
+from nodes.common import (allowlist, ask_model, attempt_budget, audit, escalation, marks_fallbacks, screen_of,
+                          ticket_of, tool_context, traced)
 
 __all__ = ["retrieve_context"]
 
@@ -57,6 +58,7 @@ def _record_texts(context: RetrievedContext) -> dict[str, str]:
 
 
 @traced("retrieve_context")
+@marks_fallbacks()
 def retrieve_context(state: SupportState, runtime: Runtime[RetrieveDeps]) -> dict[str, Any]:
     """Extract the ticket's facts and read the records a plan would touch."""
     ctx = runtime.context
@@ -76,6 +78,8 @@ def retrieve_context(state: SupportState, runtime: Runtime[RetrieveDeps]) -> dic
         if tool not in tools:
             return None
         res = ctx.tools.call(tool, args, calls)
+        if getattr(res, "cached", False):  # answered from the tool cache (tools.cache): the audit says so
+            audit(ctx, state, "tool_call", {"tool": tool, "args": args, "ok": True, "cached": True})
         budget = charge_tool_call(budget, max(0, res.attempts - 1))
         if check(attempt_budget(budget), ctx.caps, datetime.now(UTC)):
             raise _Budget()

@@ -19,13 +19,14 @@ from graphs.state import SupportState
 from guards.budgets import new_budget
 from guards.injection import screen_fields
 from keel.types import Ticket
-from nodes.common import ask_model, audit, escalation, record_status, traced
+from nodes.common import ask_model, audit, escalation, marks_fallbacks, record_status, traced
 from tools.registry import side_effect_operations
 
 __all__ = ["triage"]
 
 
 @traced("triage")
+@marks_fallbacks(starts_run=True)
 def triage(state: SupportState, config: RunnableConfig, runtime: Runtime[TriageDeps]) -> dict[str, Any]:
     """Route the ticket: ``{route, confidence, reason_codes}``, or escalate.
 

@@ -353,7 +353,7 @@ def test_minimizer_references_round_trip() -> None:
 # ---------------------------------------------------------------- routing as data
 def test_bundled_routing_file_routes_by_task_risk_and_budget() -> None:
     table = load_routing(DEFAULT_ROUTING_PATH)
-    assert table.version == "routing-v1"
+    assert table.version == "routing-v2"
     assert table.select("plan", risk="high").chain[0] == "strong"
     assert table.select("route").chain == ["small", "local"]
     assert table.select("plan", risk="high", remaining=1000).name == "low-budget-local"
@@ -382,8 +382,8 @@ def test_a_high_risk_plan_goes_to_the_strong_model_and_the_call_says_why() -> No
     calls: list[GatewayCall] = []
     gw.plan(planning, on_call=calls.append)
     assert [(c.model, c.rule, c.routing) for c in calls] == [
-        ("strong", "plan-high-risk-strong", "routing-v1"), ("small", "plan-high-risk-strong", "routing-v1"),
-        ("local", "plan-high-risk-strong", "routing-v1")]
+        ("strong", "plan-high-risk-strong", "routing-v2"), ("small", "plan-high-risk-strong", "routing-v2"),
+        ("local", "plan-high-risk-strong", "routing-v2")]
     assert calls[0].cost_usd == round(10 / 1000 * 0.0025 + 5 / 1000 * 0.01, 8)
 
 

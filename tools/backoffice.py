@@ -17,7 +17,9 @@ from typing import Any
 
 from keel.db import Database, Tx
 
+from .cache import TOOL_CACHE_DDL, invalidate_tenant
 from .fixtures import Fixtures
+from .search import SearchHit, article_index
 
 __all__ = ["BackOffice", "TABLES", "iso_z"]
 
@@ -129,6 +131,8 @@ class BackOffice:
         """Create the tables if they do not exist (idempotent, both engines). The refund holds
         read with them are :class:`tools.refund_history.RefundHistory`'s, set up after these."""
         self.db.executescript(_SCHEMA)
+        self.db.executescript(TOOL_CACHE_DDL)  # the read cache's generations: this store's writes bump them
+        article_index(self.db).setup()  # the articles' full-text index and the synonym table
 
     def load_fixtures(self, fixtures: Fixtures) -> None:
         """Replace the tenant's records (and its ledger) with ``fixtures``, in one transaction."""
@@ -136,6 +140,7 @@ class BackOffice:
         with self.db.transaction() as tx:
             for table in TABLES:
                 tx.execute(f"DELETE FROM {table} WHERE tenant = ?", (t,))
+            invalidate_tenant(tx, t)  # every cached read of the tenant (tools.cache) is stale
             for c in fixtures.customers:
                 tx.execute(
                     "INSERT INTO customers (tenant, id, name, email, identity_level, locked, mfa_enabled)"
@@ -163,6 +168,7 @@ class BackOffice:
                 )
             for a in fixtures.articles:
                 tx.execute("INSERT INTO articles (tenant, id, title, body) VALUES (?, ?, ?, ?)", (t, a.id, a.title, a.body))
+            article_index(self.db).set_synonyms(tx, t, fixtures.synonyms)
 
     def has_tenant(self, tenant: str) -> bool:
         """Whether any customer or article of ``tenant`` is loaded."""
@@ -263,6 +269,11 @@ class BackOffice:
         """The tenant's knowledge-base articles ``{id, title, body}``, by id."""
         with self.db.within(tx) as t:
             return t.fetchall("SELECT id, title, body FROM articles WHERE tenant = ? ORDER BY id", (tenant,))
+
+    def search_articles(self, tenant: str, query: str, limit: int = 3, tx: Tx | None = None) -> list[SearchHit]:
+        """The tenant's articles relevant to ``query``, best first (:mod:`tools.search`)."""
+        with self.db.within(tx) as t:
+            return article_index(self.db).search(t, tenant, query, limit)
 
     def count_rows(self, table: str, tenant: str) -> int:
         """Rows of one tenant in one back-office table (for tests and verification)."""

@@ -59,6 +59,10 @@ What a declaration carries, and who reads it:
 - ``preview``: ``fn(backoffice, tenant, args) -> list[RecordChange]``: the records the call
   would change, before and after, for a reviewer (approvals API through
   ``registry.preview_actions``). Required with a side effect.
+- ``cache_ttl_s`` / ``cache_scope``: a read-only tool's results may be reused this long
+  (:mod:`tools.cache`), per tenant and, with scope ``customer`` (the default), per ticket
+  customer; any side effect on that customer's records, or a fixtures load of the tenant,
+  invalidates them. Unset: never cached. Refused on a side-effecting tool.
 
 Registering: shipped tools are found in ``tools/catalog``; a tool declared elsewhere (a test,
 a plug-in) is added with :func:`tools.registry.register` (and removed with ``unregister``).
@@ -69,7 +73,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, Field
 
@@ -80,7 +84,8 @@ from keel.types import StrictModel, ToolCard
 from .backoffice import BackOffice
 from .contracts import ToolEnv
 
-__all__ = ["ToolFn", "ReadFn", "PreviewFn", "Verify", "RecordChange", "ToolDecl", "DeclarationError", "tool"]
+__all__ = ["ToolFn", "ReadFn", "PreviewFn", "Verify", "RecordChange", "ToolDecl", "DeclarationError", "tool",
+           "CacheScope"]
 
 ToolFn = Callable[..., BaseModel]
 """``fn(backoffice, tx, env, args) -> output``: one transaction, may raise ToolError."""
@@ -92,6 +97,9 @@ PreviewFn = Callable[..., "list[RecordChange]"]
 """``preview(backoffice, tenant, args) -> changes``: what the call would change, not changing it."""
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+
+CacheScope = Literal["customer", "tenant"]
+"""Whose data a cached read holds: the ticket customer's records, or the tenant's (its knowledge base)."""
 
 
 class DeclarationError(ConfigError, TypeError):
@@ -155,6 +163,10 @@ class ToolDecl:
     preview: PreviewFn | None = None
     module: str = ""
     """Module that declared it (error messages)."""
+    cache_ttl_s: float | None = None
+    """Seconds a result of this read may be reused (:mod:`tools.cache`); None: never cached."""
+    cache_scope: CacheScope = "customer"
+    """What a cached result depends on, besides its arguments: the ticket customer, or only the tenant."""
 
     def __post_init__(self) -> None:
         where = f"tool {self.name!r} ({self.module or '?'})"
@@ -173,6 +185,10 @@ class ToolDecl:
             raise DeclarationError(f"{where}: a side-effecting tool must say how a reviewer previews it (preview=)")
         if self.operation is not None and not self.routes:
             raise DeclarationError(f"{where}: a tool carrying an operation must name its route(s)")
+        if self.cache_ttl_s is not None and (self.side_effect or not self.cache_ttl_s > 0):
+            raise DeclarationError(f"{where}: only a read-only tool may be cached, for a positive cache_ttl_s")
+        if self.cache_scope not in ("customer", "tenant"):
+            raise DeclarationError(f"{where}: cache_scope must be 'customer' or 'tenant'")
 
     @property
     def description(self) -> str:
@@ -200,6 +216,8 @@ def tool(
     verify: Verify | None = None,
     preview: PreviewFn | None = None,
     name: str | None = None,
+    cache_ttl_s: float | None = None,
+    cache_scope: CacheScope = "customer",
 ) -> Callable[[ToolFn], ToolDecl]:
     """Declare ``fn(backoffice, tx, env, args: Input) -> Output`` as a tool.
 
@@ -218,7 +236,7 @@ def tool(
         return ToolDecl(
             name=name or fn.__name__, input_model=hints["args"], output_model=hints["return"], fn=fn,
             side_effect=side_effect, operation=operation, routes=tuple(routes), verify=verify, preview=preview,
-            module=fn.__module__,
+            module=fn.__module__, cache_ttl_s=cache_ttl_s, cache_scope=cache_scope,
         )
 
     return wrap

@@ -25,6 +25,11 @@ transaction. A repeated key returns the first result (``replayed=True``) without
 again, across restarts and concurrent callers (the ledger's primary key decides the
 race); a repeated key with other arguments → ``idempotency_conflict``.
 
+Cached reads: with a :class:`~tools.cache.ToolCache`, a read-only tool declared with
+``cache_ttl_s`` is answered from the cache after check 6 when a fresh entry exists
+(``cached=True``), and every committed side effect invalidates its customer's entries in
+the side effect's own transaction.
+
 Errors returned never carry a stack trace, SQL text, argument values or secrets.
 """
 
@@ -49,6 +54,7 @@ from keel.retry import Backoff, RetryPolicy
 from keel.types import StrictModel
 
 from .backoffice import BackOffice, iso_z
+from .cache import CachedRead, ToolCache, record_write
 from .contracts import ToolEnv, ToolError, TransientToolError
 from .registry import TOOLS, ToolSpec
 from .telemetry import tool_span
@@ -106,6 +112,10 @@ class ToolResult(StrictModel):
     """Attempts made (0 when refused before running; at most 1 + max_retries)."""
     replayed: bool = False
     """The result was recorded by an earlier call with the same idempotency key."""
+    dry_run: bool = False
+    """A side effect that did not write (``KEEL_ENV=staging``): ``output`` is the tool's preview."""
+    cached: bool = False
+    """A read answered from keel's tool cache (:mod:`tools.cache`): the tool did not run."""
 
 
 def args_hash(tool: str, args: BaseModel) -> str:
@@ -143,6 +153,8 @@ class ToolRunner:
         max_workers: int = 8,
         clock: Callable[[], float] = time.monotonic,
         registry: Mapping[str, ToolSpec] | None = None,
+        dry_run_side_effects: bool = False,
+        cache: ToolCache | None = None,
     ) -> None:
         if backoffice.db.url.endswith(":memory:"):
             raise ValueError("an in-memory SQLite database is per thread; the runner needs a file or Postgres")
@@ -156,6 +168,12 @@ class ToolRunner:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._limiter = LocalRateLimiter(rate_per_minute, clock=clock)
+        self.dry_run_side_effects = dry_run_side_effects
+        """Side-effecting tools return their preview instead of writing (the environment's
+        ``dry_run_side_effects``, see ``guards.env_policy``); reads run as usual."""
+        self.cache = cache
+        """Read-only results kept per tenant (tools declared with ``cache_ttl_s``); with a cache,
+        every side effect also invalidates its customer's cached reads, in its own transaction."""
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="keel-tool")
 
     def close(self) -> None:
@@ -194,10 +212,15 @@ class ToolRunner:
             return _fail("idempotency_key_required", f"tool {name} needs an idempotency key")
         if not self._limiter.allow(ctx.tenant):
             return _fail("rate_limited", "tool rate limit reached for this tenant; try again later")
+        if spec.side_effect and self.dry_run_side_effects:
+            return self._dry_run(spec, validated, ctx)
 
         env = ToolEnv(ctx.tenant, ctx.customer_id, ctx.now, ctx.idempotency_key if spec.side_effect else None,
                       ctx.guard if spec.side_effect else None)
         digest = args_hash(name, validated)
+        cached = self.cache.lookup(spec, ctx.tenant, ctx.customer_id, digest) if self.cache is not None else None
+        if cached is not None and cached.output is not None:
+            return ToolResult(ok=True, output=cached.output, cached=True)
         attempts = 0
 
         def attempt() -> ToolResult:
@@ -206,7 +229,7 @@ class ToolRunner:
             return self._submit(spec, validated, env, digest, attempts)
 
         try:
-            return self.retry_policy.retrying()(attempt)
+            return self._keep(cached, self.retry_policy.retrying()(attempt))
         except Exception as e:
             if is_retryable(e):  # the policy's attempts are spent
                 return _fail("transient_failure", f"tool {name} failed after {attempts} attempts", attempts)
@@ -214,6 +237,25 @@ class ToolRunner:
                 return _fail(e.code, e.message, attempts)
             logger.exception("tool %s failed unexpectedly (correlation_id=%s)", name, ctx.correlation_id)
             return _fail("internal_error", f"tool {name} failed unexpectedly", attempts)
+
+    def _keep(self, cached: CachedRead | None, result: ToolResult) -> ToolResult:
+        """A cacheable read's successful result goes into the cache (under the generations read before it ran)."""
+        if cached is not None and self.cache is not None and result.ok and result.output is not None:
+            self.cache.store(cached, result.output)
+        return result
+
+    def _dry_run(self, spec: ToolSpec, args: BaseModel, ctx: ToolContext) -> ToolResult:
+        """A side effect that does not write: the tool's preview (the records it would change),
+        marked ``dry_run``. No transaction, no ledger row: nothing happened."""
+        changes: list[dict[str, Any]] = []
+        error = None
+        try:
+            if spec.preview is not None:
+                changes = [c.model_dump(mode="json") for c in spec.preview(self.backoffice, ctx.tenant, args)]
+        except Exception as e:  # noqa: BLE001 - a preview is advisory; the dry run still writes nothing
+            error = type(e).__name__
+        output = {"dry_run": True, "tool": spec.name, "changes": changes, **({"preview_error": error} if error else {})}
+        return ToolResult(ok=True, output=output, attempts=1, dry_run=True)
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -273,6 +315,8 @@ class ToolRunner:
                     raise _Abandoned()
                 if spec.side_effect:
                     _ledger_put(tx, env, spec.name, digest, result)
+                    if self.cache is not None:  # committed with the write: the customer's cached reads are stale
+                        record_write(tx, env.tenant, env.customer_id)
                 return result
         except IntegrityError:
             if not spec.side_effect:

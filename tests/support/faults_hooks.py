@@ -25,8 +25,9 @@ the tests of one module share a cluster without stepping on each other:
     timeout.
 
 ``dbfail.<TENANT>`` (content: N)
-    The first N charges of model tokens for TENANT (the database write after each model
-    call) raise ``psycopg.OperationalError``, as during a database restart.
+    The first N database writes that record a model call for TENANT (its ``model_call``
+    audit row, or its token charge when the call cost tokens) raise
+    ``psycopg.OperationalError``, as during a database restart.
 
 Every node entry is recorded in ``fault_node_entries`` and every attempt of an armed tool
 in ``fault_tool_attempts`` (with the run's ``attempts`` and ``available_at`` at that
@@ -217,11 +218,11 @@ def _install_tool_faults(runtime: Any) -> None:
 def _install_db_faults(runtime: Any) -> None:
     import psycopg
 
-    tokens = runtime.tokens
-    real_charge = tokens.charge
+    tokens, audit = runtime.tokens, runtime.audit
+    real_charge, real_append = tokens.charge, audit.append
     db = runtime.db
 
-    def charge(tenant: str, *args: Any, **kwargs: Any) -> Any:
+    def fail_if_armed(tenant: str) -> None:
         d = _dir()
         armed = d / f"dbfail.{tenant}" if d is not None else None
         if armed is not None and armed.exists():
@@ -232,9 +233,19 @@ def _install_db_faults(runtime: Any) -> None:
                                     (tenant,))["n"])
             if n <= int(armed.read_text()):
                 raise psycopg.OperationalError("injected: server closed the connection unexpectedly")
+
+    def charge(tenant: str, *args: Any, **kwargs: Any) -> Any:
+        fail_if_armed(tenant)
         return real_charge(tenant, *args, **kwargs)
 
+    def append(tenant: str, kind: str, *args: Any, **kwargs: Any) -> Any:
+        data = kwargs.get("data") or {}
+        if kind == "model_call" and not data.get("error"):  # the bookkeeping of a call that answered
+            fail_if_armed(tenant)
+        return real_append(tenant, kind, *args, **kwargs)
+
     tokens.charge = charge
+    audit.append = append
 
 
 def keel_install(runtime: Any) -> None:

@@ -43,7 +43,7 @@ class AccountOutput(StrictModel):
     """Multi-factor authentication on."""
 
 
-@tool(side_effect=False, routes=("access",))
+@tool(side_effect=False, routes=("access",), cache_ttl_s=120)
 def get_account(bo: BackOffice, tx: Tx, env: ToolEnv, args: GetAccountInput) -> AccountOutput:
     """The customer's login state."""
     own_customer(bo, tx, env, args.customer_id)

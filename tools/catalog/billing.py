@@ -58,7 +58,7 @@ class ListPaymentsOutput(StrictModel):
     """Oldest first."""
 
 
-@tool(side_effect=False, operation="billing_question", routes=("billing",))
+@tool(side_effect=False, operation="billing_question", routes=("billing",), cache_ttl_s=120)
 def list_payments(bo: BackOffice, tx: Tx, env: ToolEnv, args: ListPaymentsInput) -> ListPaymentsOutput:
     """The customer's payments, optionally for one order."""
     own_customer(bo, tx, env, args.customer_id)

@@ -44,7 +44,7 @@ class CustomerOutput(StrictModel):
     """Login state."""
 
 
-@tool(side_effect=False, routes=("billing", "orders", "access"))
+@tool(side_effect=False, routes=("billing", "orders", "access"), cache_ttl_s=120)
 def get_customer(bo: BackOffice, tx: Tx, env: ToolEnv, args: GetCustomerInput) -> CustomerOutput:
     """The ticket's customer record."""
     return CustomerOutput.model_validate(own_customer(bo, tx, env, args.customer_id))

@@ -10,7 +10,6 @@ from keel.types import StrictModel
 from ..backoffice import BackOffice
 from ..contracts import ToolEnv, ToolInput
 from ..declaration import tool
-from ..search import KnowledgeIndex
 
 __all__ = ["SearchKbInput", "KbResult", "SearchKbOutput", "search_kb"]
 
@@ -44,8 +43,8 @@ class SearchKbOutput(StrictModel):
     """At most ``limit`` articles."""
 
 
-@tool(side_effect=False, operation="question", routes=("knowledge",))
+@tool(side_effect=False, operation="question", routes=("knowledge",), cache_ttl_s=600, cache_scope="tenant")
 def search_kb(bo: BackOffice, tx: Tx, env: ToolEnv, args: SearchKbInput) -> SearchKbOutput:
     """Relevant knowledge-base articles; none when no article answers the question."""
-    hits = KnowledgeIndex(bo.articles(env.tenant, tx)).search(args.query, limit=args.limit)
+    hits = bo.search_articles(env.tenant, args.query, limit=args.limit, tx=tx)
     return SearchKbOutput(results=[KbResult(id=h.id, title=h.title, score=h.score, snippet=h.snippet) for h in hits])

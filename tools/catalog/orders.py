@@ -55,7 +55,7 @@ class OrderOutput(StrictModel):
     """Where it ships."""
 
 
-@tool(side_effect=False, routes=("billing", "orders"))
+@tool(side_effect=False, routes=("billing", "orders"), cache_ttl_s=60)
 def get_order(bo: BackOffice, tx: Tx, env: ToolEnv, args: GetOrderInput) -> OrderOutput:
     """One of the customer's orders."""
     return OrderOutput.model_validate(own_order(bo, tx, env, args.order_id))
@@ -79,7 +79,7 @@ class TrackShipmentOutput(StrictModel):
     """Carrier's latest status text."""
 
 
-@tool(side_effect=False, operation="track_order", routes=("orders",))
+@tool(side_effect=False, operation="track_order", routes=("orders",), cache_ttl_s=60)
 def track_shipment(bo: BackOffice, tx: Tx, env: ToolEnv, args: TrackShipmentInput) -> TrackShipmentOutput:
     """An order's status and the carrier's latest status text."""
     order = own_order(bo, tx, env, args.order_id)
