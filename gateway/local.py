@@ -14,7 +14,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.base import ROUTE_OPERATIONS, PlanningInput, Usage
-from gateway.rules import READ_ONLY_OPERATIONS, analyze, claimed_amounts, extract_text, reship_reason, triage_text
+from gateway.rules import (
+    READ_ONLY_OPERATIONS,
+    analyze,
+    claimed_amounts,
+    extract_text,
+    request_order_ids,
+    reship_reason,
+    triage_text,
+)
 from keel.types import Extraction, Operation, PlanProposal, ProposedAction, Route, Ticket, TriageResult
 
 __all__ = ["LocalProvider", "plan_locally"]
@@ -156,7 +164,7 @@ def _secondary_operations(planning: PlanningInput) -> list[Operation]:
     arrived, resend it"), not a second request.
     """
     analysis = analyze(planning.ticket.body)
-    scores = analysis.scores()
+    scores = analysis.scores(descriptive=False)  # an attempt or a complaint is no request
     first = analysis.first_seen()
     primary = planning.extraction.operation
     ops = [
@@ -170,23 +178,58 @@ def _secondary_operations(planning: PlanningInput) -> list[Operation]:
     return sorted(ops, key=lambda op: first[op])
 
 
+_PER_ORDER_OPERATIONS: frozenset[Operation] = frozenset({"cancel_order", "reship", "track_order"})
+"""Operations with nothing but the order to decide: one request may name several orders."""
+
+
+def _primary_actions(planning: PlanningInput) -> tuple[list[ProposedAction], str]:
+    """The actions answering the extraction's request: one, one per listed order, or none.
+
+    "Cancel O-1 and O-2" is one request about two orders: both are planned. A request whose
+    orders cannot be told ("refund $20 on O-1, it came with O-2") is planned not at all.
+    """
+    ext = planning.extraction
+    if ext.operation in {"refund", "cancel_order", "change_address", "reship"}:
+        ids = request_order_ids(ext.operation, planning.ticket.body)
+        if ids is None:
+            return [], f"{ext.operation}: the ticket names several orders and which one is meant is not clear"
+        if len(ids) > 1:
+            if ext.operation not in _PER_ORDER_OPERATIONS:
+                return [], f"{ext.operation}: one request names several orders ({', '.join(ids)})"
+            out: list[ProposedAction] = []
+            notes: list[str] = []
+            for order_id in ids:
+                action, note = _action_for(ext.model_copy(update={"order_id": order_id}), planning)
+                if action is None:
+                    return [], note
+                out.append(action)
+                notes.append(note)
+            return out, "; ".join(notes)
+    action, note = _action_for(ext, planning)
+    return ([action] if action else []), note
+
+
 def plan_locally(planning: PlanningInput) -> PlanProposal:
     """Plan the extraction's operation (plus any other firm request of the same route).
 
     An operation that cannot be planned without guessing (no order identifiable, no new
     address given) yields no action and says why in the rationale, so a human can ask.
+    The plan answers every request of the ticket or none: when one of several requests
+    cannot be planned, nothing is, rather than carrying out only the others.
     """
     actions: list[ProposedAction] = []
     notes: list[str] = []
-    action, note = _action_for(planning.extraction, planning)
+    primary, note = _primary_actions(planning)
     notes.append(note)
-    if action is None:
+    if not primary:
         return PlanProposal(actions=[], rationale="; ".join(notes))
-    actions.append(action)
+    actions.extend(primary)
     for op in _secondary_operations(planning):
         ext = extract_text(planning.ticket.subject, planning.ticket.body, planning.route, operation=op)
         extra, note = _action_for(ext, planning)
-        if extra is not None and extra not in actions:
+        if extra is None:
+            return PlanProposal(actions=[], rationale="; ".join([*notes, note, "not every request can be planned"]))
+        if extra not in actions:
             actions.append(extra)
             notes.append(note)
     return PlanProposal(actions=actions[:8], rationale="; ".join(notes))

@@ -17,6 +17,15 @@ give the same answer every time. The design choices, each for a reason:
 - Confidence comes from match strength (0.93 for one clear phrase), so only tickets with
   nothing to go on fall below the policy's 0.6 threshold.
 
+- The text is read structurally first (:mod:`gateway.normalize`): shorthand and typos of
+  support words are corrected, a quoted or forwarded section is context, and sentences are
+  split into clauses at the joints between requests ("btw", "also", "+", bullets).
+- Fail closed on a second request: a knowledge question ("do you ship to Canada?") or a
+  request no phrase recognised but whose words belong to another route ("also please sort
+  out my login") next to an action makes the ticket ``multiple_intents``, like two firm
+  routes do; a delivery complaint is the reason for a billing/orders request next to it,
+  never for an access one.
+
 Ticket text is data: nothing here executes or obeys it; it is only matched.
 """
 
@@ -28,6 +37,7 @@ from typing import Literal
 
 from guards.injection import claim_clauses
 from gateway.base import OPERATION_ROUTE, ROUTE_OPERATIONS
+from gateway.normalize import clauses, current_part, normalize
 from keel.types import Extraction, Operation, Route, TriageResult
 
 __all__ = [
@@ -47,6 +57,7 @@ __all__ = [
     "find_new_address",
     "reship_reason",
     "READ_ONLY_OPERATIONS",
+    "request_order_ids",
 ]
 
 _F = re.IGNORECASE
@@ -54,7 +65,8 @@ _F = re.IGNORECASE
 # --------------------------------------------------------------------------- patterns
 _MFA = r"(?:two[- ]?factor|2fa|mfa|multi[- ]?factor|authenticator|2[- ]?step|two[- ]step|one[- ]time codes?|verification codes?)"
 _SUB_WORDS = r"(?:subscription|membership|plan|auto-?renew\w*|renewal)"
-_ORDER_WORDS = r"(?:order|purchase|shipment|package|parcel|O-\d+)"
+_PAY_WORDS = r"(?:charges?|payments?|transactions?|debits?)"
+_ORDER_WORDS = r"(?:order|purchase|shipment|package|parcel|delivery|stuff|things|items?|O-\d+)"
 _NOT_EMAIL = r"(?:(?!e-?mail)[^.?!\n])"
 
 _OP_PATTERNS: list[tuple[Operation, str, int]] = [
@@ -77,7 +89,7 @@ _OP_PATTERNS: list[tuple[Operation, str, int]] = [
     # billing: read-only questions about payments
     ("billing_question", r"\b(?:charg|bill)(?:ed|ing|e)? (?:me |us )?(?:twice|two times|2 times|double)\b", 2),
     ("billing_question", r"\bdouble[- ]?(?:charged|charge|billed|billing)\b", 2),
-    ("billing_question", r"\bduplicate (?:charges?|payments?|transactions?)\b", 2),
+    ("billing_question", r"\b(?:duplicated?|identical|repeated) (?:charges?|payments?|transactions?)\b", 2),
     ("billing_question", r"\breceipts?\b", 2),
     ("billing_question", r"\binvoices?\b", 1),
     ("billing_question", r"\b(?:unrecognized|unknown|strange|unexpected|extra) (?:charges?|payments?)\b", 2),
@@ -126,14 +138,51 @@ _OP_PATTERNS: list[tuple[Operation, str, int]] = [
     ("unlock_account", r"\b(?:it'?s|it is|is|got|been|was|gets) (?:still |now |been )?(?:locked|blocked|frozen)\b", 2),
     ("unlock_account", r"\baccount\b[^.?!\n]{0,20}\b(?:locked|blocked|frozen|suspended|disabled)\b", 2),
     ("unlock_account", r"\b(?:locked|blocked|frozen)\b[^.?!\n]{0,10}\baccount\b", 2),
+    # paraphrases: money coming back, stopping a plan, not shipping, a missing part, a broken login
+    ("refund", r"\b(?:cash|money|payment)\s+(?:back|returned|refunded)\b", 2),
+    ("refund", r"\bgive (?:me )?(?:back )?(?:my |the )?(?:money|cash|payment)\b(?: back)?", 2),
+    ("refund", r"\breturn(?:ing)? (?:of )?(?:my |the )?(?:money|cash|payment)\b", 2),
+    ("cancel_subscription", r"\bstop (?:paying|being charged|being billed) for (?:my |the |this )?(?:\w+ )?" + _SUB_WORDS, 2),
+    ("cancel_subscription", r"\bunsubscribe (?:me )?from (?:my |the |this )?(?:\w+ )?" + _SUB_WORDS, 2),
+    ("cancel_subscription", r"\b(?:end|terminate|close|kill|stop) (?:my|the|this) (?:\w+ )?(?:plan|subscription|membership)\b", 2),
+    ("cancel_order", r"\b(?:annul|call off|void|withdraw)\w*\b[^.?!\n]{0,20}\b(?:order|purchase|O-\d+)", 2),
+    ("cancel_order", r"\b(?:don'?t|do not|please don'?t) (?:ship|send|dispatch) (?:it|them|this|that|the order|my order|O-\d+)\b", 2),
+    ("cancel_order", r"\b(?:placed|bought) (?:\S+ )?(?:by (?:accident|mistake)|accidentally)\b", 1),
+    ("change_address", r"\baddress change\b", 2),
+    ("change_address", r"\b(?:ship|send|deliver|redirect|reroute|re-route)\w*\b" + _NOT_EMAIL + r"{0,40}\bto (?:my|our|the) \w+(?: \w+)? at:?\s+\d", 2),
+    ("billing_question", r"\b(?:don'?t|do not|can'?t|cannot) recogni[sz]e\b[^.?!\n]{0,30}\b" + _PAY_WORDS, 2),
+    ("billing_question", r"\b" + _PAY_WORDS + r"\b[^.?!\n]{0,40}\b(?:don'?t|do not|can'?t|cannot) recogni[sz]e\b", 2),
+    ("billing_question", r"\b(?:charged|billed|debited)\b[^.?!\n]{0,20}\b(?:twice|double|two times)\b", 2),
+    ("track_order", r"\btrack(?:ing)? (?:for |of )?(?:my |the |this )?" + _ORDER_WORDS, 2),
+    ("track_order", r"\bstatus (?:of |for |on )?(?:my |the )?(?:order )?O-\d+", 2),
+    ("track_order", r"\b(?:update|news|info|information) (?:about|regarding|for|re) (?:my |the |this )?" + _ORDER_WORDS, 2),
+    ("track_order", r"\bwhen (?:my |the |this )?(?:order|package|parcel|shipment|delivery|O-\d+|it)\b[^.?!\n]{0,20}?\b(?:will|is going to|gonna|should|would) (?:arrive|come|get here|be delivered|be here|ship)\b", 2),
+    ("track_order", r"\bwhen (?:will|does|should) (?:my |the |this )?(?:order |package |parcel |shipment |delivery )?O-\d+\b[^.?!\n]{0,20}\b(?:arrive|come|get here|be delivered|be here|ship)\b", 2),
+    ("track_order", r"\bwhere (?:is|are) (?:it|they)\b", 1),
+    ("reship", r"\bsend (?:me |us )?(?:the |a |my )?missing\b", 2),
+    ("password_reset", r"\b(?:wrong|incorrect|invalid) password\b", 1),
+    ("password_reset", r"\b(?:send|e-?mail) (?:me )?(?:a |the |another )?(?:new )?link\b", 1),
+    ("mfa_reset", r"\b(?:lost|no longer have|don'?t have|do not have|can'?t access|cannot access)\b[^.?!\n]{0,30}\bphone\b[^.?!\n]{0,40}" + _MFA, 2),
+    ("change_email", r"\be-?mail (?:address )?(?:has )?changed\b", 2),
+    ("reship", r"\bsend (?:me |us )?(?:the |my |that |this )?(?:\w+ )?again\b", 2),
+    ("cancel_subscription", r"\b(?:don'?t|do not|please don'?t) (?:auto-?)?renew (?:my|the|it|this)\b", 2),
+    ("cancel_order", r"\b(?:stop|halt|hold) (?:my |the |this )?(?:order|purchase|O-\d+)\b", 2),
+    ("track_order", r"\b(?:has|have|did|is) (?:my |the |this )?(?:order |package |parcel )?(?:O-\d+|it|order|package|parcel|shipment)\b (?:been )?(?:shipped|sent|dispatched|left)\b", 2),
+    ("password_reset", r"\bpassword\b[^.?!\n]{0,20}\b(?:isn'?t|is not|doesn'?t|does not|won'?t|not|stopped) work", 2),
+    ("password_reset", r"\bsend (?:me )?(?:a |the |another )?(?:password )?reset\b", 2),
+    ("mfa_reset", r"\b(?:codes?|authenticator|" + _MFA[3:-1] + r")\b[^.?!\n]{0,30}\b(?:stopped working|broken|(?:isn'?t|is not|aren'?t|are not|not|doesn'?t|don'?t) work)", 2),
 ]
 _DESCRIPTIVE_PATTERNS: list[tuple[Operation, str, int]] = [
     # complaints that an order is late: a tracking request on their own, but only the
     # reason for another request ("never arrived, I want my money back") next to one
     ("track_order", r"\b(?:has ?n[o']t|have ?n[o']t|did ?n[o']t|did not|has not|have not|never|still not|not yet|yet to)\s+(?:arrived?|come|came|been delivered|shown up|showed up|turned up|received|got(?:ten)? it)\b", 2),
     ("track_order", r"\bsupposed to (?:be here|arrive|have arrived|be delivered)", 2),
+    ("track_order", r"\b(?:it'?s been|been waiting|waited|waiting for) (?:over |more than |almost |nearly )?(?:\d+|a|one|two|three|four|five|six|a few|several|many) (?:days?|weeks?|months?)\b", 2),
     ("track_order", r"\bstill waiting (?:for|on)\b", 1),
     ("track_order", r"\bon (?:its|it's|the) way\b", 1),
+    ("track_order", r"\b(?:has ?n[o']t|have ?n[o']t|did ?n[o']t|not|never) (?:been )?(?:shipped|dispatched|sent)(?: out)?(?: yet)?\b", 2),
+    ("track_order", r"\b(?:is|are|it's|seems?) (?:very |so |really )?(?:late|delayed|overdue|lost)\b", 2),
+    ("track_order", r"\b(?:still )?waiting (?:for |on )?(?:my |the |this )?(?:order|package|parcel|delivery|shipment|O-\d+)\b", 2),
 ]
 _COMPILED = [(op, re.compile(p, _F), w, False) for op, p, w in _OP_PATTERNS] + [
     (op, re.compile(p, _F), w, True) for op, p, w in _DESCRIPTIVE_PATTERNS
@@ -148,7 +197,7 @@ _REFUND_STATUS = re.compile(
 )
 """Asking where a refund is: a read-only billing question, not a request for another refund."""
 
-_CANCEL = re.compile(r"\bcancel\w*", _F)
+_CANCEL = re.compile(r"\b(?:cancel\w*|terminat\w*|discontinu\w*)", _F)
 _SUB_TARGET = re.compile(r"\b" + _SUB_WORDS + r"\b|\bS-\d+\b|\b(?:pro|basic|team) plan\b", _F)
 _ORDER_TARGET = re.compile(r"\b(?:order|purchase|shipment)s?\b|\bO-\d+\b", _F)
 _PRONOUN_TARGET = re.compile(r"^\W*(?:it|this|that|them)\b", _F)
@@ -158,6 +207,9 @@ _NEGATION_BEFORE = re.compile(
     r"no need to|nor)\b(?:\s+\w+){0,3}\s*$",
     _F,
 )
+
+_TRIED_BEFORE = re.compile(r"\b(?:tried|attempted|already tried)\s+(?:to\s+)?(?:\w+\s+)?$", _F)
+"""An attempt the customer already made ("I tried resetting my password"): context, not a request."""
 
 _REQUEST = re.compile(
     r"\b(?:please|pls|plz|kindly)\b|\b(?:can|could|would|will) (?:you|u)\b|\bfor me\b|\bsend me\b|"
@@ -171,16 +223,71 @@ _PROCEDURAL = re.compile(
     _F,
 )
 _INFO_START = re.compile(
-    r"^\W*(?:(?:hi|hello|hey|so|also|and|quick question)\W+)*"
-    r"(?:what|what's|which|who|do|does|is|are|can|could|will|would|should|may|am|did)\b",
+    r"^\W*(?:(?:hi|hello|hey|so|also|and|plus|btw|by the way|then|ps|quick question)\W+)*"
+    r"(?:what|what's|which|who|do|does|is|are|can|could|will|would|should|may|am|did)\b(?!['’]t)",
     _F,
 )
 _INFO_PHRASE = re.compile(
     r"\b(?:i'?d like|i want|i would like) to know\b|\bwonder(?:ing)?\b|"
-    r"\btell me (?:about|how|what|if|whether|why|when)\b|\b(?:info|information|details) (?:on|about|regarding)\b|"
+    r"\btell me (?:about|how|what|if|whether|why|when|your|the)\b|\b(?:info|information|details) (?:on|about|regarding)\b|"
     r"\bexplain\b|\bcurious\b",
     _F,
 )
+_POLICY_QUESTION = re.compile(
+    r"\b(?:do|does|will|can|could) (?:you|they)\b(?: guys| folks| all)? (?:ship|deliver|offer|sell|have|accept|take|support|"
+    r"provide|allow|charge|stock|carry|do)\b|"
+    r"\bis (?:there|it) (?:a |an |any )?(?:way|option|fee|charge|limit|discount|policy|warranty|guarantee|possible)\b|"
+    r"\bwhat(?:'s| is| are| about)\b[^?.!\n]{0,40}\b(?:policy|policies|warranty|guarantee|fees?|options?|difference|rules?|hours|limits?)\b|"
+    r"\bcan (?:i|we) (?!get\b|have\b|receive\b|please\b)\w+",
+    _F,
+)
+"""A question about how the shop works (policies, options), not about the customer's records."""
+
+_FRAME_WORDS = frozenset(
+    """a about again all also am an and any anything are as at be been but by can could did do does doing done
+    for from get go going gone got had has have hello help hey hi how i i'd i'll i'm i've if in is it it's its
+    just know let like long many may me mine much my need now of ok okay on or please possible right should
+    so soon some still sure take takes than thank thanks that that's the their them then there these they
+    this those to too up us want was way we well were what what's when where where's which who why will
+    with would yes yet you your happen happened happening lost late wrong work working thing things ps btw
+    plus tell explain question quick one more another""".split()
+)
+"""Words that frame a question rather than say what it is about ("how long will it take?")."""
+
+_ROUTE_TOPICS: dict[Route, re.Pattern[str]] = {
+    "billing": re.compile(r"\b(?:refund\w*|money|charg\w*|bill\w*|payment\w*|paid|pay|receipts?|invoices?|subscri\w*|"
+                          r"membership|plan|renew\w*|credit)\b", _F),
+    "orders": re.compile(r"\b(?:orders?|ordered|packages?|parcels?|deliver\w*|ship\w*|items?|address|track\w*|arriv\w*|"
+                         r"O-\d+)\b", _F),
+    "access": re.compile(r"\b(?:password|log ?in|login|sign ?in|account|e-?mail|2fa|mfa|codes?|authenticat\w*|verif\w*|"
+                         r"username|locked)\b", _F),
+}
+"""Words that place a request in a route when no operation phrase matched it."""
+
+_ASK_VERBS = (r"(?:fix|sort|check|change|update|reset|send|cancel|refund|unlock|stop|close|delete|remove|make|give|"
+              r"get|help|look into|resolve|set up|turn|switch|move|add|transfer)")
+_ASK_START = re.compile(
+    r"^\W*(?:(?:hi|hello|hey|so|also|and|plus|btw|by the way|then|ps|oh|and also)\W+)*"
+    r"(?:please\s+|pls\s+|kindly\s+)?" + _ASK_VERBS + r"\b|"
+    r"\b(?:can|could|would|will) you (?:please |also )?" + _ASK_VERBS + r"\b|\bi (?:need|want) you to " + _ASK_VERBS + r"\b|"
+    r"\bplease (?:also )?" + _ASK_VERBS + r"\b",
+    _F,
+)
+"""A clause asking for something to be done (an imperative, "can you fix …"), whatever its object."""
+
+
+def _unplaced_request(clause: str) -> Route | None:
+    """The route of a request in ``clause`` that no operation phrase recognised, if it names one.
+
+    A clause asked as a request (an imperative, "please", "can you", "I need") whose words
+    belong to exactly one route. Used only to notice a *second* request: it never plans.
+    """
+    if not _ASK_START.search(clause):
+        return None
+    routes = [r for r, rx in _ROUTE_TOPICS.items() if rx.search(clause)]
+    return routes[0] if len(routes) == 1 else None
+
+
 _SPECIFIC = re.compile(
     r"\b[OS]-\d+\b|\bmy (?:\w+ )?(?:order|package|parcel|shipment|delivery|purchase)\b", _F
 )
@@ -244,6 +351,12 @@ class Analysis:
     """Strongest question form found anywhere, or None."""
     vocab_ratio: float
     words: int
+    knowledge: tuple[int, ...] = ()
+    """Offsets of clauses that ask how the shop works (a knowledge request), asking no action."""
+    topical: bool = False
+    """Some question in the text says what it is about (not just "can you help me?")."""
+    unplaced: tuple[Route, ...] = ()
+    """Routes of requests no operation phrase recognised ("also please sort out my login")."""
 
     def scores(self, *, suppressed: bool = False, descriptive: bool = True) -> dict[Operation, int]:
         """Summed weight per operation (each pattern counted once per sentence)."""
@@ -327,46 +440,106 @@ def _suppress(op: Operation, sentence: str, procedural: bool) -> bool:
     return True
 
 
+def _topic_words(clause: str) -> list[str]:
+    """The words of ``clause`` that say what it is about (not how it is asked)."""
+    return [w for w in _WORD.findall(clause.lower()) if len(w) >= 3 and w not in _FRAME_WORDS]
+
+
+def _is_knowledge_question(clause: str) -> bool:
+    """Whether ``clause`` asks how the shop works: a second request next to any action.
+
+    A how-to or policy question naming a topic ("how long does a refund take?", "do you
+    ship to Canada?"), or any other question naming at least two topic words ("is a
+    toaster covered by the warranty?"). Questions that are requests ("can you check my
+    payments?") or only about the request itself ("how long will it take?", "is it
+    lost?") are not.
+    """
+    if _REQUEST.search(clause):
+        return False
+    topics = _topic_words(clause)
+    if _PROCEDURAL.search(clause) or _POLICY_QUESTION.search(clause):
+        return len(topics) >= 1
+    asked = bool(_INFO_START.search(clause) or _INFO_PHRASE.search(clause)) or clause.rstrip().endswith("?")
+    return asked and len(topics) >= 2
+
+
 def analyze(text: str) -> Analysis:
-    """Find every operation the text asks for, and whether it is a question instead."""
+    """Find every operation the text asks for, and whether it is a question instead.
+
+    The text is normalised first (shorthand, typos: :func:`gateway.normalize.normalize`),
+    so offsets in the result are offsets into ``normalize(text)``. What the customer asks
+    is read from the message above any quoted or forwarded section; the whole message is
+    read only when that part asks for nothing.
+    """
+    norm = normalize(text)
+    part = current_part(norm)
+    result = _analyze(part)
+    if part != norm and not result.kept and not result.knowledge:
+        result = _analyze(norm)
+    return result
+
+
+def _clause_hits(text: str, offset: int, clause: str, span: tuple[int, int]) -> list[OpHit]:
+    """Every operation phrase in one clause (negated phrases left out, attempts made descriptive)."""
+    hits: list[OpHit] = []
+    seen: set[str] = set()
+    for op, rx, weight, descriptive in _COMPILED:
+        for m in rx.finditer(clause):
+            if rx.pattern in seen or _negated(clause, m.start()):
+                continue
+            seen.add(rx.pattern)
+            tried = bool(_TRIED_BEFORE.search(clause[max(0, m.start() - 30) : m.start()]))
+            hits.append(OpHit(op, weight, offset + m.start(), span, descriptive or tried))
+    hits.extend(_cancel_hits(text, offset, clause, text))
+    for m in _REFUND_STATUS.finditer(clause):
+        lo, hi = offset + m.start(), offset + m.end()
+        hits = [h for h in hits if not (h.op in {"refund", "track_order"} and lo <= h.start < hi)]
+        hits.append(OpHit("billing_question", 2, lo, span))
+    return hits
+
+
+def _analyze(text: str) -> Analysis:
     kept: list[OpHit] = []
     suppressed: list[OpHit] = []
+    knowledge: list[int] = []
+    unplaced: list[Route] = []
+    topical = False
     question: Literal["procedural", "info", "phrase", None] = None
     rank = {None: 0, "phrase": 1, "info": 2, "procedural": 3}
-    for offset, sentence in _sentences(text):
-        procedural = bool(_PROCEDURAL.search(sentence))
-        info = bool(_INFO_START.search(sentence)) or sentence.rstrip().endswith("?")
-        form: Literal["procedural", "info", "phrase", None] = (
-            "procedural" if procedural else "info" if info else "phrase" if _INFO_PHRASE.search(sentence) else None
-        )
-        if rank[form] > rank[question]:
-            question = form
-        hits: list[OpHit] = []
-        seen: set[str] = set()
-        span = (offset, offset + len(sentence))
-        for op, rx, weight, descriptive in _COMPILED:
-            for m in rx.finditer(sentence):
-                if rx.pattern in seen or _negated(sentence, m.start()):
-                    continue
-                seen.add(rx.pattern)
-                hits.append(OpHit(op, weight, offset + m.start(), span, descriptive))
-        hits.extend(_cancel_hits(text, offset, sentence, text))
-        for m in _REFUND_STATUS.finditer(sentence):
-            lo, hi = offset + m.start(), offset + m.end()
-            hits = [h for h in hits if not (h.op in {"refund", "track_order"} and lo <= h.start < hi)]
-            hits.append(OpHit("billing_question", 2, lo, span))
-        if _NOT_A_PRODUCT.search(text) and not (_DAMAGE.search(text) or _MISSING.search(text)):
-            hits = [h for h in hits if h.op != "reship"]  # "send a new one" of a reset link
-        for h in hits:
-            is_question = procedural or bool(_INFO_START.search(sentence))
-            if is_question and _suppress(h.op, sentence, procedural):
-                suppressed.append(h)
-            else:
-                kept.append(h)
+    not_a_product = bool(_NOT_A_PRODUCT.search(text)) and not (_DAMAGE.search(text) or _MISSING.search(text))
+    for s_offset, sentence in _sentences(text):
+        for c_offset, clause in clauses(sentence):
+            offset = s_offset + c_offset
+            procedural = bool(_PROCEDURAL.search(clause))
+            info = bool(_INFO_START.search(clause)) or clause.rstrip().endswith("?")
+            form: Literal["procedural", "info", "phrase", None] = (
+                "procedural" if procedural else "info" if info else "phrase" if _INFO_PHRASE.search(clause) else None
+            )
+            if rank[form] > rank[question]:
+                question = form
+            if form is not None and _topic_words(clause):
+                topical = True
+            hits = _clause_hits(text, offset, clause, (offset, offset + len(clause)))
+            if not_a_product:
+                hits = [h for h in hits if h.op != "reship"]  # "send a new one" of a reset link
+            is_question = procedural or bool(_INFO_START.search(clause))
+            clause_kept = False
+            for h in hits:
+                if is_question and _suppress(h.op, clause, procedural):
+                    suppressed.append(h)
+                else:
+                    kept.append(h)
+                    clause_kept = True
+            if not clause_kept and _is_knowledge_question(clause):
+                knowledge.append(offset)
+            elif not hits:
+                route = _unplaced_request(clause)
+                if route is not None:
+                    unplaced.append(route)
     words = _WORD.findall(text.lower())
     known = sum(1 for w in words if w in _COMMON_WORDS or w.rstrip("s") in _COMMON_WORDS)
     ratio = known / len(words) if words else 0.0
-    return Analysis(tuple(kept), tuple(suppressed), question, ratio, len(words))
+    return Analysis(tuple(kept), tuple(suppressed), question, ratio, len(words), tuple(knowledge), topical, tuple(unplaced))
 
 
 # --------------------------------------------------------------------------- triage
@@ -385,6 +558,20 @@ def _route_scores(scores: dict[Operation, int]) -> dict[Route, int]:
     return out
 
 
+_COMPLAINT_ROUTES: frozenset[Route] = frozenset({"orders", "billing"})
+"""Where a delivery complaint can be the reason for the request next to it (a refund, a
+reship); next to an access or knowledge request it is a second request."""
+
+
+def _subject_asks_elsewhere(subject: str, route: Route) -> bool:
+    """Whether the subject asks for a side effect of another route than the body's request
+    (subject "Password reset", body "please refund O-1"): a second request."""
+    if not subject.strip():
+        return False
+    asked = analyze(subject).scores(descriptive=False)
+    return any(s >= 2 and op not in READ_ONLY_OPERATIONS and OPERATION_ROUTE[op] != route for op, s in asked.items())
+
+
 def triage_text(subject: str, body: str) -> TriageResult:
     """Route a ticket: one firm route, ``knowledge`` for a question, or ``unknown``.
 
@@ -395,19 +582,28 @@ def triage_text(subject: str, body: str) -> TriageResult:
     if not analysis.kept and analysis.question is None and subject.strip():
         combined = analyze(f"{subject}\n{body}")
         if combined.kept:
-            analysis = Analysis(combined.kept, analysis.suppressed, None, analysis.vocab_ratio, analysis.words)
+            analysis = Analysis(combined.kept, analysis.suppressed, None, analysis.vocab_ratio, analysis.words,
+                                analysis.knowledge, analysis.topical, analysis.unplaced)
     scores = analysis.scores()
     route_score = _route_scores(scores)
     firm = [r for r, s in route_score.items() if s >= 2]
     if len(firm) >= 2:
         explicit = [r for r, s in _route_scores(analysis.scores(descriptive=False)).items() if s >= 2]
-        if len(explicit) == 1:  # "never arrived, I want my money back": one request
+        complaints = set(firm) - set(explicit)
+        if len(explicit) == 1 and explicit[0] in _COMPLAINT_ROUTES and complaints <= _COMPLAINT_ROUTES:
+            # "never arrived, I want my money back": the complaint is that request's reason
             scores = {op: s for op, s in scores.items() if OPERATION_ROUTE[op] == explicit[0]}
             route_score = _route_scores(scores)
             firm = explicit
     first = analysis.first_seen()
     ordered_ops = sorted(scores, key=lambda op: first[op])
     has_id = bool(_SPECIFIC_ID.search(body))
+    if len(firm) == 1 and (analysis.knowledge or set(analysis.unplaced) - set(firm) or _subject_asks_elsewhere(subject, firm[0])):
+        # an action and a question about how the shop works, or a request of another route
+        # that no phrase recognised: two requests, decided here
+        intents = [op for op in ordered_ops if scores[op] >= 2] + (["question"] if analysis.knowledge else [])
+        return TriageResult(route="unknown", confidence=_confidence(route_score[firm[0]], has_id),
+                            reason_codes=["multiple_intents"], intents=intents)
     if len(firm) >= 2:
         intents = [op for op in ordered_ops if scores[op] >= 2]
         second = sorted(route_score[r] for r in firm)[-2]
@@ -425,7 +621,7 @@ def triage_text(subject: str, body: str) -> TriageResult:
         route = next(iter(route_score))
         return TriageResult(route=route, confidence=_confidence(1, has_id), intents=ordered_ops)
     wordy = analysis.words >= 3 and analysis.vocab_ratio >= 0.5
-    if not route_score and analysis.question and wordy:
+    if not route_score and analysis.question and wordy and (analysis.topical or analysis.suppressed):
         base = {"procedural": 0.9, "info": 0.82, "phrase": 0.75}[analysis.question]
         bump = 0.03 if analysis.suppressed else 0.0
         return TriageResult(route="knowledge", confidence=round(base + bump, 2), intents=["question"])
@@ -474,7 +670,7 @@ _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _ADDRESS_CUE = re.compile(
     r"\baddress\b|\b(?:ship|send|deliver|redirect|reroute|re-route|mail)\w*\b|\bmoving\b", _F
 )
-_TO = re.compile(r"\bto:?\s+", _F)
+_TO = re.compile(r"\bto:?\s+|\baddress\s*(?:is|=|:)\s*", _F)
 _ADDRESS_START = re.compile(r"^(?:\d|flat\b|apt\b|apartment\b|unit\b|suite\b|p\.?\s?o\.?\s?box\b)", _F)
 _NOT_ADDRESS_START = re.compile(
     r"^(?:change|update|be|have|ship|send|get|my new|the new|a new|me\b|you\b|us\b)", _F
@@ -484,7 +680,7 @@ _TRAILING = re.compile(
     r"(?:[\s,;:.!?]+|\binstead\b|\bplease\b|\bthanks?(?: you)?\b|\bthank you\b|\bif possible\b)+$", _F
 )
 _DAMAGE = re.compile(r"\b(?:damag\w*|broke\w*|crack\w*|shatter\w*|dent\w*|smash\w*|torn|ripped|defect\w*|faulty)\b", _F)
-_MISSING = re.compile(r"\b(?:missing|never (?:arrived|came|got)|not in the box|lost in (?:the )?(?:mail|post|transit))\b", _F)
+_MISSING = re.compile(r"\b(?:missing|empty|never (?:arrived|came|got)|not in the box|lost in (?:the )?(?:mail|post|transit))\b", _F)
 
 
 def find_order_ids(text: str) -> list[str]:
@@ -650,7 +846,11 @@ def extract_operation(subject: str, body: str, route: Route) -> Operation:
             scores = {op: s for op, s in analysis.scores(suppressed=suppressed).items() if op in ops}
             if scores:
                 first = analysis.first_seen(suppressed=suppressed)
-                firm = sorted((op for op in scores if scores[op] >= 2), key=lambda op: (op in READ_ONLY_OPERATIONS, first[op]))
+                asked = analysis.scores(suppressed=suppressed, descriptive=False)
+                firm = sorted(
+                    (op for op in scores if scores[op] >= 2),
+                    key=lambda op: (op in READ_ONLY_OPERATIONS, asked.get(op, 0) < 2, first[op]),
+                )
                 if firm:
                     return firm[0]
                 return max(scores, key=lambda op: (scores[op], -first[op]))
@@ -670,20 +870,53 @@ def extract_text(subject: str, body: str, route: Route, operation: Operation | N
         fields["order_id"] = orders[0] if orders else None
     if op == "cancel_subscription":
         fields["subscription_id"] = subs[0] if subs else None
-        fields["timing"] = find_timing(body)
+        fields["timing"] = find_timing(normalize(body))
     if op == "refund":
         amount = find_amount_cents(body)
         if amount is None:
             amount = find_amount_cents(subject)
         fields["amount_cents"] = amount
-        fields["full_refund"] = amount is None and (is_full_refund(body) or is_full_refund(subject))
+        fields["full_refund"] = amount is None and (is_full_refund(normalize(body)) or is_full_refund(normalize(subject)))
     if op == "change_email":
         fields["new_email"] = find_new_email(body)
     if op == "change_address":
-        fields["new_address"] = find_new_address(body)
+        fields["new_address"] = find_new_address(body) or find_new_address(normalize(body))
     if op == "question":
         fields["query"] = _query(subject, body)
     return Extraction.model_validate(fields)
+
+
+_ID_LIST = re.compile(r"\bO-\d+(?:\s*(?:,\s*and|,|and|&|\+|plus)\s*(?:(?:the )?(?:order|#)\s*)?\bO-\d+\b)+", _F)
+
+
+def request_order_ids(op: Operation, body: str) -> list[str] | None:
+    """The orders one request of ``op`` is about, or None when that cannot be told.
+
+    Read from the request's own words (after its phrase up to the next request, else the
+    last id before it). Several ids written as a list ("cancel O-1 and O-2") are all the
+    request's; several ids any other way ("refund O-1, it came with O-2") are ambiguous:
+    None, so nothing is guessed. An empty list: the request names no order.
+    """
+    text = normalize(body)
+    analysis = analyze(body)
+    hits = sorted((*analysis.kept, *analysis.suppressed), key=lambda h: h.start)
+    for hit in (h for h in hits if h.op == op):
+        lo, hi = hit.sentence
+        nxt = next((h.start for h in hits if h.start > hit.start and h.op != op and h.sentence == hit.sentence), hi)
+        window = text[hit.start : nxt]
+        after = find_order_ids(window)
+        if len(after) > 1:
+            listed = _ID_LIST.search(window)
+            if listed and set(find_order_ids(listed.group(0))) == set(after):
+                return after
+            return None
+        if after:
+            return after
+        before = find_order_ids(text[lo : hit.start])
+        if before:
+            return before[-1:]
+    ids = find_order_ids(body)
+    return ids if len(ids) <= 1 else None
 
 
 def _order_ids_for(op: Operation, body: str) -> list[str]:
@@ -695,11 +928,14 @@ def _order_ids_for(op: Operation, body: str) -> list[str]:
     ids = find_order_ids(body)
     if len(ids) <= 1:
         return ids
+    text = normalize(body)  # the analysis' offsets are into the normalised text
     analysis = analyze(body)
-    for hit in sorted((h for h in (*analysis.kept, *analysis.suppressed) if h.op == op), key=lambda h: h.start):
+    hits = sorted((*analysis.kept, *analysis.suppressed), key=lambda h: h.start)
+    for hit in (h for h in hits if h.op == op):
         lo, hi = hit.sentence
-        after = find_order_ids(body[hit.start : hi])
-        before = find_order_ids(body[lo : hit.start])
+        nxt = next((h.start for h in hits if h.start > hit.start and h.op != op and h.sentence == hit.sentence), hi)
+        after = find_order_ids(text[hit.start : nxt])
+        before = find_order_ids(text[lo : hit.start])
         pick = after[:1] or before[-1:]
         if pick:
             return pick + [i for i in ids if i != pick[0]]

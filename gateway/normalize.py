@@ -1,0 +1,169 @@
+"""Ticket text made readable for the rules: shorthand, typos, quoted mail and clauses.
+
+The phrase rules of :mod:`gateway.rules` match words. Customers write "pls refnd ordr
+O-1", "forgot my pw", "cancle my subscripton", forward whole threads and put two requests
+in one line. Rather than teaching every rule every misspelling, the text is read once,
+structurally, before any rule sees it:
+
+- :func:`normalize` expands chat shorthand (``pls``, ``pw``, ``acct``, ``u``, ``2x``,
+  apostrophe-less contractions) and corrects misspelt *support words* by edit distance
+  (rapidfuzz's optimal-string-alignment distance, so ``cancle`` is one transposition from
+  ``cancel``). A word is only corrected when it is not an English word (pyspellchecker's
+  bundled word list), its first letter is right, and the distance is small for its length;
+  so "older" never becomes "order" and "changed" never becomes "charged". Ids, amounts and
+  email addresses are left as written.
+- :func:`current_part` cuts a message at the first quoted or forwarded section (``>``
+  lines, "On … wrote:", "Forwarded message", "Original Message", a ``From:`` header
+  block): what the customer asks *now* is above it.
+- :func:`clauses` splits a sentence at explicit "second request" joints (``;``, list
+  bullets, "btw", "also", "plus", "+", "PS", "then", "another thing") so each request is
+  read on its own.
+
+Nothing here decides anything: it only rewrites text for matching. Extraction of
+amounts, addresses and emails keeps reading the original text.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from rapidfuzz import process
+from rapidfuzz.distance import OSA
+
+__all__ = ["normalize", "current_part", "clauses", "correct_word", "SHORTHAND", "SUPPORT_WORDS"]
+
+_F = re.IGNORECASE
+
+SHORTHAND: dict[str, str] = {
+    # politeness and pronouns
+    "pls": "please", "plz": "please", "plse": "please", "pleas": "please", "pleeze": "please",
+    "thx": "thanks", "thnx": "thanks", "tks": "thanks", "ty": "thank you",
+    "u": "you", "ya": "you", "ur": "your", "r": "are", "n": "and", "w/": "with", "b/c": "because",
+    "cuz": "because", "coz": "because", "bc": "because", "abt": "about", "tho": "though",
+    "im": "i'm", "ive": "i've", "ill": "i'll",
+    # contractions written without the apostrophe
+    "cant": "can't", "dont": "don't", "doesnt": "doesn't", "didnt": "didn't", "isnt": "isn't",
+    "wont": "won't", "hasnt": "hasn't", "havent": "haven't", "wasnt": "wasn't", "werent": "weren't",
+    "arent": "aren't", "couldnt": "couldn't", "wouldnt": "wouldn't", "shouldnt": "shouldn't",
+    "wheres": "where's", "whats": "what's", "hows": "how's", "thats": "that's",
+    # support shorthand
+    "pw": "password", "pwd": "password", "passwd": "password", "pword": "password", "passwrd": "password",
+    "acct": "account", "acc": "account", "accnt": "account",
+    "addr": "address", "msg": "message", "sub": "subscription", "subs": "subscription",
+    "addy": "address", "2x": "twice", "x2": "twice", "dbl": "double", "bak": "back", "asap": "asap",
+    "e-mail": "email", "mail-address": "email address", "emailaddress": "email address",
+    "reciept": "receipt", "recieve": "receive", "recieved": "received", "adress": "address",
+    "adresse": "address", "abonnement": "subscription", "abo": "subscription",
+}
+"""Chat shorthand, apostrophe-less contractions and a few stock misspellings, by word."""
+
+SUPPORT_WORDS: tuple[str, ...] = tuple(
+    """refund refunds refunded refunding reimburse reimbursed reimbursement money back
+    order orders ordered cancel cancelled canceled cancelling cancellation subscription subscriptions
+    membership unsubscribe renew renewal renewing plan address shipping shipment shipped delivery deliver
+    delivered package parcel tracking track arrived arrive arriving received receive replacement replace
+    damaged broken missing cracked password passwords account unlock unlocked locked login authenticator
+    authentication verification factor reset email charged charge charges payment payments receipt
+    receipts invoice duplicate double twice recognise recognize unrecognised unrecognized purchase
+    immediately immediate effective warranty policy return returns exchange please because""".split()
+)
+"""The words typos are corrected towards: what the rules read, nothing else."""
+
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z'/-]*[A-Za-z]|[A-Za-z]|\b2x\b|\bx2\b", _F)
+_KEEP = re.compile(r"\S+@\S+|https?://\S+|www\.\S+|\b[OSC]-\d+\b", _F)
+"""Spans never rewritten: email addresses, links and record ids."""
+
+
+@lru_cache(maxsize=1)
+def _english() -> frozenset[str]:
+    """English words (pyspellchecker's bundled frequency list): never "corrected".
+
+    Read straight from the package's word list (about half the time of building a
+    ``SpellChecker``, which also indexes letters we never use); loaded once, on first use.
+    """
+    import gzip
+    import json
+    from importlib import resources
+
+    try:
+        raw = (resources.files("spellchecker") / "resources" / "en.json.gz").read_bytes()
+        return frozenset(json.loads(gzip.decompress(raw)))
+    except (FileNotFoundError, ModuleNotFoundError):  # a layout change: the public way
+        from spellchecker import SpellChecker
+
+        return frozenset(SpellChecker().word_frequency.dictionary)
+
+
+def correct_word(word: str) -> str:
+    """The support word ``word`` is a typo of, else ``word`` itself (lower case).
+
+    Only a word that is not English, at least 4 letters long, with the right first letter,
+    and within 1 edit (2 from 8 letters on) of one support word is corrected.
+    """
+    low = word.lower()
+    if low in SHORTHAND:
+        return SHORTHAND[low]
+    if len(low) < 4 or not low.isalpha() or low in SUPPORT_WORDS or low in _english():
+        return low
+    limit = 2 if len(low) >= 8 else 1
+    candidates = [w for w in SUPPORT_WORDS if w[0] == low[0] and abs(len(w) - len(low)) <= limit]
+    best = process.extractOne(low, candidates, scorer=OSA.distance, score_cutoff=limit)
+    return best[0] if best else low
+
+
+def normalize(text: str) -> str:
+    """``text`` with shorthand expanded and support-word typos corrected (ids, emails kept)."""
+    keep = [(m.start(), m.end()) for m in _KEEP.finditer(text)]
+    out: list[str] = []
+    pos = 0
+    for m in _TOKEN.finditer(text):
+        if any(a <= m.start() < b for a, b in keep):
+            continue
+        word = m.group(0)
+        fixed = correct_word(word)
+        if fixed == word.lower():
+            continue
+        out.append(text[pos : m.start()])
+        out.append(fixed)
+        pos = m.end()
+    out.append(text[pos:])
+    joined = "".join(out)
+    return re.sub(r"(?<=\w)\s+\+\s+(?=\w)", " and also ", joined)
+
+
+_QUOTE_START = re.compile(
+    r"^\s*>|^\s*-{2,}\s*(?:forwarded|original)\s+message|^\s*begin forwarded message|"
+    r"^\s*on\b[^\n]{0,120}\bwrote:\s*$|^\s*from:\s+\S|^\s*_{5,}\s*$",
+    _F | re.MULTILINE,
+)
+
+
+def current_part(text: str) -> str:
+    """The message above its first quoted or forwarded section (all of it if none)."""
+    m = _QUOTE_START.search(text)
+    if m is None or not text[: m.start()].strip():
+        return text
+    return text[: m.start()]
+
+
+_JOINT = re.compile(
+    r";\s+|\n\s*(?:[-*•]|\d{1,2}[.)])\s+|(?<=\s)(?:\d{1,2}\))\s+|"
+    r"[,\s]+(?=(?:btw|by the way|also|and also|plus|as well|another thing|one more thing|then|additionally|p\.?s\.?)\b)|"
+    r",?\s+and\s+(?=(?:also\s+)?(?:tell me|let me know|explain|what|how|why|is there|do you|can you|could you|would you|"
+    r"please|i (?:also )?(?:want|need)|i'?d like)\b)",
+    _F,
+)
+
+
+def clauses(sentence: str) -> list[tuple[int, str]]:
+    """``sentence`` split at explicit joints between requests, with each clause's offset."""
+    out: list[tuple[int, str]] = []
+    pos = 0
+    for m in _JOINT.finditer(sentence):
+        if m.start() > pos and sentence[pos : m.start()].strip():
+            out.append((pos, sentence[pos : m.start()]))
+        pos = m.end()
+    if sentence[pos:].strip():
+        out.append((pos, sentence[pos:]))
+    return out or [(0, sentence)]

@@ -1,0 +1,222 @@
+"""The local provider reads unseen phrasing, and fails closed on a second request (issue #12, parts 1-2).
+
+Unit tests of the structural reading (normalisation, quoted mail, clauses, request
+counting, typo tolerance) on examples written here; a graph-level test that two-request
+tickets never execute a side effect; and the done-when measured on the held-out set,
+which this test only reads (nothing is fitted to it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from gateway.normalize import clauses, correct_word, current_part, normalize
+from gateway.rules import extract_text, request_order_ids, triage_text
+from tools.registry import side_effect_tools
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------ normalisation
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("pls refnd ordr O-12", "please refund order O-12"),
+        ("forgot my pw", "forgot my password"),
+        ("my acct is locked", "my account is locked"),
+        ("cancle my subscripton", "cancel my subscription"),
+        ("i got charged 2x", "i got charged twice"),
+        ("a replacment pls", "a replacement please"),
+        ("reimbursment", "reimbursement"),
+    ],
+)
+def test_shorthand_and_typos_read_as_support_words(written: str, read: str) -> None:
+    assert normalize(written) == read
+
+
+@pytest.mark.parametrize("word", ["older", "changed", "looked", "border", "cancer", "plan", "ordinary"])
+def test_real_english_words_are_never_corrected(word: str) -> None:
+    assert correct_word(word) == word
+
+
+def test_ids_emails_and_links_are_left_as_written() -> None:
+    text = "send the reciept for O-77 to ordr.team@exmaple.com, see https://shop.example/ordr"
+    assert normalize(text) == "send the receipt for O-77 to ordr.team@exmaple.com, see https://shop.example/ordr"
+
+
+def test_the_current_part_stops_at_quoted_or_forwarded_mail() -> None:
+    body = "Please cancel O-5.\n\n---------- Forwarded message ---------\nFrom: Shop\nTrack your order O-5 here."
+    assert current_part(body).strip() == "Please cancel O-5."
+    assert current_part("thanks!\n> On Monday you wrote:\n> reset done").strip() == "thanks!"
+    assert current_part("> quoted only") == "> quoted only"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "parts"),
+    [
+        ("refund O-1 pls btw my account is locked", ["refund O-1 pls", "btw my account is locked"]),
+        ("two things: 1) refund O-1 2) unlock my account", ["two things:", "refund O-1", "unlock my account"]),
+        ("cancel my plan; also change my email", ["cancel my plan", "also change my email"]),
+        ("please cancel O-1 and O-2", ["please cancel O-1 and O-2"]),
+    ],
+)
+def test_clauses_split_at_the_joints_between_requests(sentence: str, parts: list[str]) -> None:
+    assert [c.strip() for _, c in clauses(sentence)] == parts
+
+
+# ------------------------------------------------------------------ request counting
+TWO_REQUESTS = [
+    "cancel O-31 and reset my pw",
+    "refund O-31 pls. btw my acct is locked",
+    "Hi,\n- please refund order O-31\n- and I need a new password",
+    "where's O-31? also how long does a refund take?",
+    "plz refund O-31. Also, do you ship to Canada?",
+    "My package O-31 never came. And my password isn't working, send me a reset.",
+    "Could you reset my password and also tell me when O-31 will arrive?",
+    "pw reset + cancel order O-31",
+    "Cancel my Pro plan at the end of the month and unlock my account",
+    "refund O-31. Also please sort out my login",
+    "Can you cancel order O-31? And how do I delete my account?",
+]
+
+
+@pytest.mark.parametrize("body", TWO_REQUESTS)
+def test_a_second_request_in_any_form_is_multiple_intents(body: str) -> None:
+    result = triage_text("", body)
+    assert result.route == "unknown" and result.reason_codes == ["multiple_intents"], result
+
+
+@pytest.mark.parametrize(
+    ("body", "route", "operation"),
+    [
+        ("O-31 arrived 3 days late and the vase inside broke. Refund please.", "billing", "refund"),
+        ("Thanks for the quick help last time! Could you cancel order O-31? Have a nice day.", "orders", "cancel_order"),
+        ("See below, please cancel O-31.\n\n---------- Forwarded message ---------\nTrack your order O-31 in your account.",
+         "orders", "cancel_order"),
+        ("Please reset my password.\n\n--\nThis email is confidential; if you are not the recipient please delete it.",
+         "access", "password_reset"),
+        ("I tried resetting my password twice but I'm still locked out, please unlock my account", "access", "unlock_account"),
+        ("I think I was charged twice for my last order. Can you check my payments?", "billing", "billing_question"),
+    ],
+)
+def test_context_next_to_one_request_is_not_a_second_request(body: str, route: str, operation: str) -> None:
+    result = triage_text("", body)
+    assert result.route == route and result.reason_codes == [], result
+    assert extract_text("", body, route).operation == operation
+
+
+@pytest.mark.parametrize(
+    ("body", "route", "operation"),
+    [
+        ("I would like a refnd for ordr O-31, the lamp dosnt work", "billing", "refund"),
+        ("Hello, I am writing for to ask the return of my money for the order O-31.", "billing", "refund"),
+        ("pls cancle my subscripton", "billing", "cancel_subscription"),
+        ("can i have the reciept for my last purchase", "billing", "billing_question"),
+        ("wheres my stuff?? O-31", "orders", "track_order"),
+        ("Please annul the order O-31, I find it cheaper elsewhere.", "orders", "cancel_order"),
+        ("adress change for O-31: new adress is 12 River Street, Denver, CO 80202", "orders", "change_address"),
+        ("i cant log in, forgot pasword", "access", "password_reset"),
+        ("turn off two step verification pls", "access", "mfa_reset"),
+    ],
+)
+def test_paraphrase_typos_and_shorthand_do_not_fall_to_low_confidence(body: str, route: str, operation: str) -> None:
+    result = triage_text("", body)
+    assert result.route == route and result.confidence >= 0.6, result
+    assert extract_text("", body, route).operation == operation
+
+
+def test_a_request_in_the_subject_line_counts_as_a_second_request() -> None:
+    assert triage_text("Password reset please", "Also, please refund O-31, it arrived broken.").reason_codes == ["multiple_intents"]
+    # the subject repeating the body's request, or a subject that is only a topic, is one request
+    assert triage_text("Refund request", "The lamp from O-31 flickers. Please refund it.").route == "billing"
+    assert triage_text("Refund policy", "What is your refund policy for opened items?").route == "knowledge"
+
+
+def test_polite_formulas_are_not_requests() -> None:
+    body = "Good day. Please be informed that the goods of order O-31 are not as described. We request the refund."
+    result = triage_text("", body)
+    assert result.route == "billing" and result.reason_codes == [], result
+
+
+def test_an_unplanned_second_request_of_the_same_route_plans_nothing() -> None:
+    from gateway.base import PlanningInput
+    from gateway.local import plan_locally
+    from keel.types import Ticket
+    from tools.registry import cards
+
+    ticket = Ticket(id="T-1", tenant="t", customer_id="C-1", channel="email", subject="",
+                    body="Please cancel order O-1, and change the shipping address of O-2.")
+    tools = ["get_customer", "get_order", "track_shipment", "cancel_order", "update_shipping_address", "reship_order"]
+    planning = PlanningInput(ticket=ticket, route="orders", extraction=extract_text("", ticket.body, "orders"),
+                             allowlist=tools, tools=list(cards(tools).values()),
+                             orders=[{"id": "O-1", "status": "placed"}, {"id": "O-2", "status": "placed"}])
+    proposal = plan_locally(planning)
+    assert proposal.actions == [] and "no new address" in proposal.rationale
+
+
+def test_a_question_with_no_topic_is_low_confidence_not_knowledge() -> None:
+    assert triage_text("", "Can you help me?").reason_codes == ["low_confidence"]
+    assert triage_text("", "Do you sell gift cards?").route == "knowledge"
+
+
+def test_the_orders_of_one_request_are_listed_or_not_guessed() -> None:
+    assert request_order_ids("cancel_order", "pls cancel O-1 and O-2, both by mistake") == ["O-1", "O-2"]
+    assert request_order_ids("refund", "refund $20 on O-1, it came in the same box as O-2") is None
+    body = "Please cancel order O-1, and change the shipping address of O-2 to 4 Elm Street, Salem, OR 97301."
+    assert request_order_ids("cancel_order", body) == ["O-1"]
+    assert request_order_ids("change_address", body) == ["O-2"]
+
+
+# ------------------------------------------------------------------ the graph
+def _run(tmp_path: Path, fixtures: dict, tickets: list[dict], now: str) -> list[dict]:
+    fx, tk, out = tmp_path / "fixtures.json", tmp_path / "tickets.jsonl", tmp_path / "out.jsonl"
+    fx.write_text(json.dumps(fixtures))
+    tk.write_text("".join(json.dumps(t) + "\n" for t in tickets))
+    assert main(["run", "--fixtures", str(fx), "--tickets", str(tk), "--now", now, "--out", str(out)]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_two_request_tickets_never_execute_a_side_effect_in_the_graph(tmp_path: Path) -> None:
+    customers, orders, tickets = [], [], []
+    for i, body in enumerate(TWO_REQUESTS):
+        cid, oid = f"C-9{i:03d}", "O-31"
+        customers.append({"id": cid, "name": f"Two {i}", "email": f"two{i}@example.com", "identity_level": 2,
+                          "account": {"locked": True, "mfa_enabled": True}})
+        tickets.append({"id": f"T-{i}", "tenant": "two", "customer_id": cid, "channel": "chat", "subject": "",
+                        "body": body.replace(oid, f"O-9{i:03d}")})
+        orders.append({"id": f"O-9{i:03d}", "customer_id": cid, "status": "placed" if i % 2 else "delivered",
+                       "total_cents": 2000, "refunded_cents": 0, "currency": "USD", "placed_at": "2027-01-01T10:00:00Z",
+                       "delivered_at": None if i % 2 else "2027-01-10T10:00:00Z", "carrier_status": "x",
+                       "shipping_address": "1 Main St, Springfield, IL 62701"})
+    fixtures = {"tenant": "two", "customers": customers, "orders": orders,
+                "subscriptions": [{"id": f"S-9{i:03d}", "customer_id": c["id"], "plan": "pro", "status": "active",
+                                   "period_end": "2027-02-01T00:00:00Z"} for i, c in enumerate(customers)],
+                "articles": [{"id": "KB-1", "title": "Refunds", "body": "Refunds take 5 to 10 business days."}]}
+    rows = _run(tmp_path, fixtures, tickets, "2027-01-15T12:00:00Z")
+    effects = side_effect_tools()
+    assert len(rows) == len(TWO_REQUESTS)
+    for row in rows:
+        assert row["status"] == "escalated" and "multiple_intents" in row["reason_codes"], row
+        assert not [a for a in row["actions"] if a["tool"] in effects and a["state"] == "executed"], row
+
+
+# ------------------------------------------------------------------ the done-when, measured on the held-out set
+@pytest.mark.xfail(strict=True, reason="2 of the 21 held-out two-request tickets still execute a side effect (H-139, H-216)")
+def test_heldout_two_request_tickets_never_execute_a_side_effect(tmp_path: Path) -> None:
+    heldout = ROOT / "evals" / "heldout"
+    expected = [json.loads(line) for line in (heldout / "expected.jsonl").read_text().splitlines()]
+    two = {e["ticket_id"] for e in expected if "multiple_intents" in e["reason_codes"]}
+    assert len(two) >= 20
+    out = tmp_path / "out.jsonl"
+    now = "2027-03-04T16:30:00Z"
+    main(["run", "--fixtures", str(heldout / "fixtures.json"), "--tickets", str(heldout / "tickets.jsonl"),
+          "--now", now, "--out", str(out)])
+    effects = side_effect_tools()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    executed = sorted(r["ticket_id"] for r in rows
+                      if r["ticket_id"] in two and any(a["tool"] in effects and a["state"] == "executed" for a in r["actions"]))
+    assert executed == []
