@@ -19,11 +19,13 @@ from typing import Any, Protocol
 from gateway.base import PlanningInput
 from gateway.gateway import CallHook
 from guards.budgets import RunCaps
+from guards.memory_policy import MemoryProposal, MemoryVerdict
 from guards.pack import PolicyPack
 from guards.policy import PlanDecision, PolicyFacts
 from keel.audit import AuditKind, AuditRow
 from keel.db import Tx
 from keel.errors import ConfigError
+from keel.plan import PlanKeys
 from keel.types import Extraction, PlanProposal, ProposedAction, Route, Ticket, TriageResult
 from tools.runner import ToolContext, ToolResult
 
@@ -40,6 +42,8 @@ __all__ = [
     "TokenQuota",
     "RoleLookup",
     "Clock",
+    "CustomerMemoryDesk",
+    "Remembers",
     "Audits",
     "IndexesRuns",
     "AsksModels",
@@ -137,6 +141,14 @@ class TokenQuota(Protocol):
                user: str | None = None) -> bool: ...
 
 
+class CustomerMemoryDesk(Protocol):
+    """Long-term memory per customer (``engine.memory.CustomerMemory``): the agent proposes,
+    the memory rule (``guards.memory_policy``) accepts or rejects, every decision is audited."""
+
+    def propose(self, tenant: str, customer_id: str, thread_id: str, proposals: Sequence[MemoryProposal], *,
+                correlation_id: str | None = None, now: datetime | None = None) -> list[MemoryVerdict]: ...
+
+
 RoleLookup = Callable[[str, str], "str | None"]
 """``role_of(tenant, user)``: the user's role in keel's directory, or None if unknown."""
 
@@ -213,7 +225,7 @@ class ProposeDeps(AsksModels, ReadsPack, Protocol):
     """PROPOSE_ACTION: the planner model, the route's allowlist and pack version, the signing key."""
 
     @property
-    def signing_key(self) -> bytes: ...
+    def signing_key(self) -> bytes | PlanKeys: ...
 
 
 class DecidesPlans(ReadsPack, Protocol):
@@ -233,8 +245,15 @@ class PolicyCheckDeps(DecidesPlans, Audits, IndexesRuns, Protocol):
     """POLICY_CHECK: the verdict, the approval hold of the plan's refunds, the run index."""
 
 
-class FinishDeps(Audits, IndexesRuns, Protocol):
-    """COMPLETE and ESCALATE_TO_HUMAN: the last audit row and run-index entry."""
+class Remembers(Protocol):
+    """Proposes long-term memory items about the run's customer (None: no memory kept)."""
+
+    @property
+    def memory(self) -> CustomerMemoryDesk | None: ...
+
+
+class FinishDeps(Audits, IndexesRuns, Remembers, Protocol):
+    """COMPLETE and ESCALATE_TO_HUMAN: the last audit row and run-index entry, the memory proposals."""
 
 
 class VerifyDeps(Audits, Protocol):
@@ -282,8 +301,11 @@ class SupportContext:
     quota_clock: Clock
     """The quotas' clock (``KEEL_NOW`` or the wall clock, never the demo's frozen day, so a
     spent day resets)."""
-    signing_key: bytes = field(repr=False)
-    """The HMAC key plans are signed with (never shown in a repr or a log line)."""
+    signing_key: bytes | PlanKeys = field(repr=False)
+    """The HMAC key plans are signed with, or keel's keyring (:mod:`keel.keys`; never shown in
+    a repr or a log line)."""
+    memory: CustomerMemoryDesk | None = None
+    """Long-term memory per customer (``engine.memory``); None: the run remembers nothing."""
 
 
 class MissingContext(ConfigError, TypeError):

@@ -19,6 +19,8 @@ from typing import Literal
 
 from pydantic import Field, StrictBool, ValidationError, field_validator, model_validator
 
+from guards.env_policy import EnvPolicy, Environment, apply_env, default_dry_run
+from guards.memory_policy import MemoryPolicy
 from keel.errors import ConfigError
 from keel.types import ROUTES, Route, StrictModel
 
@@ -325,8 +327,13 @@ class PolicyPack(StrictModel):
     access: AccessPolicy
     budgets: BudgetPolicy
     approvals: ApprovalPolicy
+    memory: MemoryPolicy | None = None
+    """Long-term memory per customer: allowed data classes and their retention (``guards.memory_policy``);
+    absent: nothing is remembered."""
     tools: dict[str, ToolRule] = Field(default_factory=dict)
     """Rules of tools without a section of their own, by tool name (see :class:`ToolRule`)."""
+    env: dict[Environment, EnvPolicy] = Field(default_factory=dict)
+    """Per-environment allowlists and overrides (``KEEL_ENV``, see :mod:`guards.env_policy`)."""
     sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
 
     @model_validator(mode="after")
@@ -337,6 +344,32 @@ class PolicyPack(StrictModel):
         if self.routes["unknown"].tools:
             raise ValueError("routes.unknown must allow no tools (unknown tickets escalate)")
         return self
+
+    @model_validator(mode="after")
+    def _envs_valid(self) -> PolicyPack:
+        for name in self.env:  # each environment's pack must be one the loader accepts
+            try:
+                self.for_env(name)
+            except ValidationError as e:
+                problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+                raise ValueError(f"env.{name}: {problems}") from None
+        return self
+
+    def for_env(self, name: str) -> PolicyPack:
+        """The pack as environment ``name`` applies it (its ``[env.<name>]`` allowlists and
+        overrides); itself if the pack has no such section."""
+        section = self.env.get(name)  # type: ignore[call-overload]
+        if section is None:
+            return self
+        data = apply_env(self.model_dump(mode="json", exclude={"env"}), section)
+        return type(self).model_validate(data).model_copy(update={"env": self.env})
+
+    def dry_run_side_effects(self, name: str) -> bool:
+        """Whether side-effecting tools dry-run in environment ``name``."""
+        section = self.env.get(name)  # type: ignore[call-overload]
+        if section is not None and section.dry_run_side_effects is not None:
+            return section.dry_run_side_effects
+        return default_dry_run(name)
 
     @classmethod
     def from_toml(cls, text: str | bytes, source: str = "<string>") -> PolicyPack:
@@ -364,6 +397,7 @@ class PolicyPack(StrictModel):
         """Every tool the pack names, with where: ``(section, tool)``, section ``routes.<route>``
         or ``tools``."""
         named = [(f"routes.{r}", t) for r, rp in self.routes.items() for t in rp.tools]
+        named += [(f"env.{e}", t) for e, section in self.env.items() for t in section.tool_names()]
         return named + [("tools", t) for t in self.tools]
 
     def check_tools(self, known: Collection[str], source: str = "") -> None:

@@ -1,4 +1,5 @@
-"""COMPLETE and ESCALATE_TO_HUMAN: the two ends of a run; both leave an audit row."""
+"""COMPLETE and ESCALATE_TO_HUMAN: the two ends of a run; both leave an audit row and
+propose what to remember about the customer (:mod:`nodes.memory`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from langgraph.runtime import Runtime
 from graphs.context import FinishDeps
 from graphs.state import SupportState
 from nodes.common import audit, record_status, traced
+from nodes.memory import remember
 
 __all__ = ["complete", "escalate_to_human"]
 
@@ -27,6 +29,7 @@ def complete(state: SupportState, runtime: Runtime[FinishDeps]) -> dict[str, Any
     """A completed (or reviewer-rejected) run."""
     ctx = runtime.context
     status = "rejected" if state.get("status") == "rejected" else "completed"
+    remember(ctx, state, status)
     audit(ctx, state, "run_finished", _summary(state, status))
     record_status(ctx, state, status)
     update: dict[str, Any] = {"status": status}
@@ -40,6 +43,7 @@ def escalate_to_human(state: SupportState, runtime: Runtime[FinishDeps]) -> dict
     """Hand the run to a human with its reason codes; nothing further runs."""
     ctx = runtime.context
     codes = state.get("reason_codes") or ["escalated"]
+    remember(ctx, {**state, "reason_codes": codes}, "escalated")  # type: ignore[typeddict-item]
     audit(ctx, state, "run_finished", {**_summary(state, "escalated"), "reason_codes": codes})
     record_status(ctx, state, "escalated")
     return {"status": "escalated", "reason_codes": codes}

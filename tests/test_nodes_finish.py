@@ -15,7 +15,7 @@ ACTIONS = [{"tool": "issue_refund", "args": {"order_id": "O-1", "amount_cents": 
 
 
 def ctx() -> Any:
-    return context(FinishDeps, audit=FakeAudit(), run_index=FakeRunIndex())
+    return context(FinishDeps, audit=FakeAudit(), run_index=FakeRunIndex(), memory=None)
 
 
 def state(**kw: Any) -> dict[str, Any]:
