@@ -13,7 +13,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cli import apidocs, commands, feedback, service, trace
+from cli import apidocs, commands, feedback, replay_trace, service, trace
+from cli import release as release_cli
+from cli import forget as forget_cli
 from cli.commands import CliError
 from evals.cli import register as register_eval
 from guards.dlp import install_redaction
@@ -31,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     service.register(sub)  # keel serve, keel worker, keel keys
     feedback.register(sub)  # keel feedback export: reviewers' decisions as a golden set
     trace.register(sub)  # keel trace THREAD: spans with timings
+    replay_trace.register(sub)  # keel replay-trace: recorded runs under a candidate configuration
     apidocs.register(sub)  # keel api-docs: docs/api.md from the OpenAPI document
+    release_cli.register(sub)  # keel release: shadow and canary releases of a candidate
+    forget_cli.register(sub)  # keel forget CUSTOMER: erase a customer's data, keep the audit chain
     return p
 
 

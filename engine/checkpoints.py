@@ -99,15 +99,18 @@ class LeaseFencedSaver(PostgresSaver):
 
 
 def serializer() -> JsonPlusSerializer:
-    """LangGraph's checkpoint serializer with keel's state models allowed by name.
+    """LangGraph's checkpoint serializer, rebuilding only LangGraph's safe types and keel's
+    state models.
 
     Support state holds pydantic models (:mod:`graphs.state`); the serializer stores each
-    with its class and rebuilds it on load. Under ``LANGGRAPH_STRICT_MSGPACK`` only listed
-    classes are rebuilt, so keel lists its own; by default LangGraph rebuilds any class (with
-    a one-time warning per class) and the list changes nothing. A class it refuses comes
-    back as its field dict, which the nodes' accessors parse (``nodes.common.plan_of`` …).
+    with its class and rebuilds it on load. LangGraph's default rebuilds *any* class a
+    checkpoint names (with a warning that this will be blocked), so whoever can write a
+    checkpoint row could make a worker import and call what it likes. keel passes an explicit
+    allowlist instead (LangGraph's strict mode plus keel's models): any other class comes back
+    as its field dict, which the nodes' accessors parse (``nodes.common.plan_of`` …) and a
+    graph with a pydantic state schema validates again on its way in.
     """
-    return JsonPlusSerializer().with_msgpack_allowlist(STATE_MODELS)
+    return JsonPlusSerializer(allowed_msgpack_modules=STATE_MODELS)
 
 
 def open_checkpointer(db: Database, data_dir: Path) -> Any:

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta, UTC
 from typing import Any
 from collections.abc import Iterable, Sequence
 
+from engine.recordings import erase_thread_recordings
 from engine.runtime import Runtime
 
 __all__ = ["FINISHED", "PruneReport", "prune", "checkpoint_rows"]
@@ -55,6 +56,8 @@ class PruneReport:
     """Checkpoint-table rows of the threads selected, before."""
     rows_removed: dict[str, int] = field(default_factory=dict)
     """Rows deleted (or that would be), by table."""
+    recordings_removed: int = 0
+    """Rows of ``run_recordings`` (``keel replay-trace``'s input) deleted with the expired threads."""
 
     def lines(self) -> list[str]:
         """A human-readable summary."""
@@ -68,6 +71,8 @@ class PruneReport:
                        f"{len(self.trimmed_threads)} finished threads")
         removed = ", ".join(f"{n} {t}" for t, n in self.rows_removed.items()) or "nothing"
         out.append(f"rows {'to remove' if self.dry_run else 'removed'}: {removed}")
+        if self.recordings_removed:
+            out.append(f"recordings removed with them: {self.recordings_removed} rows")
         if self.skipped:
             reasons: dict[str, int] = {}
             for why in self.skipped.values():
@@ -284,6 +289,8 @@ def prune(
                 else:
                     for tid in safe:
                         _keep_latest_sqlite(rt, tid)
+                if kind == "expire":  # a thread with no checkpoint left cannot be replayed: its recording goes too
+                    report.recordings_removed += sum(erase_thread_recordings(rt.db, tid) for tid in safe)
                 left = checkpoint_rows(rt, safe)
             for role in removed:
                 before[role] += rows_before[role]

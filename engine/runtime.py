@@ -27,9 +27,12 @@ from engine import registry
 from engine.assistants import AssistantStore
 from engine.checkpoints import open_checkpointer
 from engine.crons import CronStore
+from engine.memory import CustomerMemory
+from engine.recordings import RunRecordings, recording_context
 from engine.store import TenantStore, open_store
 from engine.supply import supply_context
 from engine.tracing import TracedJudge
+from gateway.cache import ModelCache
 from gateway.gateway import ModelGateway, gateway_from_settings
 from graphs.context import SupportContext
 from graphs.supply_state import SupplyContext
@@ -41,9 +44,11 @@ from keel import db as _dbmod
 from keel.audit import AuditLog
 from keel.config import PACKAGE_DIR, Settings, get_settings
 from keel.db import Database, open_database
+from keel.keys import Keyring
 from keel.principals import PrincipalStore
 from keel.threads import ThreadIndex
 from tools.backoffice import BackOffice
+from tools.cache import ToolCache
 from tools.fixtures import parse_fixtures_text
 from tools.refund_history import RefundHistory
 from tools.registry import TOOLS, cards
@@ -81,14 +86,28 @@ class Runtime:
             return self.settings.database_url
         return f"sqlite:///{(self.settings.data_dir / 'keel.db').resolve()}"
 
+    @cached_property
+    def db_direct_url(self) -> str:
+        """The same database without a pooler in between (``KEEL_DATABASE_DIRECT_URL``, else
+        :attr:`db_url`): the set-up lock's and the queue listener's sessions."""
+        return self.settings.database_direct_url or self.db_url
+
     @contextmanager
     def setup_lock(self) -> Iterator[None]:
         """Serialize schema set-up across processes (Postgres); re-entrant within one runtime.
 
         ``CREATE TABLE IF NOT EXISTS`` and PostgresSaver's migrations race when two
-        processes start on a fresh database. The lock is a session advisory lock taken by
-        polling ``pg_try_advisory_lock``: a session blocked in ``pg_advisory_lock`` would
-        hold a snapshot that PostgresSaver's ``CREATE INDEX CONCURRENTLY`` waits on forever.
+        processes start on a fresh database. The lock is a transaction advisory lock, held
+        by a connection of its own (the direct URL's) whose transaction stays open during
+        the set-up: a session lock would outlive its transaction on the server connection
+        a transaction pooler lent (PgBouncer), which the next client handed that connection
+        would then hold too. It is taken by polling ``pg_try_advisory_xact_lock``: a session
+        blocked in ``pg_advisory_xact_lock`` would hold a snapshot that PostgresSaver's
+        ``CREATE INDEX CONCURRENTLY`` waits on forever (the read committed transaction that
+        holds the lock holds no snapshot between its statements). A waiter probes the lock
+        outside any transaction (in autocommit the lock taken is released at once) and opens
+        a transaction only to take it once free: waiting processes pin no server connection
+        of a pooler that the set-up of the lock's holder would need.
         """
         with self._lock:
             if self._setup_depth or not self.settings.is_postgres:
@@ -98,10 +117,9 @@ class Runtime:
                 finally:
                     self._setup_depth -= 1
                 return
-            with psycopg.connect(self.db_url, autocommit=True,
+            with psycopg.connect(self.db_direct_url, autocommit=True, prepare_threshold=None,
                                  connect_timeout=self.settings.db_connect_timeout_s) as conn:
-                while not conn.execute("SELECT pg_try_advisory_lock(%s)", (SETUP_LOCK,)).fetchone()[0]:
-                    time.sleep(0.05)
+                _take_setup_lock(conn)
                 self._setup_depth += 1
                 try:
                     yield
@@ -113,13 +131,15 @@ class Runtime:
     def db(self) -> Database:
         """keel's database, with every store's tables created."""
         db = open_database(self.db_url, pool_timeout_s=self.settings.db_pool_timeout_s,
-                           connect_timeout_s=self.settings.db_connect_timeout_s)
+                           connect_timeout_s=self.settings.db_connect_timeout_s,
+                           direct_url=self.settings.database_direct_url)
         with self.setup_lock():
             # the refund holds after the back office (an index of theirs is on its refunds)
             for store in (BackOffice(db), RefundHistory(db), AuditLog(db, redact=redact), PrincipalStore(db),
                           ThreadIndex(db)):
                 store.setup()
             TenantTokenBudget(db, 0).setup()
+            ModelCache(db).setup()
         return db
 
     @cached_property
@@ -140,7 +160,7 @@ class Runtime:
     @cached_property
     def principals(self) -> PrincipalStore:
         """Users, roles and API keys."""
-        return PrincipalStore(self.db)
+        return PrincipalStore(self.db, clock=self.settings.clock)
 
     @cached_property
     def threads(self) -> ThreadIndex:
@@ -150,8 +170,9 @@ class Runtime:
     # -- guards, tools, models --------------------------------------------------------
     @cached_property
     def policy(self) -> PolicyPack:
-        """The policy pack in force (``support-v1`` unless ``KEEL_POLICY_FILE`` says otherwise)."""
-        return load_policy(self.settings.policy_path(), tools=TOOLS)
+        """The policy pack in force (``support-v1`` unless ``KEEL_POLICY_FILE`` says otherwise), as
+        ``KEEL_ENV`` applies it (its ``[env.<name>]`` allowlists and overrides)."""
+        return load_policy(self.settings.policy_path(), tools=TOOLS).for_env(self.settings.env)
 
     @cached_property
     def policy_engine(self) -> PolicyEngine:
@@ -176,13 +197,16 @@ class Runtime:
             timeout_s=self.settings.tool_timeout_s,
             rate_per_minute=self.settings.tool_rate_per_minute,
             max_retries=self.policy.budgets.max_retries,
+            dry_run_side_effects=self.policy.dry_run_side_effects(self.settings.env),
+            cache=ToolCache(self.db),  # reads declared with cache_ttl_s; side effects invalidate (tools.cache)
         )
 
     @cached_property
     def gateway(self) -> ModelGateway:
         """The model gateway (local deterministic provider unless configured otherwise)."""
         return gateway_from_settings(self.settings, wall_clock_s=self.policy.budgets.wall_clock_s,
-                                     remaining=lambda tenant: self.tokens.remaining(tenant, self.settings.clock()))
+                                     remaining=lambda tenant: self.tokens.remaining(tenant, self.settings.clock()),
+                                     cache=ModelCache(self.db))  # rules with cache_ttl_s only (gateway.cache)
 
     def now(self) -> datetime:
         """The run clock: ``KEEL_NOW`` if set; the demo data's day on the embedded demo.
@@ -196,8 +220,19 @@ class Runtime:
         return self.settings.clock()
 
     def signing_key(self) -> bytes:
-        """Plan-signing key."""
+        """The configured plan-signing key (the console's session secret derives from it)."""
         return self.settings.signing_key()
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        """Plan-signing keys (:mod:`keel.keys`): the active one signs, every unretired one verifies."""
+        cfg = self.settings
+        # no key configured on a shared database: every server's data dir would generate its own
+        # key and refuse the others' plans, so the ring generates one key they all share
+        shared = self.db.is_postgres and cfg.plan_signing_key is None and cfg.plan_signing_key_file is None
+        ring = Keyring(self.db, self.signing_key(), shared_default=shared)
+        with self.setup_lock():
+            return ring.setup()
 
     def role_of(self, tenant: str, user: str) -> str | None:
         """A user's role in the tenant (keel's directory), or None if the user is unknown."""
@@ -210,8 +245,9 @@ class Runtime:
 
         Built per run (a few references): the same objects the runtime holds at that
         moment, so an extension or a test that wraps ``runtime.tools.call`` or replaces
-        ``runtime.gateway`` changes what the next run's nodes call."""
-        return SupportContext(
+        ``runtime.gateway`` changes what the next run's nodes call. Its model answers, tool
+        results, store reads and clock are recorded for replay (:mod:`engine.recordings`)."""
+        ctx = SupportContext(
             policy=self.policy,
             policy_engine=TracedJudge(self.policy_engine),  # a policy.decide span per plan (engine.tracing)
             caps=self.caps,
@@ -225,8 +261,18 @@ class Runtime:
             role_of=self.role_of,
             clock=self.now,
             quota_clock=self.settings.clock,
-            signing_key=self.signing_key(),
+            signing_key=self.keyring,
+            memory=self.memory if self.policy.memory is not None else None,  # a pack without [memory] keeps none
         )
+        return recording_context(ctx, self.recordings)
+
+    @cached_property
+    def recordings(self) -> RunRecordings:
+        """Recordings of support runs (``run_recordings``), what ``keel replay-trace`` replays."""
+        store = RunRecordings(self.db)
+        with self.setup_lock():
+            store.setup()
+        return store
 
     def context(self, graph_id: str = "support") -> Any:
         """The ``context=`` to run graph ``graph_id`` with: the context its schema declares,
@@ -282,6 +328,11 @@ class Runtime:
         return base
 
     @cached_property
+    def memory(self) -> CustomerMemory:
+        """Customers' long-term memory in the store, governed by the pack's ``[memory]`` (:mod:`engine.memory`)."""
+        return CustomerMemory(self.store, self.audit, self.policy.memory, self.now)
+
+    @cached_property
     def assistants(self) -> AssistantStore:
         """Tenants' assistants and their versions (``/assistants``)."""
         with self.setup_lock():
@@ -301,6 +352,8 @@ class Runtime:
 
     def close(self) -> None:
         """Release connections (tests, CLI exit)."""
+        if "recordings" in self.__dict__:
+            self.recordings.close()  # rows still queued for the writer
         if "checkpointer" in self.__dict__ and not self.db.is_postgres:
             self.checkpointer.conn.close()
         if "store" in self.__dict__ and not self.db.is_postgres:
@@ -310,13 +363,30 @@ class Runtime:
             _dbmod._DATABASES.pop(self.db_url, None)
 
 
+_TRY_SETUP_LOCK = f"SELECT pg_try_advisory_xact_lock({SETUP_LOCK:d})"
+"""No parameter, so the simple query protocol: an extended-protocol query would leave its
+portal, and with it a snapshot, open in the lock's transaction."""
+
+
+def _take_setup_lock(conn: Any) -> None:
+    """Take the set-up lock in a transaction left open on ``conn`` (autocommit)."""
+    while True:
+        if conn.execute(_TRY_SETUP_LOCK).fetchone()[0]:  # free just now (autocommit: released again)
+            conn.execute("BEGIN")
+            if conn.execute(_TRY_SETUP_LOCK).fetchone()[0]:
+                return
+            conn.execute("ROLLBACK")  # another process was quicker
+        time.sleep(0.05)
+
+
 def _advisory_unlock(conn: Any) -> None:
-    """Release the set-up lock; a session the server already ended (a restart during
-    set-up) released it by ending, and its error must not hide the one that ended it."""
+    """Release the set-up lock by ending its transaction (it wrote nothing); a session the
+    server already ended (a restart during set-up) released it by ending, and its error
+    must not hide the one that ended it."""
     if conn.closed:
         return
     try:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
+        conn.execute("ROLLBACK")
     except psycopg.Error:
         log.debug("set-up lock: the session ended before its unlock", exc_info=True)
 

@@ -103,8 +103,17 @@ def _routing(rt: Runtime) -> dict[str, str]:
     return {"version": " > ".join(chain), "sha256": digest(content)}
 
 
+def _environment(rt: Runtime) -> dict[str, str]:
+    """``KEEL_ENV`` and what it changes (the pack's section for it, whether side effects dry-run)."""
+    env = rt.settings.env
+    section = rt.policy.env.get(env)
+    content = {"env": env, "section": section.model_dump(mode="json") if section is not None else None,
+               "dry_run_side_effects": rt.policy.dry_run_side_effects(env)}
+    return {"version": env, "sha256": digest(content)}
+
+
 def run_versions(rt: Runtime, graph_id: str, graph: Any) -> dict[str, dict[str, str]]:
-    """``{graph, policy_pack, prompts, tool_contracts, model_routing}`` of a run of ``graph_id``."""
+    """``{graph, policy_pack, prompts, tool_contracts, model_routing, environment}`` of a run of ``graph_id``."""
     prompts = {t: system_prompt(t) for t in TASKS}
     return {
         "graph": _graph_version(rt, graph_id, graph),
@@ -112,13 +121,19 @@ def run_versions(rt: Runtime, graph_id: str, graph: Any) -> dict[str, dict[str, 
         "prompts": {"version": f"{len(prompts)} templates", "sha256": digest(prompts)},
         "tool_contracts": _tools(graph_id),
         "model_routing": _routing(rt),
+        "environment": _environment(rt),
     }
 
 
-def record_run_versions(rt: Runtime, run: dict[str, Any], graph: Any) -> dict[str, dict[str, str]]:
+def record_run_versions(rt: Runtime, run: dict[str, Any], graph: Any,
+                        extra: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
     """Record what this attempt of ``run`` runs with: on the run row (``versions``), in the
-    audit trail (``run_started``) and on the current span (``keel.version.*``)."""
+    audit trail (``run_started``) and on the current span (``keel.version.*``). ``extra``:
+    entries that replace or add to :func:`run_versions`' (a canary's arm and candidate,
+    :mod:`engine.releases`)."""
     versions = run_versions(rt, run["graph_id"], graph)
+    if extra:
+        versions = {**versions, **extra}
     rt.db.execute("UPDATE api_runs SET versions = ? WHERE run_id = ?", (json.dumps(versions, sort_keys=True),
                                                                       run["run_id"]))
     rt.audit.append(run["tenant"], "run_started", actor="system", thread_id=run["thread_id"],

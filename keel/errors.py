@@ -15,13 +15,19 @@ The tree (the categories live here, the other classes next to the code that rais
     │   ├── GraphConfigError (ValueError)                        engine.loader: langgraph.json or a graph it names
     │   ├── DeclarationError (TypeError)                         tools.declaration: a tool declared wrongly
     │   ├── MissingContext (TypeError)                           graphs.context: a graph run without its context
-    │   └── NoTenant (RuntimeError)                              engine.store: the store used outside a keel run
+    │   ├── NoTenant (RuntimeError)                              engine.store: the store used outside a keel run
+    │   └── CandidateError (ValueError)    invalid_candidate     engine.candidates: a candidate file keel cannot use
     ├── InvalidInput                   invalid_input       no
     │   ├── EvalError (ValueError)                               evals.report: input keel eval cannot use
     │   ├── CliError                                             cli.commands: a command line that cannot run
     │   ├── CronError (ValueError)                               engine.crons: a schedule or time zone unusable
-    │   └── ContextRefused (ValueError)                          engine.run_context: a run's context unusable
+    │   ├── ReleaseError (ValueError)      invalid_release       engine.releases: a release command that cannot run
+    │   ├── ReplayError (ValueError)       replay_error          engine.replay_trace: a run that cannot be replayed
+    │   ├── ContextRefused (ValueError)                          engine.run_context: a run's context unusable
+    │   └── KeyringError                                         keel.keys: a signing-key command that cannot be done
     ├── PlanIntegrityError             plan_tampered       no    keel.plan: hash or signature mismatch
+    │   ├── SigningKeyRetired              signing_key_retired   keel.keys: the plan's signing key was retired
+    │   └── UnknownSigningKey              signing_key_unknown   keel.keys: the plan names a key the ring lacks
     ├── ApprovalError                  (per refusal)       no    guards.approvals: a resume refused (+ http_status)
     ├── EscalationError                (per refusal)       no    engine.escalations: a take-over refused (+ http_status)
     ├── BudgetExceeded                 budget_exceeded     no
@@ -31,6 +37,8 @@ The tree (the categories live here, the other classes next to the code that rais
     │   └── TransientToolError             transient_failure yes one attempt failed; the runner backs off
     ├── ToolFailure (RuntimeError)     tool_failed         yes   nodes.execute: a tool's retries are spent; the worker backs off
     ├── ModelError (RuntimeError)      model_unavailable   no    gateway.base: no provider gave a valid output
+    │   ├── RecordedModelFailure                                 engine.replay_trace: the recorded call failed too
+    │   └── NoRecordedAnswer               replay_diverged       engine.replay_trace: a question the original never asked
     ├── InvalidOutput (ValueError)     invalid_output      no    gateway.base: output parsed but cannot be trusted
     ├── StoreError                     store_error         no
     │   ├── IntegrityError                 conflict              keel.db: a unique or foreign key violated

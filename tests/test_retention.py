@@ -73,10 +73,15 @@ def test_ttl_deletes_finished_threads_and_spares_the_waiting_one(world):
     waiting, s3 = start(rt, tickets, "T-8")
     assert (s1["status"], s2["status"], s3["status"]) == ("completed", "escalated", "awaiting_approval")
     waiting_history = [s.config["configurable"]["checkpoint_id"] for s in history(rt, waiting)]
+    rt.recordings.flush()
+    assert all(rt.recordings.thread(t) for t in (done, escalated, waiting))  # keel replay-trace's input
 
     report = prune(rt, ttl_days=0, now=LATER, tenant=tenant)
 
     assert sorted(report.deleted_threads) == sorted([done, escalated])
+    # a thread without checkpoints cannot be replayed: its recording goes with it, the waiting one's stays
+    assert rt.recordings.thread(done) == [] and rt.recordings.thread(escalated) == []
+    assert rt.recordings.thread(waiting) and report.recordings_removed > 0
     assert report.rows_removed["checkpoints"] > 0 and report.rows_removed["writes"] > 0
     assert history(rt, done) == [] and history(rt, escalated) == []
     assert [s.config["configurable"]["checkpoint_id"] for s in history(rt, waiting)] == waiting_history
