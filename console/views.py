@@ -22,7 +22,7 @@ RISKS = ("high", "medium", "low")
 SORTS = ("age", "amount", "risk", "route", "deadline")
 """Columns the queue sorts by."""
 _SENSITIVE_TOOLS = frozenset({"issue_refund", "cancel_subscription", "change_email", "reset_mfa", "send_password_reset",
-                              "unlock_account", "update_address"})
+                              "unlock_account", "update_shipping_address"})
 """Tools that move money or change who controls an account: a plan using one is at least ``medium``."""
 
 

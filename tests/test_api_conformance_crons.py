@@ -84,7 +84,9 @@ def test_workers_fire_each_tick_once(live, world, backend):
     # stateless: each tick on a new thread of the tenant
     sl = client.crons.create(STREAM_TOY, schedule="* * * * *", input=TOPIC)
     _make_due(rt, sl["cron_id"])
-    made = _wait(lambda: [t for t in client.threads.search(metadata={"cron_id": sl["cron_id"]}) if t["status"] == "idle"])
+    # the tick's thread is idle from its creation until a worker claims its run: wait for the values too
+    made = _wait(lambda: [t for t in client.threads.search(metadata={"cron_id": sl["cron_id"]})
+                          if t["status"] == "idle" and (t.get("values") or {}).get("reply")])
     assert len(made) == 1 and made[0]["values"]["reply"] == REPLY
 
 
