@@ -132,7 +132,8 @@ class Runtime:
         """keel's database, with every store's tables created."""
         db = open_database(self.db_url, pool_timeout_s=self.settings.db_pool_timeout_s,
                            connect_timeout_s=self.settings.db_connect_timeout_s,
-                           direct_url=self.settings.database_direct_url)
+                           direct_url=self.settings.database_direct_url,
+                           prepared_statements=self.settings.database_prepared_statements)
         with self.setup_lock():
             # the refund holds after the back office (an index of theirs is on its refunds)
             for store in (BackOffice(db), RefundHistory(db), AuditLog(db, redact=redact), PrincipalStore(db),

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     """A direct (not pooled) connection to the same Postgres database, for what needs a session
     of its own: the queue's LISTEN and the schema set-up lock. Set it when ``database_url``
     goes through a transaction-mode pooler. Unset: ``database_url``."""
+    database_prepared_statements: bool = True
+    """Prepare keel's and LangGraph's statements server-side on first use (psycopg's
+    ``prepare_threshold=0``): about 40 % less Postgres CPU per run (``bench.capacity``). Set it
+    to false behind a transaction-mode pooler that does not track prepared statements (PgBouncer
+    before 1.21, or without ``max_prepared_statements``): there a prepared statement may be
+    missing on the next transaction's server connection."""
     data_dir: Path = Path(".keel")
     """Folder of the embedded store (SQLite files, the generated signing key)."""
     model_provider: ModelProvider = "local"

@@ -58,13 +58,15 @@ def stack(pgbouncer: PgBouncer, direct_url: str, pooled: str, tmp_path_factory) 
 
     tmp = tmp_path_factory.mktemp("pgbouncer")
     env = keel_env(KEEL_DATABASE_URL=pooled, KEEL_DATABASE_DIRECT_URL=direct_url, KEEL_DATA_DIR=str(tmp),
+                   KEEL_DATABASE_PREPARED_STATEMENTS="false",
                    KEEL_PLAN_SIGNING_KEY="pgb-key", PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
     port = free_port()
     # both start at once on a fresh database: their set-ups serialize on the set-up lock
     server = spawn(env, "serve", "--port", str(port), "--import", "support.api_toy", log=tmp / "serve.log")
     worker = spawn(env, "worker", "--concurrency", "4", "--poll-seconds", "0.1", "--lease-seconds", "5",
                    "--import", "support.api_toy", log=tmp / "worker.log")
-    rt = Runtime(Settings(database_url=pooled, database_direct_url=direct_url, data_dir=tmp))
+    rt = Runtime(Settings(database_url=pooled, database_direct_url=direct_url, data_dir=tmp,
+                          database_prepared_statements=False))
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ok(url, timeout=120, proc=server)  # imports alone take 30 s on a loaded 2-core machine
@@ -229,7 +231,8 @@ def test_the_setup_lock_excludes_other_processes_through_the_pooler(pgbouncer, d
 
     tight = PgBouncer(pgbouncer.binary, direct_url, pool_size=2, query_wait_timeout=3)
     url = tight.url_for(direct_url)
-    one, two, three = (Runtime(Settings(database_url=url, data_dir=tmp_path)) for _ in range(3))
+    one, two, three = (Runtime(Settings(database_url=url, data_dir=tmp_path, database_prepared_statements=False))
+                       for _ in range(3))
     entered = {two: threading.Event(), three: threading.Event()}
 
     def waiter(rt: Runtime) -> None:
@@ -269,7 +272,7 @@ def test_listen_uses_the_direct_connection(pooled, direct_url):
     from engine.queue.base import CHANNEL
     from keel.db import Database
 
-    db = Database(pooled + "&application_name=keel_pgb_listen", direct_url=direct_url)
+    db = Database(pooled + "&application_name=keel_pgb_listen", direct_url=direct_url, prepared_statements=False)
     queue = RunQueue(db)
     try:
         assert queue.start_listener()
@@ -295,7 +298,7 @@ def test_no_server_side_prepared_statements_on_the_pool(pooled):
     do not know them (``prepared statement "_pg3_0" does not exist``) or already do."""
     from keel.db import Database
 
-    db = Database(pooled.replace("keel_pgb", "keel_pgb_prep"))
+    db = Database(pooled.replace("keel_pgb", "keel_pgb_prep"), prepared_statements=False)
     errors: list[str] = []
 
     def hammer(i: int) -> None:
@@ -330,7 +333,7 @@ def test_a_pooler_error_at_begin_is_retried(pgbouncer, direct_url, how):
     try:
         holder = psycopg.connect(tight.url_for(direct_url))
         holder.execute("SELECT 1")  # a transaction left open: the pooler's one server connection is taken
-        db = Database(tight.url_for(direct_url) + f"?application_name=keel_pgb_{how}")
+        db = Database(tight.url_for(direct_url) + f"?application_name=keel_pgb_{how}", prepared_statements=False)
         released = threading.Event()
 
         def release_after_the_first_refusal() -> None:
