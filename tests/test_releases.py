@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from conftest import _own_database
 from support.api_helpers import demo_tickets, load_demo, new_tenant
 
 from engine import releases
@@ -52,11 +53,18 @@ def _pack(tmp: Path, version: str, edit: dict[str, str] | None = None) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def releases_pg_url() -> Iterator[str]:
+    """A Postgres database of this module's own: a release counts every run of its graph that
+    ends, so runs other test files left queued in the session's database must not land in an arm."""
+    yield from _own_database("keel_trel")
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def env(request, tmp_path) -> Iterator[dict[str, Any]]:
-    """A runtime (SQLite in tmp, or the session's Postgres database), its queue, a worker
+    """A runtime (SQLite in tmp, or this module's Postgres database), its queue, a worker
     and a fresh tenant with the demo back office."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    url = request.getfixturevalue("releases_pg_url") if request.param == "postgres" else None
     rt = Runtime(Settings(database_url=url, data_dir=tmp_path / "data", now=NOW, plan_signing_key="release-test-key"))
     q = RunQueue(rt.db).setup()
     store = release_store(rt)
