@@ -43,7 +43,8 @@ from tools.registry import TOOLS
 from tools.runner import ToolContext, ToolRunner
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = Path(os.environ.get("KEEL_PUBLIC_DATA", "/work/shared/data"))
+DEMO = ROOT / "keel" / "demo"
+"""The public example set (fixtures and 30 tickets), shipped with keel as its demo."""
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
@@ -462,18 +463,16 @@ def _outcome(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _batch(rt: Runtime) -> list[dict[str, Any]]:
-    parsed = parse_fixtures_text((PUBLIC / "backoffice.json").read_text(encoding="utf-8"))
+    parsed = parse_fixtures_text((DEMO / "fixtures.json").read_text(encoding="utf-8"))
     assert parsed.fixtures is not None
     rt.backoffice.load_fixtures(parsed.fixtures)
-    tickets, errors = read_tickets(PUBLIC / "tickets.jsonl")
+    tickets, errors = read_tickets(DEMO / "tickets.jsonl")
     assert not errors
     return run_tickets(rt, tickets, requester="keel-batch")
 
 
 @pytest.mark.slow
 def test_killing_the_model_server_mid_batch_loses_no_run(tmp_path: Path) -> None:
-    if not (PUBLIC / "tickets.jsonl").is_file():
-        pytest.fail(f"the public set is missing at {PUBLIC}")
     local_rt = _runtime(tmp_path / "local")
     try:
         local = _batch(local_rt)
