@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from support.api_fixtures import api_pg_url  # noqa: F401
 from support.api_helpers import demo_fixtures
-from support.review_helpers import Tenant, served, wait_for
+from support.review_helpers import Tenant, keel_cli as _keel, served, wait_for
 
 from engine.review import review_desk
-from keel.config import get_settings
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 EMAIL = "jane.roe@example.com"
@@ -28,19 +27,6 @@ def _pause(client, t: Tenant, ticket: str) -> tuple[str, str]:
     out = t.run(client, ticket)
     return out["thread_id"], out["result"]["__interrupt__"][0]["value"]["plan_hash"]
 
-
-def _keel(argv: list[str], monkeypatch, env: dict[str, str], capsys) -> tuple[int, str, str]:
-    from cli.main import main
-
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    try:
-        code = main(argv)
-    finally:
-        get_settings.cache_clear()
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_decisions_become_redacted_examples_that_export_to_a_golden_set_keel_eval_runs(

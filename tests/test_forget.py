@@ -18,11 +18,10 @@ import pytest
 from psycopg import sql
 from support.api_fixtures import api_pg_url  # noqa: F401
 from support.api_helpers import demo_fixtures
-from support.review_helpers import NOW, Receiver, Tenant, make_runtime, served, wait_for
+from support.review_helpers import NOW, Receiver, Tenant, keel_cli as _keel, make_runtime, served, wait_for
 
 from engine.forget import ERASERS, forget
 from keel.audit import canonical_json
-from keel.config import get_settings
 from tools.fixtures import parse_fixtures_text
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -119,19 +118,6 @@ def _scan_postgres(url: str, needles: list[str]) -> set[tuple[str, str, str, str
 def _scan(db_url: str | None, data_dir: Path, needles: list[str]) -> set[tuple[str, str, str, str]]:
     return _scan_postgres(db_url, needles) if db_url else _scan_sqlite(data_dir, needles)
 
-
-def _keel(argv: list[str], monkeypatch, env: dict[str, str], capsys) -> tuple[int, str, str]:
-    from cli.main import main
-
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    try:
-        code = main(argv)
-    finally:
-        get_settings.cache_clear()
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # -- the done-when ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from support.api_helpers import demo_tickets, load_demo, new_tenant
 
 from engine.runtime import Runtime
 from guards.pack import DEFAULT_POLICY_PATH
-from keel.config import Settings
+from keel.config import Settings, get_settings
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -119,3 +119,20 @@ class Receiver:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def keel_cli(argv: list[str], monkeypatch: Any, env: dict[str, str], capsys: Any) -> tuple[int, str, str]:
+    """Run ``keel ARGV`` in this process with ``env`` set: ``(exit status, stdout, stderr)``.
+
+    Settings are read once per process, so their cache is cleared before and after."""
+    from cli.main import main
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    try:
+        code = main(argv)
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr()
+    return code, out.out, out.err
