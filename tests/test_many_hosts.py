@@ -31,6 +31,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import _own_database
 from support.api_helpers import demo_tickets, load_demo, new_tenant
 from support.hosts import Host, make_netns, netns_unavailable, start_host, wait_host
 
@@ -52,7 +53,16 @@ class Hosts:
 
 
 @pytest.fixture(scope="module")
-def hosts(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+def hosts_pg_url() -> Iterator[str]:
+    """A Postgres database of this module's own: both hosts' workers claim every queued run of
+    their database, and their ``/metrics`` are compared with the runs of one thread, so runs
+    other test files left queued in the session's database must not reach them."""
+    yield from _own_database("keel_thosts")
+
+
+@pytest.fixture(scope="module")
+def hosts(hosts_pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    pg_url = hosts_pg_url
     tmp = tmp_path_factory.mktemp("hosts")
     marker = tmp / "kill.marker"  # a test control file both hosts' kill hook watch (support.api_hooks)
     why_not = netns_unavailable()

@@ -178,8 +178,13 @@ def test_a_good_candidate_keeps_running(env):
     rt = env["rt"]
     pack = _pack(env["tmp"], "support-v1-candidate")  # the shipped rules, renamed
     rel = start_release(rt, pack, mode="canary", percent=50, min_runs=3, actor="ops")
-    runs = [_run(env, STEADY[i % len(STEADY)]) for i in range(12)]
     store = release_store(rt)
+    runs: list[dict[str, Any]] = []
+    for i in range(40):  # the arm is a hash of the run id: run until both arms have the minimum
+        runs.append(_run(env, STEADY[i % len(STEADY)]))
+        arms = [r["versions"]["release"]["arm"] for r in runs]
+        if len(runs) >= 12 and min(arms.count("candidate"), arms.count("stable")) >= 3:
+            break
     status = store.status(store.get(rel.release_id))
     assert status.release.state == "active" and status.worse == []
     assert status.arms["candidate"].runs >= 3 and status.arms["stable"].runs >= 3

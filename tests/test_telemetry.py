@@ -80,14 +80,24 @@ def done(env):
     assert r.status_code == 200 and r.json()["status"] == "completed", r.text
     runs = client.get(f"/threads/{tid}/runs", headers=req).json()
     first, resume = sorted(runs, key=lambda x: x["created_at"])
+    # the worker ends a run's span just after committing the run's end, which is what wakes
+    # the waiting request: the span may land a moment after the response
+    deadline = time.monotonic() + 15
+    while not all(_run_spans(r["run_id"]) for r in (first, resume)) and time.monotonic() < deadline:
+        telemetry.flush()
+        time.sleep(0.05)
     telemetry.flush()
     return tid, first, resume, t, req
 
 
+def _run_spans(run_id: str) -> list[Any]:
+    return [s for s in _MEMORY.get_finished_spans() if s.attributes.get("keel.run_id") == run_id
+            and s.name.startswith("run ")]
+
+
 def _spans(run_id: str) -> list[Any]:
     """Every in-memory span of the trace of ``run_id``'s run span."""
-    runs = [s for s in _MEMORY.get_finished_spans() if s.attributes.get("keel.run_id") == run_id
-            and s.name.startswith("run ")]
+    runs = _run_spans(run_id)
     assert runs, f"no run span for {run_id}"
     trace_id = runs[-1].context.trace_id
     return [s for s in _MEMORY.get_finished_spans() if s.context.trace_id == trace_id]
