@@ -13,10 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from api.app import create_app
-from api.reference import render_reference
-from console import mount as mount_console
-from engine.runtime import Runtime
 from keel.config import Settings
 
 __all__ = ["register", "reference_markdown", "DEFAULT_OUT"]
@@ -26,6 +22,12 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 def reference_markdown() -> str:
     """The reference as ``keel serve`` would document itself today."""
+    # imported here: the HTTP stack costs every other keel command a second of start-up
+    from api.app import create_app
+    from api.reference import render_reference
+    from console import mount as mount_console
+    from engine.runtime import Runtime
+
     with tempfile.TemporaryDirectory(prefix="keel-api-docs-") as d:
         rt = Runtime(Settings(data_dir=Path(d), database_url=None, log_level="WARNING"))
         try:

@@ -23,10 +23,6 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-import uvicorn
-
-from api.app import create_app
-from console import mount as mount_console
 from engine.correlation import install_correlation_logging
 from engine.queue import RunQueue
 from engine.registry import GraphConfigError, graph_ids, use_config
@@ -123,6 +119,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     installed: set[str] = set()
 
     def start() -> Any:
+        # the HTTP stack (FastAPI, the console) is imported by `keel serve` alone: every other
+        # command's start-up would pay for it otherwise
+        from api.app import create_app
+        from console import mount as mount_console
+
         _warm_up(rt, args.imports, installed)
         if not rt.settings.is_postgres:
             rt.ensure_fixtures()
@@ -151,6 +152,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"  curl -H 'x-api-key: KEY' http://{args.host}:{args.port}/assistants/search -d '{{}}'",
               flush=True)
     # the runtime is left open: the embedded worker may still be finishing a step as the process ends
+    import uvicorn
+
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 
