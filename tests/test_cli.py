@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.review_helpers import keel_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "keel" / "demo"
@@ -109,30 +110,43 @@ def test_golden_set_scores(tmp_path):
     assert report.unauthorized_side_effects == 0, report
 
 
-def test_demo_then_approve_flow(tmp_path):
+def test_demo_then_approve_flow(tmp_path, monkeypatch, capsys):
+    """The README's demo as a subprocess, then the reviewer's commands on its store: each in this
+    process (what they print and exit with is the same; ten interpreter start-ups are not), the
+    approval also once as a subprocess."""
     env = {"KEEL_DATA_DIR": str(tmp_path / "data")}
     demo = keel("demo", env=env, check=True)
     assert "awaiting approval" in demo.stdout and "keel approve" in demo.stdout
-    listing = keel("approvals", "--json", env=env, check=True)
+
+    def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+        code, out, err = keel_cli(list(args), monkeypatch, env, capsys)
+        assert "Traceback" not in err, err[-3000:]
+        if check:
+            assert code == 0, err[-3000:]
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    for k in [k for k in os.environ if k.startswith("KEEL_")]:
+        monkeypatch.delenv(k)
+    listing = cli("approvals", "--json", check=True)
     pending = json.loads(listing.stdout)
     assert sorted(p["ticket_id"] for p in pending) == ["T-14", "T-21", "T-23", "T-6", "T-8"]
     thread = next(p["thread_id"] for p in pending if p["ticket_id"] == "T-8")
-    refused = keel("approve", thread, "--as", "demo-requester", env=env)
+    refused = cli("approve", thread, "--as", "demo-requester")
     assert refused.returncode == 2 and "not_an_approver" in refused.stderr
-    unknown = keel("approve", thread, "--as", "nobody", env=env)
+    unknown = cli("approve", thread, "--as", "nobody")
     assert unknown.returncode == 2 and "not known" in unknown.stderr
-    up = keel("approve", thread, "--as", "demo-approver", "--edit", "0:amount_cents=99999", env=env)
+    up = cli("approve", thread, "--as", "demo-approver", "--edit", "0:amount_cents=99999")
     assert up.returncode == 2 and "edit_raises_amount" in up.stderr
     ok = keel("approve", thread, "--as", "demo-approver", env=env, check=True)
     assert json.loads(ok.stdout)["status"] == "completed"
-    again = keel("approve", thread, "--as", "demo-approver", env=env)
+    again = cli("approve", thread, "--as", "demo-approver")
     assert again.returncode == 2 and "no approval is pending" in again.stderr
     other = next(p["thread_id"] for p in pending if p["ticket_id"] == "T-6")
-    rej = keel("reject", other, "--as", "demo-approver", "--reason", "policy", env=env, check=True)
+    rej = cli("reject", other, "--as", "demo-approver", "--reason", "policy", check=True)
     assert json.loads(rej.stdout)["status"] == "rejected"
-    hist = keel("history", thread, env=env, check=True)
+    hist = cli("history", thread, check=True)
     assert "execute_action" in hist.stdout
     checkpoint = next(line.split()[0] for line in hist.stdout.splitlines() if "next=execute_action" in line)
-    rep = keel("replay", thread, "--from", checkpoint, env=env, check=True)
+    rep = cli("replay", thread, "--from", checkpoint, check=True)
     assert json.loads(rep.stdout)["status"] == "completed"
-    assert len(json.loads(keel("approvals", "--json", env=env, check=True).stdout)) == 3
+    assert len(json.loads(cli("approvals", "--json", check=True).stdout)) == 3
