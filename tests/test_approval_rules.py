@@ -24,6 +24,7 @@ import pytest
 from langgraph.types import Command
 from support.api_fixtures import api_pg_url  # noqa: F401
 from support.api_helpers import demo_tickets, load_demo, new_tenant
+from support.review_helpers import keel_cli
 
 from guards.pack import DEFAULT_POLICY_PATH, load_policy
 from engine.approvals import pending_approval, validate_resume
@@ -334,10 +335,11 @@ def keel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("roles", [None, ["admin"]])
-def test_cli_follows_the_packs_approver_roles(tmp_path, roles):
+def test_cli_follows_the_packs_approver_roles(tmp_path, roles, monkeypatch, capsys):
     """``keel approve`` and ``keel approvals --as`` read the pack in force
     (``KEEL_POLICY_FILE``): the shipped pack refuses the demo admin with a clear message,
-    a pack naming only admins refuses the demo approver and lets the admin approve."""
+    a pack naming only admins refuses the demo approver and lets the admin approve (the
+    refusals in this process, the approval as a subprocess)."""
     from engine.batch import run_ticket
     from keel.types import Ticket
 
@@ -355,14 +357,19 @@ def test_cli_follows_the_packs_approver_roles(tmp_path, roles):
     refused_user, decider = ("demo-admin", "demo-approver") if roles is None else ("demo-approver", "demo-admin")
     refused_role = refused_user.removeprefix("demo-")
 
-    listing = json.loads(keel("approvals", "--json", "--as", refused_user, env=env).stdout)
+    for k in [k for k in os.environ if k.startswith("KEEL_")]:
+        monkeypatch.delenv(k)
+    code, out, err = keel_cli(["approvals", "--json", "--as", refused_user], monkeypatch, env, capsys)
+    assert code == 0 and "Traceback" not in err, err
+    listing = json.loads(out)
     assert [(i["thread_id"], i["can_decide"], i["refusal"]) for i in listing] == [(thread, False, "not_an_approver")]
-    text = keel("approvals", "--as", decider, env=env).stdout
+    code, text, err = keel_cli(["approvals", "--as", decider], monkeypatch, env, capsys)
+    assert code == 0 and "Traceback" not in err, err
     assert f"decided by role {' or '.join(roles or ['approver'])}" in text and f"{decider} may decide" in text
 
-    refused = keel("approve", thread, "--as", refused_user, env=env)
-    assert refused.returncode == 2 and "refused (not_an_approver)" in refused.stderr
-    assert f"role '{refused_role}' may not approve or reject" in refused.stderr
+    code, _, err = keel_cli(["approve", thread, "--as", refused_user], monkeypatch, env, capsys)
+    assert code == 2 and "refused (not_an_approver)" in err and "Traceback" not in err, err
+    assert f"role '{refused_role}' may not approve or reject" in err
     ok = keel("approve", thread, "--as", decider, env=env)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["status"] == "completed"
