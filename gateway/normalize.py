@@ -17,7 +17,9 @@ structurally, before any rule sees it:
   block): what the customer asks *now* is above it.
 - :func:`clauses` splits a sentence at explicit "second request" joints (``;``, list
   bullets, "btw", "also", "plus", "+", "PS", "then", "another thing") so each request is
-  read on its own.
+  read on its own; :func:`segments` splits a clause further before a verb joined by "and"
+  or a comma ("cancel O-1 and delete my data"), for the check that every request of a
+  ticket is one the plan answers.
 
 Nothing here decides anything: it only rewrites text for matching. Extraction of
 amounts, addresses and emails keeps reading the original text.
@@ -31,7 +33,7 @@ from functools import lru_cache
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
-__all__ = ["normalize", "current_part", "clauses", "correct_word", "SHORTHAND", "SUPPORT_WORDS"]
+__all__ = ["normalize", "current_part", "clauses", "segments", "correct_word", "ASK_VERBS", "SHORTHAND", "SUPPORT_WORDS"]
 
 _F = re.IGNORECASE
 
@@ -167,3 +169,40 @@ def clauses(sentence: str) -> list[tuple[int, str]]:
     if sentence[pos:].strip():
         out.append((pos, sentence[pos:]))
     return out or [(0, sentence)]
+
+
+ASK_VERBS: tuple[str, ...] = tuple(
+    """fix sort check change update reset send resend cancel refund unlock stop close delete remove erase wipe make give
+    get help resolve set turn switch move add transfer subscribe unsubscribe apply upgrade downgrade merge put tell
+    email mail call text contact confirm register enroll enrol book schedule waive extend split combine hold keep
+    exchange swap link unlink verify activate deactivate enable disable rename print provide issue forward share
+    include expedite rush block report escalate redeem sign opt""".split()
+)
+"""Verbs a customer opens a request with ("… and delete my data", "please upgrade me")."""
+
+_VERB_ALT = "|".join(ASK_VERBS)
+_SEGMENT_JOINT = re.compile(
+    r",?\s+(?:and|&)\s+(?:then\s+)?(?=(?:please\s+|kindly\s+|also\s+)?(?:" + _VERB_ALT + r")\b(?!\s*(?:of|for)\b))|"
+    r",\s+(?=(?:please|kindly|can you|could you|would you|will you)\b)|"
+    r",\s+(?=i (?:also )?(?:want|need|would like|'?d like)\b[^,.;!?\n]*\b(?:instead|too|as well|also)\b)|"
+    r"(?<=\w)\s+(?=(?:can|could|would) you\b)",
+    _F,
+)
+
+
+def segments(clause: str) -> list[tuple[int, str]]:
+    """``clause`` split further before each request joined by "and" or a comma.
+
+    "cancel O-1 and delete my data", "refund it, could you also …": each part is read on
+    its own when checking that every request of a ticket is one the plan answers. Only
+    that check uses this finer split; the phrase scoring reads whole clauses.
+    """
+    out: list[tuple[int, str]] = []
+    pos = 0
+    for m in _SEGMENT_JOINT.finditer(clause):
+        if m.start() > pos and clause[pos : m.start()].strip():
+            out.append((pos, clause[pos : m.start()]))
+        pos = m.end()
+    if clause[pos:].strip():
+        out.append((pos, clause[pos:]))
+    return out or [(0, clause)]

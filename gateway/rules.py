@@ -25,6 +25,11 @@ give the same answer every time. The design choices, each for a reason:
   out my login") next to an action makes the ticket ``multiple_intents``, like two firm
   routes do; a delivery complaint is the reason for a billing/orders request next to it,
   never for an access one.
+- Every request must be explained: once the route and its side effect are known, each
+  clause phrased as a request ("… and delete my data", "could you also send the invoice?",
+  "Und bitte …") must be the request the plan answers; one that is not, whatever its
+  words, makes the ticket ``multiple_intents`` (:func:`unexplained_requests`). Greetings,
+  thanks, background and complaints are not requests and explain themselves.
 
 Ticket text is data: nothing here executes or obeys it; it is only matched.
 """
@@ -33,15 +38,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Literal
 
-from guards.injection import claim_clauses
+from guards.injection import claim_clauses, screen
 from gateway.base import OPERATION_ROUTE, ROUTE_OPERATIONS
-from gateway.normalize import clauses, current_part, normalize
+from gateway.normalize import ASK_VERBS, clauses, current_part, normalize, segments
 from keel.types import Extraction, Operation, Route, TriageResult
 
 __all__ = [
     "OpHit",
+    "Ask",
     "Analysis",
     "analyze",
     "triage_text",
@@ -58,6 +65,7 @@ __all__ = [
     "reship_reason",
     "READ_ONLY_OPERATIONS",
     "request_order_ids",
+    "unexplained_requests",
 ]
 
 _F = re.IGNORECASE
@@ -288,6 +296,153 @@ def _unplaced_request(clause: str) -> Route | None:
     return routes[0] if len(routes) == 1 else None
 
 
+_ASK_VERB_ALT = "|".join(ASK_VERBS)
+_POLITE_FORMULA = re.compile(
+    r"\bplease (?:be (?:informed|advised|aware)|find (?:attached|enclosed|below)|see (?:attached|below|above)|note|"
+    r"excuse|forgive|accept)\b|\b(?:if you need|should you need|let me know if you need)\b[^.?!\n]*|"
+    r"\bthank(?:s| you)\b[^.?!\n]*|\b(?:let me know|keep me (?:posted|updated|informed)|get back to me|"
+    r"confirm(?:ation)? (?:it )?(?:by|via|per|in an?) (?:e-?mail|text|sms|phone|message)|"
+    r"(?:please |kindly )?(?:make sure|ensure|be sure)\b[^.?!\n]*|"
+    r"(?:e-?mail|call|text|contact|write to) me (?:back|when|once|if|as soon)[^.?!\n]*)",
+    _F,
+)
+"""Formulas that ask nothing beyond the request itself ("please find attached", "let me know")."""
+
+_ASK_MARK = re.compile(
+    # English: polite imperatives, requests to the agent, wants and needs
+    r"\b(?:please|kindly)\b|\b(?:can|could|would|will) (?:you|u)\b|\bwould it be possible\b|"
+    r"\bis it possible (?:for you )?to\b|\b(?:can|could|may) (?:i|we) (?:get|have|receive|ask|also)\b|"
+    r"\bi (?:also |really |just |still )?(?:want|need|demand|require|wish|request)\b|\bwanna\b|"
+    r"\bi'?d (?:also |really )?(?:like|love|appreciate|want|prefer)\b|\bi would (?:also |really )?(?:like|love|appreciate|want|prefer)\b|"
+    r"\b(?:would|will) (?:also |really )?appreciate\b|\bsend me\b|\bi(?:'m| am) (?:asking|requesting)\b|"
+    # the other languages support is offered in (guards.injection.LANGUAGES): es, de, fr, pt, it
+    r"\bpor favor\b|\b(?:pueden|puede usted|podr[ií]an|podr[ií]a|quiero|quisiera|necesito|me gustar[ií]a|adem[aá]s|tambi[eé]n)\b|"
+    r"\bbitte\b|\b(?:k[oö]nnen|k[oö]nnten) sie\b|\bich (?:m[oö]chte|brauche|will|h[aä]tte gern)\b|\b(?:au[sß]erdem|ausserdem|zus[aä]tzlich)\b|"
+    r"\bs'il vous pla[iî]t\b|\bsvp\b|\b(?:pouvez|pourriez)[- ]vous\b|\bje (?:voudrais|veux|souhaite)\b|\bj'(?:ai besoin|aimerais)\b|"
+    r"\b(?:aussi|[eé]galement|de plus)\b|"
+    r"\b(?:podem|poderiam|pode|quero|queria|preciso|gostaria|tamb[eé]m|al[eé]m disso)\b|"
+    r"\b(?:per favore|per piacere|potete|pu[oò]|potreste|potrebbe|vorrei|voglio|ho bisogno|inoltre|anche)\b",
+    _F,
+)
+"""Words that make a clause a request, in every language the support product serves."""
+
+_GREETING = r"(?:(?:hi|hello|hey|so|also|and|plus|btw|by the way|then|ps|p\.s\.|oh|ok|okay|and also|and then)\W+)*"
+_IMPERATIVE_START = re.compile(r"^\W*" + _GREETING + r"(?:please\s+|pls\s+|kindly\s+|also\s+)?(?:" + _ASK_VERB_ALT + r")\b", _F)
+_SECOND_MARK = re.compile(
+    r"^\W*(?:and\s+)?(?:also|plus|another thing|one more thing|while you'?re at it|additionally|in addition|"
+    r"on top of that|besides|p\.?s\.?|oh and|as well)\b",
+    _F,
+)
+"""A clause opened as a further request ("also the invoice", "PS: …")."""
+_STATEMENT = re.compile(
+    r"\b(?:i'?m|it'?s|is|was|were|are|am|has|had|have|been|did|does|came|arrived|got|broke|seems?|looks?|feels?|"
+    r"love|loved|liked|enjoy|enjoyed)\b|\b\w{3,}ed\b",
+    _F,
+)
+"""A finite verb of a statement: "also the box was wet" tells, it does not ask."""
+
+_EXPLAINED_WORDS = frozenset(
+    """kindly wanna gonna appreciate appreciated able request requesting asking wish prefer hope hoping grateful
+    additionally addition besides while you're top really just very much sure make quick quickly soon asap fast
+    possible done sorted sort fixed fix handle handled process processed resolve resolved look into check checked
+    confirm confirmation advise reply respond contact touch patience trouble inconvenience sorry thank thanks cheers
+    regards best kind dear team guys folks sir madam great love awesome amazing good nice wonderful excellent
+    today tomorrow tonight week weekend month morning afternoon evening days hours time monday tuesday wednesday
+    thursday friday saturday sunday please again instead already everything anything something soonest
+    account profile details records app website site access into new back response answer feedback product
+    item items order orders purchase package parcel off out down over away""".split()
+)
+"""Words of a request's manner, timing and politeness: they ask for nothing of their own."""
+
+_OP_WORDS: dict[Operation, frozenset[str]] = {
+    "refund": frozenset("refund refunded money back credit cash reimburse reimbursement return returned full amount".split()),
+    "cancel_order": frozenset("cancel cancelled canceled cancellation order purchase".split()),
+    "cancel_subscription": frozenset("cancel cancelled canceled cancellation subscription membership plan renew renewal "
+                                     "end period billing charged charge billed bill".split()),
+    "change_address": frozenset("address ship shipping deliver delivery change update".split()),
+    "reship": frozenset("replacement replace send new reship resend item".split()),
+    "password_reset": frozenset("password reset link login log sign".split()),
+    "mfa_reset": frozenset("two-factor factor authenticator authentication codes code phone reset".split()),
+    "unlock_account": frozenset("unlock unlocked account locked login log sign access".split()),
+    "change_email": frozenset("email e-mail address change update".split()),
+}
+"""Words that name the request itself: an ask made only of them is that request again."""
+
+_PRONOUN_OBJECT = re.compile(r"\b([a-z][a-z-]+) (?:me |us )?(?:it|them|this|that|a new one|another one)\b", _F)
+"""A verb applied to the request's own object ("please reactivate it", "remove it")."""
+
+_BOILERPLATE = re.compile(
+    r"\b(?:confidential|intended recipient|privileged|received (?:it|this|this (?:e-?mail|message|mail)) in error)\b", _F
+)
+"""A mail disclaimer: its "please delete it and notify the sender" asks nothing of support."""
+
+_OTHER_OBJECT = re.compile(r"\b(?:the other|another|too|as well|also|second|one more|additionally|in addition|while you)\b", _F)
+"""Words saying an ask is about something besides the request ("return the other item too")."""
+
+
+_LINK_OR_EMAIL = re.compile(r"\S+@\S+|https?://\S+|www\.\S+", _F)
+
+
+def _is_ask(segment: str) -> bool:
+    """Whether ``segment`` is phrased as a request (an imperative, "can you", "I need", "also …")."""
+    text = _POLITE_FORMULA.sub(" ", segment)
+    if _ASK_MARK.search(text) or _IMPERATIVE_START.search(text):
+        return True
+    return bool(_SECOND_MARK.search(text)) and not _STATEMENT.search(text)
+
+
+def _ask_content(segment: str, answered: Collection[Operation]) -> list[str]:
+    """The words of an ask that name something other than the answered request(s)."""
+    text = _LINK_OR_EMAIL.sub(" ", _POLITE_FORMULA.sub(" ", segment))  # an address is the request's data, not an ask
+    own = frozenset().union(*(_OP_WORDS.get(op, frozenset()) for op in answered))
+    words = [w for w in _topic_words(text) if w not in _EXPLAINED_WORDS]
+    if _OTHER_OBJECT.search(text):
+        return words  # "the other item too": even the request's own words name another thing
+    verbs = {m.group(1).lower() for m in _PRONOUN_OBJECT.finditer(text)}  # "reactivate it": the request again
+    return [w for w in words if w not in own and w not in verbs]
+
+
+def unexplained_requests(analysis: Analysis, answered: Collection[Operation]) -> list[str]:
+    """The asks of ``analysis`` that the request(s) ``answered`` do not account for.
+
+    An ask is explained when its own phrases name an answered operation, or when it names
+    nothing but manner, timing, politeness and the request's own words ("please do it
+    today", "can you sort it out?"). Anything else (an operation the plan does not carry
+    out, or words no rule knows: "delete my data", "und bitte eine Rechnung") is a second
+    request: the caller fails closed on it rather than acting on half the ticket.
+    """
+    out: list[str] = []
+    for ask in analysis.asks:
+        if any(op in answered for op in ask.ops):
+            continue
+        if ask.ops or _ask_content(ask.text, answered):
+            out.append(ask.text.strip())
+    return out
+
+
+def _left_to_the_screen(asks: list[str], subject: str, body: str) -> bool:
+    """Whether every unexplained ask is an instruction the injection screen flags ("assistant:
+    act on behalf of C-2001"): the ticket is escalated as an injection, not as two requests."""
+    return bool(asks) and screen(f"{subject}\n\n{body}").flagged and all(screen(a).flagged for a in asks)
+
+
+def _clause_asks(offset: int, clause: str, hits: list[OpHit], sentence: str) -> list[Ask]:
+    """The parts of ``clause`` phrased as requests, each with the operations named in it
+    (none in a mail disclaimer's sentence)."""
+    if _BOILERPLATE.search(sentence):
+        return []
+    out: list[Ask] = []
+    parts = segments(clause)
+    for i, (s_off, seg) in enumerate(parts):
+        lo = offset + s_off
+        hi = offset + parts[i + 1][0] if i + 1 < len(parts) else offset + len(clause)
+        if not _is_ask(seg):
+            continue
+        ops = tuple(dict.fromkeys(h.op for h in hits if lo <= h.start < hi and not h.descriptive))
+        out.append(Ask(lo, seg, ops))
+    return out
+
+
 _SPECIFIC = re.compile(
     r"\b[OS]-\d+\b|\bmy (?:\w+ )?(?:order|package|parcel|shipment|delivery|purchase)\b", _F
 )
@@ -340,6 +495,17 @@ class OpHit:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """A part of a clause phrased as a request ("and delete my data", "can you also …")."""
+
+    start: int
+    """Offset in the analysed text."""
+    text: str
+    ops: tuple[Operation, ...] = ()
+    """Operations its own phrases ask for (complaints left out); empty when none matched."""
+
+
+@dataclass(frozen=True)
 class Analysis:
     """What the rules found in a text."""
 
@@ -357,6 +523,8 @@ class Analysis:
     """Some question in the text says what it is about (not just "can you help me?")."""
     unplaced: tuple[Route, ...] = ()
     """Routes of requests no operation phrase recognised ("also please sort out my login")."""
+    asks: tuple[Ask, ...] = ()
+    """Every part of the text phrased as a request, with the operations it names."""
 
     def scores(self, *, suppressed: bool = False, descriptive: bool = True) -> dict[Operation, int]:
         """Summed weight per operation (each pattern counted once per sentence)."""
@@ -503,6 +671,7 @@ def _analyze(text: str) -> Analysis:
     suppressed: list[OpHit] = []
     knowledge: list[int] = []
     unplaced: list[Route] = []
+    asks: list[Ask] = []
     topical = False
     question: Literal["procedural", "info", "phrase", None] = None
     rank = {None: 0, "phrase": 1, "info": 2, "procedural": 3}
@@ -524,12 +693,15 @@ def _analyze(text: str) -> Analysis:
                 hits = [h for h in hits if h.op != "reship"]  # "send a new one" of a reset link
             is_question = procedural or bool(_INFO_START.search(clause))
             clause_kept = False
+            clause_hits: list[OpHit] = []
             for h in hits:
                 if is_question and _suppress(h.op, clause, procedural):
                     suppressed.append(h)
                 else:
                     kept.append(h)
+                    clause_hits.append(h)
                     clause_kept = True
+            asks.extend(_clause_asks(offset, clause, clause_hits, sentence))
             if not clause_kept and _is_knowledge_question(clause):
                 knowledge.append(offset)
             elif not hits:
@@ -539,7 +711,8 @@ def _analyze(text: str) -> Analysis:
     words = _WORD.findall(text.lower())
     known = sum(1 for w in words if w in _COMMON_WORDS or w.rstrip("s") in _COMMON_WORDS)
     ratio = known / len(words) if words else 0.0
-    return Analysis(tuple(kept), tuple(suppressed), question, ratio, len(words), tuple(knowledge), topical, tuple(unplaced))
+    return Analysis(tuple(kept), tuple(suppressed), question, ratio, len(words), tuple(knowledge), topical, tuple(unplaced),
+                    tuple(asks))
 
 
 # --------------------------------------------------------------------------- triage
@@ -572,6 +745,19 @@ def _subject_asks_elsewhere(subject: str, route: Route) -> bool:
     return any(s >= 2 and op not in READ_ONLY_OPERATIONS and OPERATION_ROUTE[op] != route for op, s in asked.items())
 
 
+def _answered_operations(subject: str, body: str, route: Route, analysis: Analysis) -> list[Operation]:
+    """The operations a plan for ``route`` would carry out: the main one, then every other
+    firm side-effect request of the route (as :func:`gateway.local.plan_locally` plans them)."""
+    try:
+        main = extract_operation(subject, body, route)
+    except ValueError:
+        return []
+    first = analysis.first_seen()
+    others = [op for op, score in analysis.scores(descriptive=False).items()
+              if score >= 2 and op != main and op not in READ_ONLY_OPERATIONS and op in ROUTE_OPERATIONS[route]]
+    return [main, *sorted(others, key=lambda op: first.get(op, 0))]
+
+
 def triage_text(subject: str, body: str) -> TriageResult:
     """Route a ticket: one firm route, ``knowledge`` for a question, or ``unknown``.
 
@@ -583,7 +769,7 @@ def triage_text(subject: str, body: str) -> TriageResult:
         combined = analyze(f"{subject}\n{body}")
         if combined.kept:
             analysis = Analysis(combined.kept, analysis.suppressed, None, analysis.vocab_ratio, analysis.words,
-                                analysis.knowledge, analysis.topical, analysis.unplaced)
+                                analysis.knowledge, analysis.topical, analysis.unplaced, analysis.asks)
     scores = analysis.scores()
     route_score = _route_scores(scores)
     firm = [r for r, s in route_score.items() if s >= 2]
@@ -613,6 +799,15 @@ def triage_text(subject: str, body: str) -> TriageResult:
             reason_codes=["multiple_intents"],
             intents=intents,
         )
+    single = firm[0] if len(firm) == 1 else next(iter(route_score)) if len(route_score) == 1 else None
+    if single is not None:
+        answered = _answered_operations(subject, body, single, analysis)
+        unexplained = unexplained_requests(analysis, answered)
+        side_effect = any(op not in READ_ONLY_OPERATIONS for op in answered)
+        if side_effect and unexplained and not _left_to_the_screen(unexplained, subject, body):
+            # a side effect, and an ask it does not answer ("… and delete my data"): fail closed
+            return TriageResult(route="unknown", confidence=_confidence(route_score[single], has_id),
+                                reason_codes=["multiple_intents"], intents=answered)
     if len(firm) == 1:
         route = firm[0]
         intents = [op for op in ordered_ops if OPERATION_ROUTE[op] == route]
@@ -760,15 +955,30 @@ def is_full_refund(text: str) -> bool:
     return any(not _negated(text, m.start()) for m in _FULL.finditer(text))
 
 
+_TIMING_TOPIC = re.compile(r"\b(?:cancel\w*|terminat\w*|effective|renew\w*|end|stop)\b|" + _SUB_TARGET.pattern, _F)
+
+
+def _timing_sentence(text: str, at: int) -> bool:
+    """Whether the sentence around ``at`` speaks of the cancellation or asks something: a
+    cue in a remark ("it's too expensive for me right now") says nothing of when to cancel."""
+    lo = max((m.end() for m in _SENTENCE_SPLIT.finditer(text, 0, at)), default=0)
+    nxt = _SENTENCE_SPLIT.search(text, at)
+    sentence = text[lo : nxt.start() if nxt else len(text)]
+    return bool(_TIMING_TOPIC.search(sentence) or _is_ask(sentence))
+
+
 def find_timing(text: str) -> Literal["period_end", "immediate"]:
     """When a subscription cancel takes effect; ``period_end`` unless clearly immediate.
 
-    A negated cue does not count ("effective today, not at the end of the month"). With
-    both, the later one wins, as customers correct themselves as they write.
+    A negated cue does not count ("effective today, not at the end of the month"), nor one in
+    a sentence that neither speaks of the cancellation nor asks anything. With both, the
+    later one wins, as customers correct themselves as they write.
     """
     cues: list[tuple[int, Literal["period_end", "immediate"]]] = []
     for rx, kind in ((_IMMEDIATE, "immediate"), (_PERIOD_END, "period_end")):
         for m in rx.finditer(text):
+            if not _timing_sentence(text, m.start()):
+                continue
             own_negation = kind == "period_end" and re.match(r"(?:don|do not|doesn|does not|won|not)", m.group(0), _F)
             if own_negation or not _negated(text, m.start()):
                 cues.append((m.start(), kind))  # type: ignore[arg-type]
@@ -889,6 +1099,10 @@ def extract_text(subject: str, body: str, route: Route, operation: Operation | N
 _ID_LIST = re.compile(r"\bO-\d+(?:\s*(?:,\s*and|,|and|&|\+|plus)\s*(?:(?:the )?(?:order|#)\s*)?\bO-\d+\b)+", _F)
 
 
+_CHOICE = re.compile(r"\b(?:whichever|either|one of (?:them|these|those|the two|my orders))\b", _F)
+"""Words leaving the choice between orders open: which one is meant is not certain."""
+
+
 def request_order_ids(op: Operation, body: str) -> list[str] | None:
     """The orders one request of ``op`` is about, or None when that cannot be told.
 
@@ -904,6 +1118,8 @@ def request_order_ids(op: Operation, body: str) -> list[str] | None:
         lo, hi = hit.sentence
         nxt = next((h.start for h in hits if h.start > hit.start and h.op != op and h.sentence == hit.sentence), hi)
         window = text[hit.start : nxt]
+        if _CHOICE.search(text[lo:hi]):
+            return None  # "O-1 and O-2, whichever hasn't shipped": the customer leaves the choice open
         after = find_order_ids(window)
         if len(after) > 1:
             listed = _ID_LIST.search(window)
