@@ -30,7 +30,8 @@ from engine.runtime import DEMO_FIXTURES, Runtime
 from engine.worker import run_workers
 from keel.config import get_settings
 from keel.db import StartupError, retry_while_unavailable
-from keel.keys import KeyringError
+from keel.errors import ConfigError
+from keel.keys import KeyringError, SigningKeyInfo
 from keel.principals import hash_key, key_id_of
 
 __all__ = ["register", "main", "CONFIG_HELP"]
@@ -138,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         app = _start_up(rt, "keel serve", start)
-    except (StartupError, GraphConfigError) as e:
+    except (StartupError, GraphConfigError, KeyringError) as e:  # KeyringError: prod without a KEK
         rt.close()
         return _cannot_start("keel serve", e)
     where = "Postgres" if rt.settings.is_postgres else f"SQLite in {rt.settings.data_dir}"
@@ -181,7 +182,7 @@ def _work(args: argparse.Namespace, rt: Runtime) -> int:
     installed: set[str] = set()
     try:
         queue = _start_up(rt, "keel worker", lambda: _warm_up(rt, args.imports, installed))
-    except (StartupError, GraphConfigError) as e:
+    except (StartupError, GraphConfigError, KeyringError) as e:  # KeyringError: prod without a KEK
         return _cannot_start("keel worker", e)
     # claims and heartbeats on a small pool of their own: the lease protocol never waits behind
     # checkpoint writes, stream events and outcomes (which stay on the main pool)
@@ -280,10 +281,37 @@ def cmd_keys_rotate_signing(args: argparse.Namespace) -> int:
     rt = _runtime()
     try:
         info = rt.keyring.rotate()
+    except (KeyringError, ConfigError) as e:
+        return _usage_error("rotate-signing", str(e))
     finally:
         rt.close()
-    print(f"plan-signing key {info.key_id} is active; earlier keys verify only (retire one with "
+    print(f"plan-signing key {info.key_id} is active, {_stored(info)}; earlier keys verify only (retire one with "
           f"`keel keys retire-signing ID`)")
+    return 0
+
+
+def _stored(info: SigningKeyInfo) -> str:
+    """How a key's material is kept, for operators (never the material)."""
+    if info.source == "configured":
+        return "not stored (configured)"
+    return f"encrypted under {info.kek_id}" if info.encrypted else "stored UNENCRYPTED"
+
+
+def cmd_keys_rewrap_signing(args: argparse.Namespace) -> int:
+    """Re-encrypt every generated plan-signing key under the current key-encryption key."""
+    rt = _runtime()
+    try:
+        report = rt.keyring.rewrap()
+    except (KeyringError, ConfigError) as e:
+        return _usage_error("rewrap-signing", str(e))
+    finally:
+        rt.close()
+    if args.json:
+        print(json.dumps(report.model_dump(mode="json"), indent=2))
+        return 0
+    sources = ", ".join(f"{n} from {src}" for src, n in sorted(report.rewrapped.items()))
+    print(f"rewrapped {sum(report.rewrapped.values())} plan-signing key(s) under {report.kek_id}"
+          f"{f' ({sources})' if sources else ''}; {report.unchanged} already under it")
     return 0
 
 
@@ -292,7 +320,7 @@ def cmd_keys_retire_signing(args: argparse.Namespace) -> int:
     rt = _runtime()
     try:
         info = rt.keyring.retire(args.key_id)
-    except KeyringError as e:
+    except (KeyringError, ConfigError) as e:
         return _usage_error("retire-signing", str(e))
     finally:
         rt.close()
@@ -305,13 +333,15 @@ def cmd_keys_list_signing(args: argparse.Namespace) -> int:
     rt = _runtime()
     try:
         keys = rt.keyring.list()
+    except (KeyringError, ConfigError) as e:
+        return _usage_error("list-signing", str(e))
     finally:
         rt.close()
     if args.json:
         print(json.dumps([k.model_dump(mode="json") for k in keys], indent=2))
         return 0
     for k in keys:
-        print(f"{k.key_id:<24} {k.state:<12} {k.source:<11} created {k.created_at}")
+        print(f"{k.key_id:<24} {k.state:<12} {k.source:<11} created {k.created_at}  {_stored(k)}")
     return 0
 
 
@@ -366,9 +396,13 @@ def register(sub: Any) -> None:
     kt = ksub.add_parser("retire-signing", help="retire a plan-signing key (its plans no longer execute)")
     kt.add_argument("key_id", metavar="ID", help="a key id from `keel keys list-signing`")
     kt.set_defaults(func=cmd_keys_retire_signing)
-    kls = ksub.add_parser("list-signing", help="list plan-signing keys (ids and states)")
+    kls = ksub.add_parser("list-signing", help="list plan-signing keys (ids, states, encrypted under which KEK)")
     kls.add_argument("--json", action="store_true", help="one JSON array")
     kls.set_defaults(func=cmd_keys_list_signing)
+    kw = ksub.add_parser("rewrap-signing", help="re-encrypt every generated plan-signing key under the current "
+                                                "KEEL_KEY_ENCRYPTION_KEY (after setting or rotating it)")
+    kw.add_argument("--json", action="store_true", help="one JSON object")
+    kw.set_defaults(func=cmd_keys_rewrap_signing)
 
 
 def main(argv: list[str] | None = None) -> int:

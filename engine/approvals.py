@@ -18,7 +18,7 @@ from engine.supply import supply_parts
 from engine.tracing import approval_span
 from guards.approvals import ApprovalError, check_resume, decider_refusal
 from guards.pack import ApprovalPolicy
-from keel.keys import SigningKeyRetired, UnknownSigningKey
+from keel.keys import KeyringError, SigningKeyRetired, UnknownSigningKey
 from keel.plan import PlanIntegrityError, verify_plan
 from keel.principals import Principal
 from tools.registry import preview_actions
@@ -78,6 +78,8 @@ def _refuse_untrusted_key(rt: Runtime, plan: Any) -> None:
         verify_plan(plan, rt.keyring)
     except (SigningKeyRetired, UnknownSigningKey) as e:
         raise ApprovalError(e.code, 409, f"{e}; the plan cannot be approved, only rejected") from None
+    except KeyringError as e:  # this server cannot read the key (its key-encryption key is missing)
+        raise ApprovalError("keyring_unavailable", 503, str(e)) from None
     except (PlanIntegrityError, ValueError):
         pass  # a tampered plan: execution refuses it (plan_integrity), as before
 

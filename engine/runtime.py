@@ -44,7 +44,7 @@ from keel import db as _dbmod
 from keel.audit import AuditLog
 from keel.config import PACKAGE_DIR, Settings, get_settings
 from keel.db import Database, open_database
-from keel.keys import Keyring
+from keel.keys import KeyEncryption, Keyring
 from keel.principals import PrincipalStore
 from keel.threads import ThreadIndex
 from tools.backoffice import BackOffice
@@ -231,7 +231,9 @@ class Runtime:
         # no key configured on a shared database: every server's data dir would generate its own
         # key and refuse the others' plans, so the ring generates one key they all share
         shared = self.db.is_postgres and cfg.plan_signing_key is None and cfg.plan_signing_key_file is None
-        ring = Keyring(self.db, self.signing_key(), shared_default=shared)
+        current_kek, previous_keks = cfg.key_encryption_keys()  # generated keys are stored encrypted under it
+        ring = Keyring(self.db, self.signing_key(), shared_default=shared,
+                       kek=KeyEncryption(current_kek, previous_keks), require_encryption=cfg.env == "prod")
         with self.setup_lock():
             return ring.setup()
 

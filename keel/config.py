@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     ``keel keys rotate-signing`` adds newer keys to the ring in keel's database."""
     plan_signing_key_file: Path | None = None
     """File holding the plan-signing key (a mounted secret), read when ``plan_signing_key`` is unset."""
+    key_encryption_key: SecretStr | None = None
+    """Key-encryption key (KEK) of the plan-signing keys keel generates (``keel keys
+    rotate-signing``, the shared default key on Postgres): their material is stored in the
+    database encrypted under it (:mod:`keel.keys`), so a dump or backup holds no usable key.
+    Any long random string (16 characters or more; a Fernet key is derived from it); every
+    server and worker of a deployment needs the same one. Unset: ``key_encryption_key_file``;
+    neither: generated keys are stored unencrypted (a warning; refused with ``KEEL_ENV=prod``)."""
+    key_encryption_key_file: Path | None = None
+    """File holding the KEK (a mounted secret), read when ``key_encryption_key`` is unset."""
+    key_encryption_keys_previous: SecretStr | None = None
+    """Earlier KEKs, comma-separated: keys stored under them still decrypt until ``keel keys
+    rewrap-signing`` has re-encrypted them under ``key_encryption_key``."""
+    key_encryption_keys_previous_file: Path | None = None
+    """File holding the earlier KEKs (one a line, or comma-separated), read when
+    ``key_encryption_keys_previous`` is unset."""
     env: Literal["dev", "staging", "prod"] = "dev"
     """Deployment environment (``KEEL_ENV``): selects the policy pack's ``[env.<name>]`` tool
     allowlists and overrides; in ``staging`` side-effecting tools dry-run unless the pack says
@@ -183,9 +198,42 @@ class Settings(BaseSettings):
             tmp.replace(path)
         return path.read_text().strip().encode()
 
+    def key_encryption_keys(self) -> tuple[bytes | None, list[bytes]]:
+        """The current KEK (None: none configured) and the earlier ones, from the environment or
+        files; a KEK shorter than 16 characters, or earlier KEKs without a current one, are refused."""
+        current = _secret_setting("KEEL_KEY_ENCRYPTION_KEY", self.key_encryption_key, self.key_encryption_key_file)
+        previous_text = _secret_setting("KEEL_KEY_ENCRYPTION_KEYS_PREVIOUS", self.key_encryption_keys_previous,
+                                        self.key_encryption_keys_previous_file)
+        previous = [p.strip() for p in (previous_text or "").replace("\n", ",").split(",") if p.strip()]
+        for name, value in [("KEEL_KEY_ENCRYPTION_KEY", current), *(("KEEL_KEY_ENCRYPTION_KEYS_PREVIOUS", p)
+                                                                   for p in previous)]:
+            if value is not None and len(value) < 16:
+                raise ConfigError(f"{name}: a key-encryption key must be 16 characters or more (a long random "
+                                  "string, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        if previous and current is None:
+            raise ConfigError("KEEL_KEY_ENCRYPTION_KEYS_PREVIOUS is set but KEEL_KEY_ENCRYPTION_KEY is not: "
+                              "set the current key-encryption key too")
+        return (current.encode() if current else None), [p.encode() for p in previous]
+
     def policy_path(self) -> Path:
         """The policy pack file in force."""
         return self.policy_file or (PACKAGE_DIR.parent / "guards" / "policies" / "support-v1.toml")
+
+
+def _secret_setting(name: str, value: SecretStr | None, file: Path | None) -> str | None:
+    """A secret from ``NAME`` or, when unset, the file ``NAME_FILE`` names (stripped); None if
+    neither is set. An unreadable or empty file is a :class:`ConfigError` (never the secret)."""
+    if value is not None:
+        return value.get_secret_value().strip() or None
+    if file is None:
+        return None
+    try:
+        text = file.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{name}_FILE: cannot read {file}: {e.strerror or e}") from None
+    if not text:
+        raise ConfigError(f"{name}_FILE: {file} is empty")
+    return text
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,9 +29,12 @@ from guards.approvals import ApprovalError
 from keel.config import Settings, get_settings
 from keel.db import _DATABASES, open_database
 from keel.errors import ConfigError
-from keel.keys import Keyring, KeyringError, SigningKeyRetired, UnknownSigningKey, configured_key_id
+import keel.keys as keys_module
+from keel.keys import (KeyEncryption, Keyring, KeyringError, RewrapReport, SigningKeyRetired, UnknownSigningKey,
+                       configured_key_id, kek_id_of)
 from keel.plan import Plan, PlanIntegrityError, SignedPlan, sign_plan, verify_plan
 from keel.principals import PrincipalStore, hash_key, key_id_of
+from support.review_helpers import keel_cli
 
 DEMO = Path(__file__).resolve().parents[1] / "keel" / "demo"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -266,6 +270,216 @@ def test_servers_with_different_configured_keys_each_sign_with_their_own_until_a
     _DATABASES.pop(url, None)
 
 
+# ------------------------------------------------------------------ key encryption (KEK)
+KEK_A = "kek-test-alpha-7c1d90e2b54f8a36"
+KEK_B = "kek-test-bravo-0e4a6b2d9f13c857"
+KEK_C = "kek-test-charlie-5b8e2f04a91c6d37"
+
+
+def _kek(current: str | None, *previous: str) -> KeyEncryption:
+    return KeyEncryption(current.encode() if current else None, [p.encode() for p in previous])
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def keys_db(request, tmp_path):
+    """keel's database on either engine (Postgres: a database of its own, see ``fresh_pg_url``)."""
+    url = request.getfixturevalue("fresh_pg_url") if request.param == "postgres" \
+        else f"sqlite:///{tmp_path / 'kek.db'}"
+    db = open_database(url)
+    yield db
+    db.close()
+    _DATABASES.pop(url, None)
+
+
+@pytest.fixture()
+def warned(monkeypatch):
+    """The once-per-process warning about unencrypted keys, as if this process had not given it yet."""
+    monkeypatch.setattr(keys_module, "_warned_unencrypted", False)
+
+
+def _row(db, key_id):
+    return db.fetchone("SELECT * FROM signing_keys WHERE key_id = ?", (key_id,))
+
+
+def _leaks(db, key_id, material: bytes, *, files: bool = True) -> list[str]:
+    """Where the material shows in the key's row (as hex or as raw bytes), or in the SQLite files
+    (``files``: not for a row rewrapped from cleartext, whose old version the file's free pages
+    and WAL may still hold, as a backup taken before would: docs/operations.md says to rotate)."""
+    row = _row(db, key_id)
+    text = " ".join(str(v) for v in row.values())
+    found = [f"row as {f}" for f, hit in (("hex", material.hex() in text.lower()),
+                                            ("raw bytes", material in text.encode("utf-8", "surrogateescape")))
+             if hit]
+    if files and not db.is_postgres:
+        path = Path(db.url.removeprefix("sqlite:///"))
+        files = b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+        found += [f"file as {f}" for f, hit in (("hex", material.hex().encode() in files), ("raw bytes", material in files))
+                  if hit]
+    return found
+
+
+def test_the_database_never_holds_a_generated_keys_material_under_a_kek(keys_db, caplog, warned):
+    caplog.set_level(logging.DEBUG)
+    ring = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_A)).setup()
+    kid = ring.rotate().key_id
+    material = ring.verifying(kid)
+    assert len(material) == 32 and _leaks(keys_db, kid, material) == []
+    assert _row(keys_db, kid)["secret"].startswith(f"fernet:{kek_id_of(KEK_A.encode())}:")
+    listed = {k.key_id: k for k in ring.list()}
+    assert (listed[kid].encrypted, listed[kid].kek_id) == (True, kek_id_of(KEK_A.encode()))
+    assert (listed[ring.configured_id].encrypted, listed[ring.configured_id].kek_id) == (False, None)
+    signed = sign_plan(_plan(), ring)
+    assert signed.key_id == kid and verify_plan(signed, ring) is signed
+    # the negative control: without a KEK the same scan finds the material (so the scan can fail)
+    plain = Keyring(keys_db, b"configured-kek-test").setup()
+    clear_id = plain.rotate().key_id
+    assert "row as hex" in _leaks(keys_db, clear_id, plain.verifying(clear_id))
+    # no repr, log line or error carries the KEK or a key's material
+    logs = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    for text in (logs, repr(ring), repr(_kek(KEK_A, KEK_B))):
+        assert KEK_A not in text and KEK_B not in text and material.hex() not in text
+    assert "stored unencrypted" in logs  # the cleartext key's warning
+
+
+def test_plans_signed_before_a_kek_rotation_verify_after_rewrap(keys_db):
+    old = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_A)).setup()
+    kid = old.rotate().key_id
+    material = old.verifying(kid)
+    pending = sign_plan(_plan("before-kek-rotation"), old)
+    # the operator's KEK rotation: B is current, A is listed as previous until the rewrap
+    rotated = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_B, KEK_A))
+    assert verify_plan(pending, rotated) is pending
+    report = rotated.rewrap()
+    assert report == RewrapReport(kek_id=kek_id_of(KEK_B.encode()), rewrapped={kek_id_of(KEK_A.encode()): 1},
+                                  unchanged=0)
+    assert _row(keys_db, kid)["secret"].startswith(f"fernet:{kek_id_of(KEK_B.encode())}:")
+    assert _leaks(keys_db, kid, material) == []
+    # A can go now: B alone decrypts every key
+    after = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_B))
+    assert verify_plan(pending, after) is pending and after.verifying(kid) == material
+    assert sign_plan(_plan("after"), after).key_id == kid
+    assert after.rewrap() == RewrapReport(kek_id=kek_id_of(KEK_B.encode()), rewrapped={}, unchanged=1)
+
+
+def test_removing_the_old_kek_before_rewrap_fails_with_a_clear_error(keys_db):
+    old = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_A)).setup()
+    kid = old.rotate().key_id
+    pending = sign_plan(_plan("stranded"), old)
+    stored = _row(keys_db, kid)["secret"]
+    early = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_B))  # A dropped before the rewrap
+    a_id = kek_id_of(KEK_A.encode())
+    for attempt in (lambda: verify_plan(pending, early), early.signing, early.rewrap):
+        with pytest.raises(KeyringError, match=rf"{a_id}.*KEEL_KEY_ENCRYPTION_KEY.*KEEL_KEY_ENCRYPTION_KEYS_PREVIOUS") as e:
+            attempt()
+        assert KEK_A not in str(e.value) and KEK_B not in str(e.value)
+    assert _row(keys_db, kid)["secret"] == stored  # the failed rewrap changed nothing
+    assert verify_plan(pending, Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_B, KEK_A))) is pending
+
+
+def test_a_ciphertext_copied_onto_another_keys_row_does_not_decrypt_as_that_key(keys_db):
+    """The key id is inside the token: a row's secret swapped for another key's (a retired key's
+    material made to pass as the active one) is refused, not used."""
+    ring = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_A)).setup()
+    old, new = ring.rotate().key_id, ring.rotate().key_id
+    keys_db.execute("UPDATE signing_keys SET secret = ? WHERE key_id = ?", (_row(keys_db, old)["secret"], new))
+    with pytest.raises(KeyringError, match=f"signing key {new}: its stored material belongs to another key"):
+        ring.verifying(new)
+    keys_db.execute("UPDATE signing_keys SET secret = ? WHERE key_id = ?", (f"fernet:{kek_id_of(KEK_A.encode())}:x", new))
+    with pytest.raises(KeyringError, match="does not decrypt"):
+        ring.signing()
+
+
+def test_cleartext_legacy_rows_still_verify_and_are_rewrapped(keys_db, caplog, warned):
+    caplog.set_level(logging.WARNING, logger="keel.keys")
+    legacy = Keyring(keys_db, b"configured-kek-test").setup()  # before keel had KEKs (or a dev without one)
+    first, second = legacy.rotate().key_id, legacy.rotate().key_id
+    assert [r.getMessage().count("stored unencrypted") for r in caplog.records] == [1]  # once per process
+    assert _row(keys_db, first)["secret"] == legacy.verifying(first).hex()
+    old_plan, new_plan = sign_plan(_plan("legacy"), legacy), None
+    legacy.retire(first)  # a retired key is rewrapped too (it still may never verify)
+    ring = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_A))
+    assert verify_plan(old_plan, ring) is old_plan  # cleartext still reads with a KEK configured
+    assert {k.key_id: k.encrypted for k in ring.list() if k.source == "generated"} == {first: False, second: False}
+    material = {k: ring.verifying(k) for k in (second,)} | {first: bytes.fromhex(_row(keys_db, first)["secret"])}
+    assert ring.rewrap() == RewrapReport(kek_id=kek_id_of(KEK_A.encode()), rewrapped={"cleartext": 2}, unchanged=0)
+    for kid in (first, second):
+        assert _leaks(keys_db, kid, material[kid], files=False) == []
+    assert {k.key_id: k.kek_id for k in ring.list() if k.source == "generated"} == \
+        {first: kek_id_of(KEK_A.encode()), second: kek_id_of(KEK_A.encode())}
+    new_plan = sign_plan(_plan("legacy-2"), ring)
+    for sp in (old_plan, new_plan):
+        assert verify_plan(sp, ring) is sp
+    with pytest.raises(SigningKeyRetired):
+        ring.verifying(first)
+
+
+def test_prod_without_a_kek_refuses_to_generate_a_key(keys_db, tmp_path):
+    prod = Keyring(keys_db, b"configured-kek-test", require_encryption=True).setup()
+    with pytest.raises(KeyringError, match="KEEL_ENV=prod.*KEEL_KEY_ENCRYPTION_KEY"):
+        prod.rotate()
+    assert [k.source for k in prod.list()] == ["configured"]  # nothing generated, nothing demoted
+    assert {k.state for k in prod.list()} == {"active"}
+    with pytest.raises(KeyringError, match="KEEL_ENV=prod"):  # the shared default key of a Postgres deployment
+        Keyring(keys_db, b"other-configured", shared_default=True, require_encryption=True).setup()
+    with_kek = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_A), require_encryption=True)
+    assert with_kek.rotate().kek_id == kek_id_of(KEK_A.encode())
+    # the runtime wires KEEL_ENV and the KEK settings into the ring
+    rt = Runtime(Settings(data_dir=tmp_path / "prod", env="prod", plan_signing_key=CONFIGURED))
+    try:
+        with pytest.raises(KeyringError, match="KEEL_ENV=prod"):
+            rt.keyring.rotate()
+    finally:
+        rt.close()
+    rt = Runtime(Settings(data_dir=tmp_path / "prod", env="prod", plan_signing_key=CONFIGURED,
+                          key_encryption_key=KEK_B, key_encryption_keys_previous=f"{KEK_A}, {KEK_C}"))
+    try:
+        assert rt.keyring.rotate().kek_id == kek_id_of(KEK_B.encode())
+    finally:
+        rt.close()
+
+
+def test_the_kek_settings_come_from_the_environment_or_files(tmp_path):
+    assert Settings(data_dir=tmp_path).key_encryption_keys() == (None, [])
+    assert Settings(data_dir=tmp_path, key_encryption_key=KEK_A,
+                    key_encryption_keys_previous=f" {KEK_B},{KEK_C} ,").key_encryption_keys() == \
+        (KEK_A.encode(), [KEK_B.encode(), KEK_C.encode()])
+    (tmp_path / "kek").write_text(KEK_A + "\n")
+    (tmp_path / "previous").write_text(f"{KEK_B}\n{KEK_C}\n")
+    from_files = Settings(data_dir=tmp_path, key_encryption_key_file=tmp_path / "kek",
+                          key_encryption_keys_previous_file=tmp_path / "previous")
+    assert from_files.key_encryption_keys() == (KEK_A.encode(), [KEK_B.encode(), KEK_C.encode()])
+    assert KEK_A not in repr(Settings(data_dir=tmp_path, key_encryption_key=KEK_A))
+    (tmp_path / "empty").write_text("\n")
+    for kw, message in [({"key_encryption_key_file": tmp_path / "empty"}, "KEEL_KEY_ENCRYPTION_KEY_FILE: .* is empty"),
+                        ({"key_encryption_key_file": tmp_path / "missing"}, "KEEL_KEY_ENCRYPTION_KEY_FILE: cannot read"),
+                        ({"key_encryption_key": KEK_A, "key_encryption_keys_previous_file": tmp_path / "missing"},
+                         "KEEL_KEY_ENCRYPTION_KEYS_PREVIOUS_FILE: cannot read"),
+                        ({"key_encryption_key": "short"}, "16 characters or more"),
+                        ({"key_encryption_keys_previous": KEK_A}, "KEEL_KEY_ENCRYPTION_KEY is not")]:
+        with pytest.raises(ConfigError, match=message) as e:
+            Settings(data_dir=tmp_path, **kw).key_encryption_keys()
+        assert KEK_A not in str(e.value) and "short" not in str(e.value).replace("shorter", "")
+    # a KEK's id is a fingerprint: stable, distinct per KEK, and not the KEK
+    assert kek_id_of(KEK_A.encode()) == kek_id_of(KEK_A.encode()) != kek_id_of(KEK_B.encode())
+    assert re.fullmatch(r"kek-[0-9a-f]{12}", kek_id_of(KEK_A.encode()))
+
+
+@pytest.mark.postgres
+def test_servers_sharing_a_kek_on_postgres_share_the_generated_default_key_encrypted(fresh_pg_url, tmp_path):
+    """The shared default key of servers with no configured key is stored under their common KEK."""
+    a = Runtime(Settings(database_url=fresh_pg_url, data_dir=tmp_path / "a", now=NOW, key_encryption_key=KEK_A))
+    b = Runtime(Settings(database_url=fresh_pg_url, data_dir=tmp_path / "b", now=NOW, key_encryption_key=KEK_A))
+    try:
+        signed = sign_plan(_plan("shared-kek"), a.keyring)
+        verify_plan(signed, b.keyring)
+        (generated,) = [k for k in b.keyring.list() if k.source == "generated"]
+        assert generated.key_id == signed.key_id and generated.kek_id == kek_id_of(KEK_A.encode())
+        assert _leaks(a.db, generated.key_id, a.keyring.verifying(generated.key_id)) == []
+    finally:
+        a.close()
+        b.close()
+
+
 # ------------------------------------------------------------------ API keys
 @pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_api_key_expiry_on_an_injected_clock(engine, tmp_path, request):
@@ -389,6 +603,48 @@ def test_keys_rotate_and_retire_signing_from_the_cli(cli_env, capsys):
     assert {k["key_id"]: k["state"] for k in json.loads(capsys.readouterr().out)}[old] == "retired"
 
 
+def test_keys_rotate_list_and_rewrap_signing_under_a_kek_from_the_cli(cli_env, monkeypatch, capsys):
+    a_id, b_id = kek_id_of(KEK_A.encode()), kek_id_of(KEK_B.encode())
+    code, out, err = keel_cli(["keys", "rotate-signing"], monkeypatch, {"KEEL_KEY_ENCRYPTION_KEY": KEK_A}, capsys)
+    assert code == 0 and f"encrypted under {a_id}" in out
+    code, out, _ = keel_cli(["keys", "list-signing"], monkeypatch, {}, capsys)
+    assert code == 0 and f"encrypted under {a_id}" in out and "not stored (configured)" in out
+    code, out, _ = keel_cli(["keys", "list-signing", "--json"], monkeypatch, {}, capsys)
+    assert {(k["source"], k["encrypted"], k["kek_id"]) for k in json.loads(out)} == \
+        {("generated", True, a_id), ("configured", False, None)}
+    # the KEK rotated: B current, A previous, then the rewrap
+    env = {"KEEL_KEY_ENCRYPTION_KEY": KEK_B, "KEEL_KEY_ENCRYPTION_KEYS_PREVIOUS": KEK_A}
+    code, out, err = keel_cli(["keys", "rewrap-signing"], monkeypatch, env, capsys)
+    assert code == 0, err
+    assert f"rewrapped 1 plan-signing key(s) under {b_id} (1 from {a_id}); 0 already under it" in out
+    monkeypatch.delenv("KEEL_KEY_ENCRYPTION_KEYS_PREVIOUS")
+    code, out, _ = keel_cli(["keys", "rewrap-signing", "--json"], monkeypatch, {}, capsys)
+    assert code == 0 and json.loads(out) == {"kek_id": b_id, "rewrapped": {}, "unchanged": 1}
+    code, out, _ = keel_cli(["keys", "list-signing"], monkeypatch, {}, capsys)
+    assert f"encrypted under {b_id}" in out and a_id not in out
+    # a KEK that is not the one the keys are under: a clear refusal, no stack trace, nothing printed
+    code, out, err = keel_cli(["keys", "rewrap-signing"], monkeypatch, {"KEEL_KEY_ENCRYPTION_KEY": KEK_C}, capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"key-encryption key {b_id}, which is not configured" in err and "KEEL_KEY_ENCRYPTION_KEYS_PREVIOUS" in err
+    for secret in (KEK_A, KEK_B, KEK_C):
+        assert secret not in err
+
+
+def test_keys_signing_commands_without_a_kek_from_the_cli(cli_env, monkeypatch, capsys, warned):
+    code, out, err = keel_cli(["keys", "rotate-signing"], monkeypatch, {}, capsys)  # dev: works, says so
+    assert code == 0 and "stored UNENCRYPTED" in out
+    code, out, err = keel_cli(["keys", "rewrap-signing"], monkeypatch, {}, capsys)
+    assert code == 2 and "no key-encryption key is configured" in err and "Traceback" not in err
+    code, out, err = keel_cli(["keys", "rotate-signing"], monkeypatch, {"KEEL_ENV": "prod"}, capsys)
+    assert code == 2 and out == "" and "KEEL_ENV=prod: refusing" in err and "Traceback" not in err
+    code, out, err = keel_cli(["keys", "rewrap-signing"], monkeypatch, {"KEEL_KEY_ENCRYPTION_KEY": KEK_A}, capsys)
+    assert code == 0 and "(1 from cleartext)" in out  # the dev key, encrypted now
+    code, out, err = keel_cli(["keys", "rotate-signing"], monkeypatch, {}, capsys)  # prod, with a KEK
+    assert code == 0 and f"encrypted under {kek_id_of(KEK_A.encode())}" in out
+    code, out, err = keel_cli(["keys", "list-signing"], monkeypatch, {"KEEL_KEY_ENCRYPTION_KEY": "short"}, capsys)
+    assert code == 2 and "16 characters or more" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["keys", "create", "--tenant", "acme", "--role", "requester", "--user", "u", "--expires-in", "soon"], "duration"),
     (["keys", "create", "--tenant", "acme", "--role", "requester", "--user", "u", "--expires-in", "0d"], "duration"),
@@ -414,3 +670,22 @@ def test_a_signed_plan_round_trips_its_key_id():
     sp = SignedPlan(plan=_plan(), hash="h", signature="s", key_id="k-1")
     assert SignedPlan.model_validate(sp.model_dump(mode="json")).key_id == "k-1"
     assert SignedPlan.model_validate({k: v for k, v in sp.model_dump().items() if k != "key_id"}).key_id is None
+
+
+def test_approving_a_plan_whose_key_this_server_cannot_decrypt_is_a_clear_503(keys_db):
+    """A server missing the KEK a key was stored under refuses the approval with the keyring's
+    message (HTTP 503: retry once the KEK is configured), not an internal error."""
+    from types import SimpleNamespace
+
+    from engine.approvals import _refuse_untrusted_key
+    from guards.approvals import ApprovalError
+
+    ring = Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_A)).setup()
+    ring.rotate()
+    pending = sign_plan(_plan("waiting"), ring)
+    stranded = SimpleNamespace(keyring=Keyring(keys_db, b"configured-kek-test", kek=_kek(KEK_B)))
+    with pytest.raises(ApprovalError) as e:
+        _refuse_untrusted_key(stranded, pending)  # type: ignore[arg-type]
+    assert (e.value.code, e.value.http_status) == ("keyring_unavailable", 503)
+    assert "KEEL_KEY_ENCRYPTION_KEY" in e.value.message and KEK_A not in e.value.message
+    _refuse_untrusted_key(SimpleNamespace(keyring=ring), pending)  # type: ignore[arg-type]  # the right KEK: no refusal
