@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.runtime import Runtime
 from keel.config import Settings
 
 __all__ = ["register", "reference_markdown", "DEFAULT_OUT"]
@@ -26,7 +27,6 @@ def reference_markdown() -> str:
     from api.app import create_app
     from api.reference import render_reference
     from console import mount as mount_console
-    from engine.runtime import Runtime
 
     with tempfile.TemporaryDirectory(prefix="keel-api-docs-") as d:
         rt = Runtime(Settings(data_dir=Path(d), database_url=None, log_level="WARNING"))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -49,3 +51,27 @@ def faults_pg_url() -> Iterator[str]:
     live for the whole session and claim every queued run of their database, so no other
     test's runs may share it."""
     yield from _own_database("keel_tf")
+
+
+# -- the order test files are handed out to the parallel processes ---------------------------------
+DURATIONS_FILE = Path(__file__).with_name("durations.json")
+"""Seconds each test file took in a full run (``scripts/test-durations`` writes it from a JUnit
+report). ``scripts/test`` hands files to its processes in collection order
+(``--no-loadscope-reorder``): the longest first, so no long file starts last and runs alone at
+the end. A file missing from it (a new one) counts as short; a stale figure only costs balance."""
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        seconds: dict[str, float] = json.loads(DURATIONS_FILE.read_text())
+    except (OSError, ValueError):
+        return
+    first_seen = {}
+    for i, item in enumerate(items):
+        first_seen.setdefault(item.nodeid.split("::", 1)[0], i)
+
+    def key(item: pytest.Item) -> tuple[float, int]:
+        path = item.nodeid.split("::", 1)[0]
+        return (-float(seconds.get(path, 0.0)), first_seen[path])
+
+    items.sort(key=key)  # stable: each file's tests keep their order

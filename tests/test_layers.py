@@ -5,7 +5,10 @@ graphs.support → nodes → graphs.state, graphs.context → gateway → tools,
 no package has an import cycle among its modules, plus the forbidden contracts. Checked by import-linter on the real tree, then on a copy
 with one violating import added per contract, which must break it. An import inside a
 function (or under ``if TYPE_CHECKING:``) would hide a cycle from the reader while the
-linter still counts it, so first-party imports live at module level only.
+linter still counts it, so first-party imports live at module level only. One listed
+exception (:data:`DEFERRED`): the CLI, the top layer, imports the HTTP stack inside the two
+commands that serve or document it, so the other commands do not pay its start-up second;
+the top layer importing a lower one cannot make a cycle.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFERRED = {
+    "cli/service.py": {"api.app", "console"},
+    "cli/apidocs.py": {"api.app", "api.reference", "console"},
+}
+"""First-party imports allowed inside a function, by file: the HTTP stack in the CLI commands
+that need it (``keel serve``, ``keel api-docs``)."""
 PACKAGES = ("cli", "console", "api", "evals", "engine", "graphs", "nodes", "gateway", "tools", "guards", "keel")
 
 
@@ -115,7 +124,8 @@ def _hidden_imports(tree: ast.AST) -> list[tuple[int, str]]:
 def test_no_first_party_import_hides_inside_a_function():
     hidden = [f"{f.relative_to(ROOT)}:{line}: {name}"
               for pkg in PACKAGES for f in sorted((ROOT / pkg).rglob("*.py"))
-              for line, name in _hidden_imports(ast.parse(f.read_text(encoding="utf-8")))]
+              for line, name in _hidden_imports(ast.parse(f.read_text(encoding="utf-8")))
+              if name not in DEFERRED.get(f.relative_to(ROOT).as_posix(), set())]
     assert hidden == [], "\n".join(hidden)
 
 
