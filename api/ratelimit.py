@@ -59,6 +59,29 @@ RETURNING allowed, r.tat - EXTRACT(EPOCH FROM now())::float8 - %(tolerance)s AS 
 """
 
 
+# The same statement behind a read of the key's row (keel.principals' ``api_keys``, read as
+# ``PrincipalStore.authenticate`` reads it): nothing is spent for an unknown or revoked key
+_AUTH_TAKE = """
+WITH k AS (
+  SELECT tenant, user_id, role, expires_at FROM api_keys WHERE key_hash = %(key)s AND revoked = 0
+), t AS (
+  INSERT INTO api_rate_limits AS r (key_digest, tat, allowed)
+  SELECT %(key)s, EXTRACT(EPOCH FROM now())::float8 + %(step)s, TRUE FROM k
+  ON CONFLICT (key_digest) DO UPDATE SET
+    allowed = r.tat - EXTRACT(EPOCH FROM now())::float8 <= %(tolerance)s,
+    tat = CASE WHEN r.tat - EXTRACT(EPOCH FROM now())::float8 <= %(tolerance)s
+               THEN GREATEST(r.tat, EXTRACT(EPOCH FROM now())::float8) + %(step)s
+               ELSE r.tat END
+  RETURNING allowed, r.tat - EXTRACT(EPOCH FROM now())::float8 - %(tolerance)s AS wait
+)
+SELECT k.tenant, k.user_id, k.role, k.expires_at, t.allowed, t.wait FROM k LEFT JOIN t ON TRUE
+"""
+
+
+_KEY = "SELECT tenant, user_id, role, expires_at FROM api_keys WHERE key_hash = %(key)s AND revoked = 0"
+"""The key's row alone (limiting turned off)."""
+
+
 class SharedRateLimiter:
     """GCRA per key in Postgres: one limit for all servers (see the module docstring)."""
 
@@ -80,6 +103,31 @@ class SharedRateLimiter:
         with self.db.pool.connection() as conn:  # named parameters: the pool, not Database's ``?`` SQL
             row = conn.execute(_TAKE, params).fetchone()
         return 0.0 if row["allowed"] else max(float(row["wait"]), 0.001)
+
+    def key_and_take(self, key_hash: str) -> tuple[dict[str, Any] | None, float]:
+        """The row of the API key whose digest is ``key_hash`` (``tenant``, ``user_id``, ``role``,
+        ``expires_at``; None if unknown or revoked) and, for a key found, :meth:`take` of its
+        digest, in one statement.
+
+        The API server's every request did both, one round trip each; here they are one, and
+        the key's row is still read on every request, so a revoke is in force at once on every
+        server (no cache to invalidate). The caller checks ``expires_at`` on its own clock, as
+        :meth:`keel.principals.PrincipalStore.authenticate` does: an expired key's request is
+        refused after spending one request of that key's budget, which nobody can use."""
+        if self.rate <= 0:
+            step = tolerance = 0.0
+        else:
+            step = 1.0 / self.rate
+            tolerance = (self.burst - 1) * step
+        params = {"key": key_hash, "step": step, "tolerance": tolerance}
+        with self.db.pool.connection() as conn:
+            row = conn.execute(_AUTH_TAKE if self.rate > 0 else _KEY, params).fetchone()
+        if row is None:
+            return None, 0.0
+        found = {k: row[k] for k in ("tenant", "user_id", "role", "expires_at")}
+        if self.rate <= 0 or row["allowed"]:
+            return found, 0.0
+        return found, max(float(row["wait"]), 0.001)
 
 
 def rate_limiter(db: Any, per_minute: float, burst: int | None = None) -> RateLimiter:

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -302,6 +302,7 @@ def submit_run(
     after_seconds: float = 0.0,
     stream_subgraphs: bool = False,
     context: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Queue a run on ``thread``; returns ``(run, replayed)`` (``replayed``: an identical
     approval decision was already taken and its run is returned instead).
@@ -309,7 +310,9 @@ def submit_run(
     Input runs and replays need the ``requester`` or ``admin`` role. A command on a thread
     waiting for a plan approval must be exactly ``{"resume": DECISION}`` and passes
     ``validate_resume``; a new input on such a thread is refused (409) so the pending
-    plan cannot be silently abandoned or bypassed.
+    plan cannot be silently abandoned or bypassed. ``run_id``: the new run's id, chosen by
+    the caller (``runs/wait`` waits on it before the run exists); a replayed decision
+    returns its original run instead.
     """
     runtime, queue = st.runtime, st.queue
     assistant = assistant_record(runtime, principal.tenant, assistant_id)
@@ -397,6 +400,7 @@ def submit_run(
                 after_seconds=after_seconds,
                 set_requester=kind == "input",
                 decision=decision,
+                run_id=run_id,
             )
         except ThreadBusy:
             raise http_error(
@@ -487,8 +491,10 @@ def wait_result(runtime: Runtime, queue: RunQueue, run: dict[str, Any]) -> dict[
         name, _, msg = (run["error"] or "error: run failed").partition(": ")
         return {"__error__": {"error": name if run["status"] != "dead" else "DeadLetter", "message": msg or name,
                               "status": run["status"]}}
-    thread = queue.get_thread(run["tenant"], run["thread_id"])
-    snap = _snapshot(runtime, thread) if thread else None
+    # the run row names its thread and graph (a thread's graph is its first run's, and a run
+    # of another graph is refused): no read of the thread row; a deleted thread takes its runs
+    # with it in one transaction, so a fresh run row means the thread was there
+    snap = _snapshot(runtime, {"thread_id": run["thread_id"], "graph_id": run.get("graph_id")})
     if snap is None:
         return {}
     out = jsonable(snap.values)
@@ -500,26 +506,135 @@ def wait_result(runtime: Runtime, queue: RunQueue, run: dict[str, Any]) -> dict[
     return out
 
 
-async def await_run(queue: RunQueue, run: dict[str, Any], timeout: float | None = None, poll_s: float = 0.05) -> dict[str, Any]:
-    """Wait until the run is terminal; returns the fresh row.
+LISTENER_CHECK_S = 1.0
+"""How often one task per event loop looks (in memory) whether the queue's listener still
+runs while requests wait; if it stopped, it wakes them, and they poll until it is back."""
+LISTENING_READ_S = 60.0
+"""While the listener runs, the longest a waiter goes without reading its run's row: a guard
+against a notification lost without the listener noticing; a run's end is otherwise read
+when its NOTIFY arrives."""
+
+
+class _ListenerWatch:
+    """The waiters of one queue on one event loop, and the task that wakes them all when the
+    queue's listener stops (its ``listening`` turns false): notifications sent while it is
+    away are lost, so they must poll. One timer a second per process instead of one per
+    waiter; the task is cancelled when no request waits (and starts again with the next)."""
+
+    def __init__(self, queue: RunQueue) -> None:
+        self.queue = queue
+        self.events: set[asyncio.Event] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, event: asyncio.Event) -> None:
+        self.events.add(event)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while self.events:
+            await asyncio.sleep(LISTENER_CHECK_S)
+            if not self.queue.listening:
+                for ev in list(self.events):
+                    ev.set()
+
+
+_watches: dict[tuple[int, int], _ListenerWatch] = {}
+"""``(id(queue), id(loop))`` → its watch; entries go when their last waiter does."""
+
+
+@contextmanager
+def _watched(queue: RunQueue, event: asyncio.Event) -> Iterator[None]:
+    key = (id(queue), id(asyncio.get_running_loop()))
+    watch = _watches.get(key)
+    if watch is None:
+        watch = _watches[key] = _ListenerWatch(queue)
+    watch.add(event)
+    try:
+        yield
+    finally:
+        watch.events.discard(event)
+        if not watch.events:
+            if watch.task is not None:
+                watch.task.cancel()
+            if _watches.get(key) is watch:
+                del _watches[key]
+
+
+async def _woken(event: asyncio.Event, timeout: float) -> bool:
+    """Whether ``event`` was set within ``timeout`` seconds (``asyncio.timeout``: no task is
+    created per wait, unlike ``asyncio.wait_for``)."""
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+def _ended(queue: RunQueue, run: dict[str, Any], then: Callable[[dict[str, Any]], Any] | None) -> tuple[bool, Any]:
+    """In a worker thread: ``(True, then(row))`` if the run ended (or is gone: ``(True, None)``),
+    else ``(False, status)``: the read of the row and what the caller makes of it in one hand-off."""
+    row = queue.get_run(run["tenant"], run["thread_id"], run["run_id"])
+    if row is None:
+        return True, None
+    if row["status"] in TERMINAL:
+        return True, then(row) if then is not None else row
+    return False, row["status"]
+
+
+def _final(queue: RunQueue, run: dict[str, Any], then: Callable[[dict[str, Any]], Any] | None) -> Any:
+    """In a worker thread: the run's row (ended, or still in flight at a timeout), or ``then(row)``."""
+    row = queue.get_run(run["tenant"], run["thread_id"], run["run_id"])
+    return then(row) if then is not None and row is not None else row
+
+
+async def await_run(queue: RunQueue, run: dict[str, Any], timeout: float | None = None, poll_s: float = 0.05, *,
+                    then: Callable[[dict[str, Any]], Any] | None = None,
+                    registered: asyncio.Event | None = None) -> Any:
+    """Wait until the run is terminal; returns the fresh row (still in flight after ``timeout``),
+    or ``then(row)`` computed in the same worker-thread hand-off as the row's read.
 
     Woken by the queue's notification that the run ended (LISTEN/NOTIFY across processes on
-    Postgres, in-process otherwise); polls as a fallback: every ``poll_s`` (faster at first),
-    or about once a second while notifications are being received."""
+    Postgres, in-process otherwise). The waiter registers before its first read, so an end
+    committed after that read wakes it; ``registered``: the caller's ``queue.done_event`` of
+    the run, entered before the run was created, so no first read is needed. While this
+    process's listener runs, a waiting request costs nothing until its run's NOTIFY arrives
+    (no query, no timer but one per :data:`LISTENING_READ_S`): if the listener stops,
+    :class:`_ListenerWatch` wakes the waiters within :data:`LISTENER_CHECK_S`, and the
+    listener wakes them all again when it is back (what ended meanwhile was not notified).
+    Without the listener (SQLite, or Postgres while it reconnects) the row's status is
+    polled every ``poll_s`` (faster at first)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = queue.poll_cap(poll_s) if queue.listening else 0.005
-    with queue.done_event(run["run_id"]) as done:
-        while True:
-            status = await to_thread.run_sync(queue.run_status, run["run_id"])
-            if status in TERMINAL or status is None:
+    rid = run["run_id"]
+    with nullcontext(registered) if registered is not None else queue.done_event(rid) as done, _watched(queue, done):
+        if registered is not None:
+            status = run["status"]  # read when the run was created, after the waiter registered
+        else:
+            status = await to_thread.run_sync(queue.run_status, rid)
+        delay = 0.005
+        read_at = time.monotonic()
+        while status not in TERMINAL and status is not None:
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
                 break
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            wait = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
-            try:
-                await asyncio.wait_for(done.wait(), wait)
-            except TimeoutError:
-                pass
+            listening = queue.listening
+            if listening:
+                wait = read_at + LISTENING_READ_S - now
+            else:
+                wait, delay = delay, min(poll_s, delay * 2)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            woke = await _woken(done, max(0.0, wait))
             done.clear()
-            delay = min(queue.poll_cap(poll_s), delay * 2)
-    return await to_thread.run_sync(queue.get_run, run["tenant"], run["thread_id"], run["run_id"])  # type: ignore[return-value]
+            if listening and woke:  # most likely its end: read the whole row (and ``then``) at once
+                ended, out = await to_thread.run_sync(_ended, queue, run, then)
+                if ended:
+                    return out
+                status = out
+            else:
+                status = await to_thread.run_sync(queue.run_status, rid)
+            read_at = time.monotonic()
+    return await to_thread.run_sync(_final, queue, run, then)

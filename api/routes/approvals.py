@@ -20,7 +20,7 @@ from typing import Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import ApiState, correlation_id, get_principal, get_state
+from api.deps import ApiState, request_correlation_id, get_principal, get_state
 from api.errors import http_error
 from api.models import MAX_OFFSET, ApprovalDetail, ApprovalPage, ApproveBody, DecisionOut, EditBody, RejectBody, returns
 from api.models import KeelJSONResponse as JSONResponse  # non-finite floats read back as null
@@ -148,7 +148,7 @@ async def _decide(st: ApiState, p: Principal, thread_id: str, resume: dict[str, 
 
 @router.post("/approvals/{thread_id}/approve", summary="Approve a plan", **returns(DecisionOut))
 async def approve(thread_id: str, body: ApproveBody, st: ApiState = Depends(get_state),
-                  p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                  p: Principal = Depends(get_principal), cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Approve the plan with ``plan_hash``; the run resumes, executes and verifies."""
     return await _decide(st, p, thread_id, {"decision": "approve", "plan_hash": body.plan_hash, "reason": body.reason},
                          cid, body.wait)
@@ -156,7 +156,7 @@ async def approve(thread_id: str, body: ApproveBody, st: ApiState = Depends(get_
 
 @router.post("/approvals/{thread_id}/reject", summary="Reject a plan", **returns(DecisionOut))
 async def reject(thread_id: str, body: RejectBody, st: ApiState = Depends(get_state),
-                 p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                 p: Principal = Depends(get_principal), cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Reject the plan with ``plan_hash``; the run ends ``rejected``."""
     return await _decide(st, p, thread_id, {"decision": "reject", "plan_hash": body.plan_hash, "reason": body.reason},
                          cid, body.wait)
@@ -164,7 +164,7 @@ async def reject(thread_id: str, body: RejectBody, st: ApiState = Depends(get_st
 
 @router.post("/approvals/{thread_id}/edit", summary="Edit a plan downward, then approve it", **returns(DecisionOut))
 async def edit_then_approve(thread_id: str, body: EditBody, st: ApiState = Depends(get_state),
-                            p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                            p: Principal = Depends(get_principal), cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Lower arguments (e.g. a smaller refund); the edited plan is re-validated, then executed."""
     resume = {"decision": "approve", "plan_hash": body.plan_hash, "reason": body.reason,
               "edits": [e.model_dump() for e in body.edits]}

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import ApiState, correlation_id, get_state, require_roles
+from api.deps import ApiState, request_correlation_id, get_state, require_roles
 from api.errors import http_error
 from api.models import MAX_OFFSET, DeadLetterPage, RunOut, returns
 from api.services import is_uuid, run_out
@@ -27,7 +27,7 @@ def list_dead_letters(limit: int = Query(50, ge=1, le=500), offset: int = Query(
 
 @router.post("/dead-letters/{run_id}/retry", summary="Retry a dead-lettered run (admin)", **returns(RunOut))
 def retry_dead_letter(run_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(require_roles("admin")),
-                      cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                      cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Requeue the run with a fresh retry budget; it resumes from its last checkpoint."""
     try:
         if not is_uuid(run_id):

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import ApiState, correlation_id, get_state, require_roles
+from api.deps import ApiState, request_correlation_id, get_state, require_roles
 from api.errors import http_error
 from api.models import MAX_OFFSET
 from engine.escalations import Escalation, EscalationError, Resolution
@@ -58,7 +58,7 @@ async def get_escalation(thread_id: str, st: ApiState = Depends(get_state),
 
 @router.post("/escalations/{thread_id}/take", summary="Take an escalation over")
 def take_escalation(thread_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(_REVIEWERS),
-                    cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                    cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Assign the escalation to the caller; repeating it is harmless, taking someone else's is 409."""
     store = review_desk(st.runtime).escalations
     return _call(store.take, p.tenant, thread_id, actor=p.user_id, correlation_id=cid).model_dump(
@@ -67,7 +67,7 @@ def take_escalation(thread_id: str, st: ApiState = Depends(get_state), p: Princi
 
 @router.post("/escalations/{thread_id}/resolve", summary="Record a resolution and close the escalation")
 def resolve_escalation(thread_id: str, body: Resolution, st: ApiState = Depends(get_state),
-                       p: Principal = Depends(_REVIEWERS), cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                       p: Principal = Depends(_REVIEWERS), cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """What was done (``outcome`` and ``resolution`` text), by the caller; closes it. Only its
     assignee (or an admin) may; an escalation nobody took is taken by the caller first."""
     store = review_desk(st.runtime).escalations

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
-from api.deps import ApiState, correlation_id, get_state, require_roles
+from api.deps import ApiState, request_correlation_id, get_state, require_roles
 from api.errors import http_error
 from api.models import FixturesOut, returns
 from keel.principals import Principal
@@ -43,7 +43,7 @@ def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
     **returns(FixturesOut),
 )
 async def load_fixtures(request: Request, st: ApiState = Depends(get_state), p: Principal = Depends(require_roles("admin")),
-                        cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                        cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Replaces the tenant's sandbox records (the batch contract's fixtures format, validated
     strictly as JSON: unknown fields, wrong types and dangling references are 422)."""
     from anyio import to_thread

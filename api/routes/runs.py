@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 from collections.abc import AsyncIterator
 
@@ -17,7 +19,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import ApiState, correlation_id, get_principal, get_state
+from api.deps import ApiState, request_correlation_id, get_principal, get_state
 from api.errors import http_error
 from api.models import MAX_OFFSET, SUPPORTED_STREAM_MODES, RunCreate, RunOut, json_bytes, returns
 from api.services import (
@@ -30,7 +32,7 @@ from api.services import (
     thread_or_404,
     wait_result,
 )
-from engine.queue import TERMINAL, NotCancellable, NotFound
+from engine.queue import TERMINAL, NotCancellable, NotFound, new_id
 from engine.run_context import client_context_refusal
 from keel.db import IntegrityError
 from keel.principals import Principal
@@ -58,7 +60,8 @@ _SSE = {200: {"description": "Server-sent events", "content": {"text/event-strea
 _STATUSES = ("pending", "running", "error", "success", "timeout", "interrupted", "dead")
 
 
-def _create(st: ApiState, p: Principal, thread_id: str, body: RunCreate, cid: str, default_modes: list[str]) -> tuple[dict, bool]:
+def _create(st: ApiState, p: Principal, thread_id: str, body: RunCreate, cid: str, default_modes: list[str],
+            run_id: str | None = None) -> tuple[dict, bool]:
     modes = body.modes(default_modes)
     if body.input is not None and body.command is not None:
         raise http_error(422, "invalid_request", "send either input or command, not both")
@@ -89,7 +92,7 @@ def _create(st: ApiState, p: Principal, thread_id: str, body: RunCreate, cid: st
         multitask_strategy=body.multitask_strategy or "reject", config=body.run_config(),
         interrupt_before=body.interrupt_before, interrupt_after=body.interrupt_after,
         after_seconds=body.after_seconds or 0.0, stream_subgraphs=bool(body.stream_subgraphs),
-        context=body.context or None,
+        context=body.context or None, run_id=run_id,
     )
 
 
@@ -117,44 +120,77 @@ def _run_or_404(st: ApiState, p: Principal, thread_id: str, run_id: str) -> dict
 
 @router.post("/threads/{thread_id}/runs", summary="Create a background run", **returns(RunOut))
 def create_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
-               cid: str = Depends(correlation_id)) -> dict[str, Any]:
+               cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Queue a run and return it (``pending``). 409 if the thread is busy (strategy ``reject``)."""
     run, _ = _create(st, p, thread_id, body, cid, ["values"])
     return run_out(run)
 
 
-async def _wait_body(st: ApiState, run: dict[str, Any]) -> AsyncIterator[bytes]:
-    """Whitespace every 5 s while the run is in flight (keeps proxies from timing out), then the result."""
-    task = asyncio.ensure_future(await_run(st.queue, run, poll_s=st.wait_poll_s))
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=5.0)
-        if done:
-            break
-        yield b"\n"
-    final = task.result()
-    result = await to_thread.run_sync(wait_result, st.runtime, st.queue, final)
-    yield json_bytes(result, ensure_ascii=True, default=str)
+async def _wait_body(st: ApiState, run: dict[str, Any], registered: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+    """Whitespace every 5 s while the run is in flight (keeps proxies from timing out), then the result
+    (the run's final row and the thread's values read in one worker-thread hand-off)."""
+    task = asyncio.ensure_future(await_run(st.queue, run, poll_s=st.wait_poll_s, registered=registered,
+                                           then=partial(wait_result, st.runtime, st.queue)))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=5.0)
+            if done:
+                break
+            yield b"\n"
+    finally:
+        task.cancel()  # the client went away: stop waiting for it (a no-op once the task is done)
+    result = task.result()
+    yield json_bytes(result if result is not None else {}, ensure_ascii=True, default=str)
+
+
+class _WaitResponse(StreamingResponse):
+    """A ``wait``'s streaming response that owns the run's waiter, registered (``queue.done_event``)
+    before the run was created: released however the response ends, even if its body never
+    started (the client went away first)."""
+
+    def __init__(self, content: Any, waiter: AbstractContextManager[Any], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._waiter = waiter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._waiter.__exit__(None, None, None)
 
 
 def _run_path(run: dict[str, Any]) -> str:
     return f"/threads/{run['thread_id']}/runs/{run['run_id']}"
 
 
-def _waiting(st: ApiState, run: dict[str, Any]) -> StreamingResponse:
+def _waiting(st: ApiState, run: dict[str, Any], waiter: AbstractContextManager[asyncio.Event] | None = None,
+             registered: asyncio.Event | None = None) -> StreamingResponse:
     """The response of a ``wait``: the run's output; ``Content-Location`` names the run and
     ``Location`` its join URL (as LangGraph Server's)."""
-    return StreamingResponse(
-        _wait_body(st, run), media_type="application/json",
-        headers={"Content-Location": _run_path(run), "Location": f"{_run_path(run)}/join", "X-Run-ID": run["run_id"]},
-    )
+    headers = {"Content-Location": _run_path(run), "Location": f"{_run_path(run)}/join", "X-Run-ID": run["run_id"]}
+    if waiter is not None:
+        return _WaitResponse(_wait_body(st, run, registered), waiter, media_type="application/json", headers=headers)
+    return StreamingResponse(_wait_body(st, run), media_type="application/json", headers=headers)
 
 
 @router.post("/threads/{thread_id}/runs/wait", summary="Create a run and wait for its output", **returns(dict[str, Any]))
 async def wait_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state),
-                   p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> StreamingResponse:
+                   p: Principal = Depends(get_principal), cid: str = Depends(request_correlation_id)) -> StreamingResponse:
     """The thread's final values (with ``__interrupt__`` when it pauses for approval)."""
-    run, _ = await to_thread.run_sync(_create, st, p, thread_id, body, cid, [])
-    return _waiting(st, run)
+    # the waiter for the run's end registers before the run is created (its id chosen here),
+    # so no end can pass unseen and the wait needs no first read of the run
+    rid = new_id()
+    waiter = st.queue.done_event(rid)
+    registered = waiter.__enter__()
+    try:
+        run, _ = await to_thread.run_sync(_create, st, p, thread_id, body, cid, [], rid)
+    except BaseException:
+        waiter.__exit__(None, None, None)
+        raise
+    if run["run_id"] != rid:  # a replayed approval decision: its original run, waited on as usual
+        waiter.__exit__(None, None, None)
+        return _waiting(st, run)
+    return _waiting(st, run, waiter, registered)
 
 
 def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
@@ -212,7 +248,7 @@ def _streaming(st: ApiState, run: dict[str, Any]) -> StreamingResponse:
 @router.post("/threads/{thread_id}/runs/stream", summary="Create a run and stream it (SSE)", response_class=_EventStream,
              responses=_SSE)
 async def stream_run(thread_id: str, body: RunCreate, st: ApiState = Depends(get_state),
-                     p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> StreamingResponse:
+                     p: Principal = Depends(get_principal), cid: str = Depends(request_correlation_id)) -> StreamingResponse:
     """Server-sent events: ``metadata``, then ``values`` and/or ``updates`` per step."""
     run, _ = await to_thread.run_sync(_create, st, p, thread_id, body, cid, ["values"])
     return _streaming(st, run)
@@ -243,14 +279,14 @@ def _create_stateless(st: ApiState, p: Principal, body: RunCreate, cid: str, def
 
 @router.post("/runs", summary="Create a background run on a new thread", **returns(RunOut))
 def create_stateless_run(body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
-                         cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                         cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Like ``POST /threads/{id}/runs`` on a thread created for it (its id is in the run)."""
     return run_out(_create_stateless(st, p, body, cid, ["values"]))
 
 
 @router.post("/runs/wait", summary="Run on a new thread and wait for its output", **returns(dict[str, Any]))
 async def wait_stateless_run(body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
-                             cid: str = Depends(correlation_id)) -> StreamingResponse:
+                             cid: str = Depends(request_correlation_id)) -> StreamingResponse:
     """The new thread's final values (with ``__interrupt__`` when it pauses for approval);
     ``Content-Location`` names the thread and run."""
     return _waiting(st, await to_thread.run_sync(_create_stateless, st, p, body, cid, []))
@@ -259,7 +295,7 @@ async def wait_stateless_run(body: RunCreate, st: ApiState = Depends(get_state),
 @router.post("/runs/stream", summary="Run on a new thread and stream it (SSE)", response_class=_EventStream,
              responses=_SSE)
 async def stream_stateless_run(body: RunCreate, st: ApiState = Depends(get_state), p: Principal = Depends(get_principal),
-                               cid: str = Depends(correlation_id)) -> StreamingResponse:
+                               cid: str = Depends(request_correlation_id)) -> StreamingResponse:
     """Server-sent events of a run on a new thread, as ``POST /threads/{id}/runs/stream``."""
     return _streaming(st, await to_thread.run_sync(_create_stateless, st, p, body, cid, ["values"]))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from api.deps import ApiState, correlation_id, get_principal, get_state, require_roles
+from api.deps import ApiState, request_correlation_id, get_principal, get_state, require_roles
 from api.errors import http_error
 from api.models import ThreadCopyOut, ThreadOut, ThreadStateUpdate, returns
 from api.services import START_ROLES, is_uuid, thread_or_404, thread_out
@@ -33,7 +33,7 @@ def _checkpoint(cfg: dict[str, Any]) -> dict[str, Any]:
              responses={200: {"description": "The new checkpoint", "content": {"application/json": {"schema": {
                  "type": "object", "properties": {"checkpoint": {"type": "object"}}}}}}})
 def update_thread_state(thread_id: str, body: ThreadStateUpdate, st: ApiState = Depends(get_state),
-                        p: Principal = Depends(get_principal), cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                        p: Principal = Depends(get_principal), cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Write ``values`` to the thread's latest checkpoint (or ``checkpoint_id``'s) as if
     ``as_node`` had returned them; returns the new checkpoint. 403 ``state_update_refused``
     where it would bypass policy (or for a role that starts no runs), 409 while a run is in

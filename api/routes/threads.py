@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 
-from api.deps import ApiState, correlation_id, get_principal, get_state, require_roles
+from api.deps import ApiState, request_correlation_id, get_principal, get_state, require_roles
 from api.errors import http_error
 from api.models import (
     HistoryRequest,
@@ -188,7 +188,7 @@ def thread_history(thread_id: str, body: HistoryRequest, st: ApiState = Depends(
 @router.post("/threads/{thread_id}/replay", summary="Replay or fork from a checkpoint", **returns(ReplayOut))
 async def replay_thread(thread_id: str, body: ReplayBody, st: ApiState = Depends(get_state),
                         p: Principal = Depends(require_roles(*START_ROLES)),
-                        cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                        cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Replay: re-execute this thread from ``checkpoint_id`` (a new branch of its history).
     Fork: copy that checkpoint into a new thread (without any recorded approval) and run
     it there. Either way the run is queued like any other; approvals apply again."""

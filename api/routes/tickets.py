@@ -7,7 +7,7 @@ from typing import Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, HTTPException
 
-from api.deps import ApiState, correlation_id, get_state, require_roles
+from api.deps import ApiState, request_correlation_id, get_state, require_roles
 from api.errors import http_error
 from api.models import TicketCreate, TicketOut, returns
 from api.services import START_ROLES, await_run, check_admission, run_out, submit_run, wait_result
@@ -19,7 +19,7 @@ router = APIRouter(tags=["tickets"])
 @router.post("/tickets", status_code=201, summary="Create a thread and run from a ticket", **returns(TicketOut, 201))
 async def create_ticket(body: TicketCreate, st: ApiState = Depends(get_state),
                         p: Principal = Depends(require_roles(*START_ROLES)),
-                        cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                        cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """The ticket must be of the caller's tenant. Returns the thread and the queued run
     (with ``wait``: the run's result, ``__interrupt__`` included when it waits for approval).
     429 with ``Retry-After`` when the tenant's or the caller's daily quota is spent."""

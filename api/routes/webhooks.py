@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import ApiState, correlation_id, get_state, require_roles
+from api.deps import ApiState, request_correlation_id, get_state, require_roles
 from api.errors import http_error
 from api.models import MAX_OFFSET
 from engine.review import review_desk
@@ -28,7 +28,7 @@ _ADMIN = require_roles("admin")
 
 @router.post("/webhooks", summary="Subscribe a URL to events (admin)", status_code=201)
 def create_webhook(body: SubscriptionIn, st: ApiState = Depends(get_state), p: Principal = Depends(_ADMIN),
-                   cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                   cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """The subscription and its signing ``secret``, shown this once."""
     sub, secret = review_desk(st.runtime).webhooks.subscribe(p.tenant, body, actor=p.user_id)
     st.runtime.audit.append(p.tenant, "webhook", actor=p.user_id, correlation_id=cid,
@@ -62,7 +62,7 @@ def webhook_deliveries(status: Literal["pending", "delivered", "dead"] | None = 
 
 @router.delete("/webhooks/{subscription_id}", summary="Remove a subscription (admin)")
 def delete_webhook(subscription_id: str, st: ApiState = Depends(get_state), p: Principal = Depends(_ADMIN),
-                   cid: str = Depends(correlation_id)) -> dict[str, Any]:
+                   cid: str = Depends(request_correlation_id)) -> dict[str, Any]:
     """Stop sending to it; its pending deliveries go to the dead letters."""
     if len(subscription_id) > 64 or not review_desk(st.runtime).webhooks.unsubscribe(p.tenant, subscription_id):
         raise http_error(404, "webhook_not_found", f"webhook {subscription_id[:64]} not found")
