@@ -86,10 +86,16 @@ class LeaseFencedSaver(PostgresSaver):
         try:
             with self.lock, _internal.get_connection(self.conn) as conn, ExitStack() as stack:
                 if self.supports_pipeline:
-                    # the check and the writes after it: one round trip; the check fails
-                    # the transaction with an error rather than returning a row to test
+                    # the check and the writes after it: one round trip, one transaction. The
+                    # pooled connection is in autocommit, so everything sent before the
+                    # pipeline's Sync (at its exit) is one implicit transaction: the row lock
+                    # is held until the writes commit, and the check failing (an error rather
+                    # than a row to test) skips and rolls back every write after it. An explicit
+                    # ``conn.transaction()`` here would add two more Syncs (psycopg nests a
+                    # pipeline around and inside it), each a round trip, on every write.
                     stack.enter_context(conn.pipeline())
-                stack.enter_context(conn.transaction())
+                else:
+                    stack.enter_context(conn.transaction())
                 cur = stack.enter_context(conn.cursor(binary=True, row_factory=dict_row))
                 cur.execute(_FENCE_SQL, key)
                 yield cur

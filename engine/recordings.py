@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -158,13 +159,20 @@ class RunRecordings:
     (:meth:`submit`), so recording adds no write latency to the run (one commit per row cost
     a run ~50 ms on SQLite). Reads flush first; :meth:`close` flushes and stops the writer.
     Rows still queued when a process dies are lost: a replay of that run then says where
-    it has no recorded answer."""
+    it has no recorded answer. The writer lingers ``linger_s`` after a row arrives so that
+    the rest of the run's rows share its transaction (a run's half-dozen rows cost about one
+    commit, not one each); a read or :meth:`flush` cuts the wait short."""
+
+    linger_s: float = 0.25
+    """How long the writer waits for more rows after the first of a batch."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._cond = threading.Condition()
         self._queue: list[Recording] = []
         self._busy = False
+        self._urgent = 0
+        """Callers waiting in :meth:`flush`: the writer writes at once."""
         self._writer: threading.Thread | None = None
         self._closed = False
         _STORES.add(self)
@@ -197,7 +205,8 @@ class RunRecordings:
                 if self._writer is None or not self._writer.is_alive():
                     self._writer = threading.Thread(target=self._drain, name="keel-recordings", daemon=True)
                     self._writer.start()
-                self._cond.notify_all()
+                if len(self._queue) == 1:  # the writer sleeps only on an empty queue; else it lingers anyway
+                    self._cond.notify_all()
         if pending:
             self.add(row)
 
@@ -208,6 +217,12 @@ class RunRecordings:
                     self._cond.wait()
                 if not self._queue:
                     return
+                deadline = time.monotonic() + self.linger_s
+                while not (self._urgent or self._closed):  # the rest of the run's rows, one commit
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 batch, self._queue, self._busy = self._queue, [], True
             try:
                 self.add(*batch)
@@ -221,7 +236,12 @@ class RunRecordings:
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued row is written; False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout=timeout)
+            self._urgent += 1
+            self._cond.notify_all()  # a lingering writer writes now
+            try:
+                return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout=timeout)
+            finally:
+                self._urgent -= 1
 
     def close(self) -> None:
         """Write what is queued and stop the writer (later rows are written in place)."""

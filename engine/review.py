@@ -112,15 +112,17 @@ def _plan_approval(interrupts: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def after_run(runtime: Runtime, queue: RunQueue, run: dict[str, Any], thread_status: str,
-              interrupts: list[dict[str, Any]]) -> None:
-    """Deadlines, webhooks and feedback for a run whose outcome was just recorded."""
+              interrupts: list[dict[str, Any]], *, values: dict[str, Any] | None = None) -> None:
+    """Deadlines, webhooks and feedback for a run whose outcome was just recorded
+    (``values``: the thread's final state values when the caller already read them)."""
     try:
-        _after_run(runtime, run, thread_status, interrupts)
+        _after_run(runtime, run, thread_status, interrupts, values)
     except Exception:  # noqa: BLE001 - the run's outcome stands; the hook is best-effort
         log.warning("run %s: review hooks failed", run.get("run_id"), exc_info=True)
 
 
-def _after_run(runtime: Runtime, run: dict[str, Any], thread_status: str, interrupts: list[dict[str, Any]]) -> None:
+def _after_run(runtime: Runtime, run: dict[str, Any], thread_status: str, interrupts: list[dict[str, Any]],
+               values: dict[str, Any] | None = None) -> None:
     desk = review_desk(runtime)
     tenant, tid, rid = run["tenant"], run["thread_id"], run["run_id"]
     base = {"thread_id": tid, "run_id": rid, "graph_id": run["graph_id"]}
@@ -133,7 +135,8 @@ def _after_run(runtime: Runtime, run: dict[str, Any], thread_status: str, interr
         return
     if thread_status != "idle":
         return
-    values = state_reader(runtime)(run["graph_id"], tid) or {}
+    if values is None:
+        values = state_reader(runtime)(run["graph_id"], tid) or {}
     status = values.get("status")
     if status == "escalated":
         desk.webhooks.emit(tenant, "run.escalated", f"{rid}:escalated",

@@ -41,6 +41,7 @@ from guards.dlp import redact
 from guards.pack import PolicyPack, load_policy
 from guards.policy import PolicyEngine
 from keel import db as _dbmod
+from keel import telemetry
 from keel.audit import AuditLog
 from keel.config import PACKAGE_DIR, Settings, get_settings
 from keel.db import Database, open_database
@@ -357,6 +358,10 @@ class Runtime:
         """Release connections (tests, CLI exit)."""
         if "recordings" in self.__dict__:
             self.recordings.close()  # rows still queued for the writer
+        if "db" in self.__dict__:
+            # spans that ended a moment ago wait in the writer's batch (keel.telemetry): written
+            # while this runtime's database is still open, not dropped with its pool
+            telemetry.flush_store(2.0)
         if "checkpointer" in self.__dict__ and not self.db.is_postgres:
             self.checkpointer.conn.close()
         if "store" in self.__dict__ and not self.db.is_postgres:

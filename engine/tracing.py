@@ -100,13 +100,15 @@ def run_span(runtime: Any, run: dict[str, Any], worker_id: str) -> Iterator[trac
             telemetry.run_labels.reset(labels)
 
 
-def run_outcome(graph: Any, run: dict[str, Any], thread_status: str) -> str:
+def run_outcome(graph: Any, run: dict[str, Any], thread_status: str, *, values: Any = None) -> str:
     """The outcome label of a run that ran to its end: the workflow's own ``status`` in its
-    state (completed, awaiting_approval, escalated, rejected) when it has one."""
-    try:
-        values = graph.get_state({"configurable": {"thread_id": run["thread_id"]}}).values or {}
-    except Exception:  # noqa: BLE001 - the label falls back to the thread's status
-        values = {}
+    state (completed, awaiting_approval, escalated, rejected) when it has one (``values``:
+    the final state values when the caller already read them)."""
+    if values is None:
+        try:
+            values = graph.get_state({"configurable": {"thread_id": run["thread_id"]}}).values or {}
+        except Exception:  # noqa: BLE001 - the label falls back to the thread's status
+            values = {}
     status = values.get("status") if isinstance(values, dict) else None
     route = values.get("route") if isinstance(values, dict) else None
     if isinstance(route, str):  # the workflow's route decision, on the run's span

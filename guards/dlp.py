@@ -10,6 +10,7 @@ phone numbers need their usual separators or a leading ``+``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any, TypeVar
@@ -106,9 +107,24 @@ _STEPS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...]
 
 def redact_text(text: str) -> str:
     """``text`` with emails, card numbers, phone numbers and secrets replaced. Idempotent."""
+    if len(text) <= _MEMO_MAX_CHARS:
+        return _redact_short(text)
+    return _redact_text(text)
+
+
+def _redact_text(text: str) -> str:
     for pattern, repl in _STEPS:
         text = pattern.sub(repl, text)
     return text
+
+
+_MEMO_MAX_CHARS = 256
+"""Strings up to this long are redacted once and remembered: a run's span attributes and audit
+payloads repeat the same short values (node, tool and graph names, tenant, thread and run
+ids, decisions) many times, each otherwise scanned by all seven patterns again."""
+
+_redact_short = functools.lru_cache(maxsize=4096)(_redact_text)
+"""The result is a function of the text alone, so a remembered one is the same answer."""
 
 
 def redact(value: T) -> T:

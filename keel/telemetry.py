@@ -8,7 +8,8 @@ Where spans go:
 
 * **keel's database, always** (:class:`SpanStore`, table ``keel_spans``): ``GET
   /threads/{id}/trace`` and ``keel trace THREAD`` read them back as a tree. Spans are
-  queued when they end and written by one background thread per process, so a span that
+  queued when they end and written by one background thread per process, in batches (it
+  lingers ``SPAN_WRITE_LINGER_S`` for the rest of a run's spans), so a span that
   ends inside a database transaction never waits on (or deadlocks with) that transaction.
   Which database a span belongs to is the sink active where it ended (:func:`use_sink`:
   the API sets its runtime's for each request, the worker for each run).
@@ -113,9 +114,21 @@ def _processors(p: TracerProvider) -> Sequence[SpanProcessor]:
     return getattr(getattr(p, "_active_span_processor", None), "_span_processors", ())
 
 
+_tracer: tuple[TracerProvider, trace.Tracer] | None = None
+"""keel's tracer and the provider it came from (every span of a run asks for it)."""
+
+
 def tracer() -> trace.Tracer:
-    """The tracer keel's spans are made with."""
-    return provider().get_tracer("keel")
+    """The tracer keel's spans are made with (made once per provider: ``provider()`` takes a
+    lock and looks through the span processors, on every span otherwise)."""
+    global _tracer
+    cached = _tracer
+    if cached is not None and cached[0] is _provider:
+        return cached[1]
+    p = provider()
+    t = p.get_tracer("keel")
+    _tracer = (p, t)
+    return t
 
 
 def install(redact: Redactor | None = None) -> TracerProvider:
@@ -144,6 +157,8 @@ def flush(timeout_s: float = 5.0) -> None:
 
 def flush_store(timeout_s: float = 2.0) -> bool:
     """Write this process's ended spans to their databases now (no network export)."""
+    if _writer_instance is None:  # nothing was ever queued: no writer to start
+        return True
     return _writer().drain(timeout_s)
 
 
@@ -281,9 +296,9 @@ class SpanStore:
 
     def write(self, spans: Sequence[ReadableSpan]) -> None:
         """Store redacted spans (a span stored twice keeps its first row)."""
+        rows = [_row(s, redacted=True) for s in spans]  # before the transaction: no connection held meanwhile
         with self.db.transaction() as tx:
-            for s in spans:
-                r = _row(redact_span(s))
+            for r in rows:
                 tx.execute(
                     "INSERT INTO keel_spans (trace_id, span_id, parent_id, name, kind, thread_id, run_id, tenant,"
                     " start_ns, end_ns, status, status_message, attributes, events)"
@@ -310,9 +325,14 @@ class SpanStore:
         return out
 
 
-def _row(s: ReadableSpan) -> dict[str, Any]:
-    attrs = dict(s.attributes or {})
-    attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+def _row(s: ReadableSpan, *, redacted: bool = False) -> dict[str, Any]:
+    """The ``keel_spans`` row of ``s``; ``redacted``: attribute values, event attributes and the
+    status message pass the redactor (what :func:`redact_span` does, without copying the span)."""
+    red = _redact_value if redacted else (lambda v: v)
+    attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, red(v)) for k, v in (s.attributes or {}).items())}
+    message = s.status.description
+    if redacted and message:
+        message = _redact(message)
     return {
         "trace_id": format(s.context.trace_id, "032x"),
         "span_id": format(s.context.span_id, "016x"),
@@ -325,9 +345,10 @@ def _row(s: ReadableSpan) -> dict[str, Any]:
         "start_ns": s.start_time or 0,
         "end_ns": s.end_time or s.start_time or 0,
         "status": s.status.status_code.name.lower(),
-        "status_message": s.status.description,
+        "status_message": message,
         "attributes": json.dumps(attrs, default=str),
-        "events": json.dumps([{"name": e.name, "at_ns": e.timestamp, "attributes": dict(e.attributes or {})}
+        "events": json.dumps([{"name": e.name, "at_ns": e.timestamp,
+                               "attributes": {k: red(v) for k, v in (e.attributes or {}).items()}}
                               for e in s.events], default=str),
     }
 
@@ -392,6 +413,12 @@ class _SinkProcessor(SpanProcessor):
 _stores: dict[int, SpanStore] = {}
 
 
+SPAN_WRITE_LINGER_S = 0.25
+"""How long the span writer waits after the first span of a batch for more to end (the rest of
+the run's spans) before it writes them, all in one transaction: a run's dozen or so spans then
+cost a commit or two instead of one each. ``flush``/``flush_store`` cut the wait short."""
+
+
 @dataclass
 class _Writer:
     """One background thread per process writing ended spans in batches, per database."""
@@ -399,6 +426,9 @@ class _Writer:
     q: queue.Queue[tuple[SpanStore, ReadableSpan] | None] = field(default_factory=queue.Queue)
     pending: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
+    linger_s: float = SPAN_WRITE_LINGER_S
+    urgent: threading.Event = field(default_factory=threading.Event)
+    """Set while someone waits in :meth:`drain`: the writer writes what it has at once."""
 
     def start(self) -> _Writer:
         threading.Thread(target=self._loop, name="keel-span-writer", daemon=True).start()
@@ -413,6 +443,9 @@ class _Writer:
         """Wait until every queued span is written (or given up on)."""
         deadline = time.monotonic() + timeout_s
         with self.cond:
+            if not self.pending:
+                return True
+            self.urgent.set()  # stop lingering: a reader wants them now (cleared once all are written)
             while self.pending:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -423,6 +456,8 @@ class _Writer:
     def _loop(self) -> None:
         while True:
             item = self.q.get()
+            if self.linger_s > 0:
+                self.urgent.wait(self.linger_s)  # more spans of the run end meanwhile: one commit for all
             batch = [item]
             while len(batch) < 500:
                 try:
@@ -439,7 +474,9 @@ class _Writer:
                 except Exception as e:  # noqa: BLE001 - tracing never breaks a run; the loss is logged
                     log.warning("could not store %d spans: %s: %s", len(spans), type(e).__name__, str(e)[:200])
             with self.cond:
-                self.pending -= len(batch)
+                self.pending -= sum(1 for it in batch if it is not None)
+                if not self.pending:
+                    self.urgent.clear()
                 self.cond.notify_all()
 
 

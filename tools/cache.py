@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -132,12 +132,16 @@ def _contract(output_model: type[BaseModel]) -> str:
     return hashlib.sha256(schema.encode()).hexdigest()[:16]
 
 
-def _stamp(tx: Tx, tenant: str, tags: Sequence[str]) -> str:
-    """The current generations of ``tags``, as one string an entry must match."""
-    marks = ", ".join("?" for _ in tags)
-    rows = tx.fetchall(f"SELECT tag, gen FROM tool_cache_gen WHERE tenant = ? AND tag IN ({marks})", (tenant, *tags))
-    gens = {r["tag"]: int(r["gen"]) for r in rows}
-    return ".".join(str(gens.get(t, 0)) for t in tags)
+@functools.lru_cache(maxsize=4)
+def _lookup_sql(tags: int) -> str:
+    """One row: the generation of each of ``tags`` tags (``g0``, ``g1``…; NULL: never bumped)
+    and the entry's stamp, output and expiry (NULL: no entry). Parameters: (tenant, tag) per
+    tag, then tenant, tool, digest."""
+    gens = " ".join(f"LEFT JOIN tool_cache_gen g{i} ON g{i}.tenant = ? AND g{i}.tag = ?" for i in range(tags))
+    cols = "".join(f"g{i}.gen AS g{i}, " for i in range(tags))
+    return (f"SELECT {cols}c.stamp AS entry_stamp, c.output AS output, c.expires_ms AS expires_ms"
+            f" FROM (SELECT 1 AS one) AS base {gens}"
+            " LEFT JOIN tool_cache c ON c.tenant = ? AND c.tool = ? AND c.digest = ?")
 
 
 class ToolCache:
@@ -168,14 +172,17 @@ class ToolCache:
         owner = customer_id if decl.cache_scope == "customer" else ""
         digest = hashlib.sha256(f"{owner}|{args_digest}|{_contract(decl.output_model)}".encode()).hexdigest()
         try:
-            with self.db.transaction() as tx:
-                stamp = _stamp(tx, tenant, tags)  # before the entry and before the tool reads (see module doc)
-                row = tx.fetchone(
-                    "SELECT stamp, output, expires_ms FROM tool_cache WHERE tenant = ? AND tool = ? AND digest = ?",
-                    (tenant, decl.name, digest))
+            # the generations and the entry in one statement (one snapshot, one round trip, where a
+            # transaction of two reads took four): read before the tool reads (see module doc)
+            found = self.db.fetchone(_lookup_sql(len(tags)), [*(x for t in tags for x in (tenant, t)),
+                                                             tenant, decl.name, digest])
         except Exception as exc:  # noqa: BLE001 - a cache never fails a tool call
             log.warning("tool cache unreadable (%s); running the tool", type(exc).__name__)
             return None
+        found = found or {}
+        stamp = ".".join(str(int(found.get(f"g{i}") or 0)) for i in range(len(tags)))
+        row = None if found.get("entry_stamp") is None else {
+            "stamp": found["entry_stamp"], "output": found["output"], "expires_ms": found["expires_ms"]}
         read = CachedRead(tenant=tenant, tool=decl.name, digest=digest, stamp=stamp, ttl_s=decl.cache_ttl_s)
         if row is not None and row["stamp"] == stamp and int(row["expires_ms"]) > self._now_ms():
             try:

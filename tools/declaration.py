@@ -70,6 +70,7 @@ a plug-in) is added with :func:`tools.registry.register` (and removed with ``unr
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -196,9 +197,11 @@ class ToolDecl:
         doc = (self.input_model.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
 
-    @property
+    @functools.cached_property
     def card(self) -> ToolCard:
-        """The facts guards and the gateway read (:class:`keel.types.ToolCard`)."""
+        """The facts guards and the gateway read (:class:`keel.types.ToolCard`); built once per
+        declaration (a frozen model: the planner asks for the cards on every proposal, and the
+        input model's JSON schema costs more to generate than the rest of the node)."""
         return ToolCard(name=self.name, description=self.description, side_effect=self.side_effect,
                         operation=self.operation, routes=self.routes,
                         input_schema=self.input_model.model_json_schema())
