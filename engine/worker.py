@@ -36,6 +36,7 @@ from typing import Any
 from langgraph.types import Command
 
 from engine.checkpoints import LeaseLost
+from engine.claim_gate import ClaimGate
 from engine.correlation import correlation_var
 from engine.jsonable import jsonable
 from engine.queue import RunQueue
@@ -60,6 +61,9 @@ log = logging.getLogger("keel.worker")
 
 CANCEL_NOTICE_S = 1.0
 """How often the heartbeat loop reads its runs' cancel flags (and notices a lost lease)."""
+
+GATE_RETRY_S = 0.1
+"""How soon a thread the claim gate held back asks it again."""
 
 
 class _Lease:
@@ -227,6 +231,7 @@ class Worker:
         heartbeats: Heartbeats | None = None,
         polls: PollSlots | None = None,
         claims: RunQueue | None = None,
+        gate: ClaimGate | None = None,
     ) -> None:
         self.runtime = runtime
         self.queue = queue
@@ -248,6 +253,9 @@ class Worker:
         """Keeps the leases of the runs this worker holds (``run_workers``: one per process);
         the worker reads its flags between graph steps (a cancel is noticed within a step
         and ``CANCEL_NOTICE_S``)."""
+        self.gate = gate
+        """Holds new claims back while the process's CPU cannot serve the runs it holds
+        (:mod:`engine.claim_gate`; ``run_workers``: one per process, None: never)."""
 
     primary = True
     """Sweeps approval deadlines and webhooks (one thread per process, ``run_workers``)."""
@@ -277,6 +285,11 @@ class Worker:
         log.info("worker %s started", self.worker_id)
         while not stop.is_set():
             self._sweep_if_due()
+            if self.gate is not None and not self.gate.state(self.heartbeats.held).open:
+                # the held runs already wait for CPU: a queued run's wall-clock cap has not
+                # started, so it waits in the queue (for this or a less loaded worker)
+                stop.wait(GATE_RETRY_S)
+                continue
             seen = self.queue.version()
             try:
                 did = self.run_one()
@@ -455,10 +468,13 @@ class Worker:
                         log.info("run %s cancelled", rid)
                         record_run_end(run["graph_id"], "cancelled")
                         return
-                thread_status, interrupts = self._outcome(graph, run)
+                # one read of the final state for the outcome, the hooks and the outcome label
+                # (each used to read the latest checkpoint again: three reads a run)
+                thread_status, interrupts, values = self._final_state(graph, run)
                 if self.queue.finish(run, self.worker_id, "success", thread_status, interrupts=interrupts):
-                    after_run(self.runtime, self.queue, run, thread_status, interrupts)  # deadlines, webhooks, feedback
-                    outcome = run_outcome(graph, run, thread_status)
+                    after_run(self.runtime, self.queue, run, thread_status, interrupts,  # deadlines, webhooks, feedback
+                              values=values)
+                    outcome = run_outcome(graph, run, thread_status, values=values)
                     record_run_end(run["graph_id"], outcome)
                     run_ended(self.runtime, run, outcome, graph)  # canary metrics, shadow replay (engine.releases)
                 log.info("run %s finished in %.3fs", rid, time.monotonic() - t0)
@@ -509,7 +525,16 @@ class Worker:
             log.warning("run %s: could not audit its dead-lettering", run["run_id"], exc_info=True)
 
     @staticmethod
-    def _outcome(graph: Any, run: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    def _final_state(graph: Any, run: dict[str, Any]) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+        """The thread's status after the run, its pending interrupts (``[{"value", "id"}]``)
+        and its state values (JSON-able), from one read of the latest checkpoint."""
+        snap = graph.get_state({"configurable": {"thread_id": run["thread_id"]}})
+        interrupts = [jsonable(i) for i in (snap.interrupts or ())]
+        values = jsonable(dict(snap.values)) if snap.values else {}
+        return ("interrupted" if (snap.interrupts or snap.next) else "idle"), interrupts, values
+
+    @classmethod
+    def _outcome(cls, graph: Any, run: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         """The thread's status after the run, and its pending interrupts (``[{"value", "id"}]``)."""
         snap = graph.get_state({"configurable": {"thread_id": run["thread_id"]}})
         interrupts = [jsonable(i) for i in (snap.interrupts or ())]
@@ -538,6 +563,10 @@ def run_workers(
                                                                    worker_kwargs.get("lease_s", 30.0))}
     if "polls" not in worker_kwargs:
         worker_kwargs = {**worker_kwargs, "polls": PollSlots(worker_kwargs.get("poll_s", 0.5))}
+    settings = runtime.settings
+    if "gate" not in worker_kwargs and settings.worker_claim_gate_lag_ms > 0:
+        worker_kwargs = {**worker_kwargs, "gate": ClaimGate(max_lag_ms=settings.worker_claim_gate_lag_ms,
+                                                            floor=settings.worker_claim_gate_floor).start()}
     for i in range(max(1, concurrency)):
         w = Worker(runtime, queue, **worker_kwargs)
         w.primary = i == 0
