@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     heartbeating their leases: apart from the pool of checkpoint writes, stream events, run
     outcomes and stores, so the lease protocol never waits behind them however many runs the
     process holds."""
+    worker_claim_gate_lag_ms: float = Field(default=100.0, ge=0)
+    """A ``keel worker`` process stops claiming new runs while its scheduling lag (how late a
+    sampler thread wakes up: GIL contention and CPU starvation) is above this many ms and it
+    holds ``worker_claim_gate_floor`` runs or more (:mod:`engine.claim_gate`): a claimed run's
+    wall-clock cap is running, a queued one's is not. 0 turns the gate off."""
+    worker_claim_gate_floor: int = Field(default=32, ge=1)
+    """Runs a worker process holds below which the claim gate always admits a claim."""
     worker_max_lease_expiries: int = Field(default=3, ge=1)
     """Times a run's lease may expire (its worker was killed, crashed or hung while running
     it) before the run is dead-lettered with reason ``lease_expired_repeatedly`` instead of
