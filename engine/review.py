@@ -111,24 +111,44 @@ def _plan_approval(interrupts: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def after_run(runtime: Runtime, queue: RunQueue, run: dict[str, Any], thread_status: str,
-              interrupts: list[dict[str, Any]], *, values: dict[str, Any] | None = None) -> None:
-    """Deadlines, webhooks and feedback for a run whose outcome was just recorded
-    (``values``: the thread's final state values when the caller already read them)."""
+def register_deadline(runtime: Runtime, run: dict[str, Any], interrupts: list[dict[str, Any]]) -> Deadline | None:
+    """The approval deadline of a run that stopped at a plan approval, registered *before* the
+    run is recorded as finished: whatever its end wakes (a ``runs/wait`` client, a reviewer's
+    list, the deadline sweep) must find the deadline already there. None for a run that did
+    not stop at an approval, or when registering failed (best-effort like the other hooks:
+    :func:`after_run` registers it again)."""
+    request = _plan_approval(interrupts)
+    if request is None:
+        return None
     try:
-        _after_run(runtime, run, thread_status, interrupts, values)
+        return review_desk(runtime).deadlines.register(run["tenant"], run["thread_id"], run["graph_id"],
+                                                       request["plan_hash"], runtime.policy.approvals)
+    except Exception:  # noqa: BLE001 - the run's outcome stands; after_run tries again
+        log.warning("run %s: could not register its approval deadline", run.get("run_id"), exc_info=True)
+        return None
+
+
+def after_run(runtime: Runtime, queue: RunQueue, run: dict[str, Any], thread_status: str,
+              interrupts: list[dict[str, Any]], *, values: dict[str, Any] | None = None,
+              deadline: Deadline | None = None) -> None:
+    """Deadlines, webhooks and feedback for a run whose outcome was just recorded
+    (``values``: the thread's final state values when the caller already read them;
+    ``deadline``: the one :func:`register_deadline` registered before the run finished)."""
+    try:
+        _after_run(runtime, run, thread_status, interrupts, values, deadline)
     except Exception:  # noqa: BLE001 - the run's outcome stands; the hook is best-effort
         log.warning("run %s: review hooks failed", run.get("run_id"), exc_info=True)
 
 
 def _after_run(runtime: Runtime, run: dict[str, Any], thread_status: str, interrupts: list[dict[str, Any]],
-               values: dict[str, Any] | None = None) -> None:
+               values: dict[str, Any] | None = None, deadline: Deadline | None = None) -> None:
     desk = review_desk(runtime)
     tenant, tid, rid = run["tenant"], run["thread_id"], run["run_id"]
     base = {"thread_id": tid, "run_id": rid, "graph_id": run["graph_id"]}
     request = _plan_approval(interrupts)
     if request is not None:
-        d = desk.deadlines.register(tenant, tid, run["graph_id"], request["plan_hash"], runtime.policy.approvals)
+        d = deadline or desk.deadlines.register(tenant, tid, run["graph_id"], request["plan_hash"],
+                                                runtime.policy.approvals)
         desk.webhooks.emit(tenant, "run.awaiting_approval", f"{tid}:{request['plan_hash']}:awaiting_approval",
                            {**base, "plan_hash": request["plan_hash"], "ticket_id": request.get("ticket_id"),
                             "route": request.get("route"), "deadline": d.deadline, "assignee_group": d.assignee_group})

@@ -41,7 +41,7 @@ from engine.correlation import correlation_var
 from engine.jsonable import jsonable
 from engine.queue import RunQueue
 from engine.releases import canary_arm, run_ended
-from engine.review import after_dead_letter, after_run, sweep
+from engine.review import after_dead_letter, after_run, register_deadline, sweep
 from engine.run_context import run_context
 from engine.runtime import Runtime
 from engine.streaming import EventsHandler, ServerStream, graph_modes, stored_events
@@ -471,9 +471,10 @@ class Worker:
                 # one read of the final state for the outcome, the hooks and the outcome label
                 # (each used to read the latest checkpoint again: three reads a run)
                 thread_status, interrupts, values = self._final_state(graph, run)
+                deadline = register_deadline(self.runtime, run, interrupts)  # before the end wakes anyone
                 if self.queue.finish(run, self.worker_id, "success", thread_status, interrupts=interrupts):
                     after_run(self.runtime, self.queue, run, thread_status, interrupts,  # deadlines, webhooks, feedback
-                              values=values)
+                              values=values, deadline=deadline)
                     outcome = run_outcome(graph, run, thread_status, values=values)
                     record_run_end(run["graph_id"], outcome)
                     run_ended(self.runtime, run, outcome, graph)  # canary metrics, shadow replay (engine.releases)

@@ -180,3 +180,25 @@ def test_a_claim_whose_worker_died_is_released_and_applied_later(tmp_path):
         assert desk.deadlines.get(t.name, tid, plan_hash).state == "applied"
     finally:
         rt.close()
+
+
+def test_the_deadline_exists_before_the_run_is_recorded_as_finished(db_url, tmp_path, monkeypatch):
+    """Whatever a run's end wakes (a ``runs/wait`` client, a reviewer's list, the sweep) finds
+    its approval deadline: the worker registers it before it records the run's outcome."""
+    from engine.queue.leases import Leases
+
+    seen: list[bool] = []
+    real = Leases.finish
+
+    def finish(self, run, worker_id, status, thread_status, error=None, interrupts=None):
+        if interrupts:
+            plan_hash = interrupts[0]["value"]["plan_hash"]
+            seen.append(review_desk(rt).deadlines.get(run["tenant"], run["thread_id"], plan_hash) is not None)
+        return real(self, run, worker_id, status, thread_status, error, interrupts)
+
+    monkeypatch.setattr(Leases, "finish", finish)
+    with served(db_url, tmp_path) as (client, rt):
+        t = Tenant(rt)
+        tid, plan_hash = _pause(client, t)
+        assert seen == [True]
+        assert review_desk(rt).deadlines.get(t.name, tid, plan_hash).state == "pending"
