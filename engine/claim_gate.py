@@ -17,7 +17,16 @@ runs' steps: GIL contention inside the process and CPU starvation of the whole m
 process that is busy from one that is behind.
 
 Below ``floor`` runs held, claims are always admitted: a worker always makes progress, and
-small deployments (and the test suite) never see the gate.
+small deployments (and the test suite) never see the gate. Above it, the runs a process may
+hold follow an adaptive limit, as TCP's congestion window does (additive increase,
+multiplicative decrease): every second the limit grows by a quarter of the floor while the
+lag is low and the process uses what it has, and shrinks by a quarter while the lag is high.
+A bare lag threshold is not enough: a burst of queued runs is claimed in a second or two,
+before their steps have raised the lag, and then every one of them competes for the CPU
+(and the connection pool) at once. The second signal is the one that matters to the runs:
+how long the process's recent runs took from claim to end (smoothed), against
+``target_run_s`` (a share of the pack's wall-clock cap): when they take longer, the limit
+shrinks however low the lag looks.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from keel import metrics
 
 __all__ = ["ClaimGate", "GateState"]
 
@@ -38,13 +49,15 @@ class GateState:
     """Smoothed scheduling lag of this process (ms)."""
     held: int
     """Runs the process held when asked."""
+    limit: int
+    """Runs the process may hold now (the adaptive limit)."""
     open: bool
     """Whether a new claim is admitted."""
 
 
 class ClaimGate:
-    """Admits a claim unless the process holds ``floor`` runs or more and its scheduling lag
-    is above ``max_lag_ms`` (see the module docstring)."""
+    """Admits a claim while the process holds fewer than ``floor`` runs, or fewer than its
+    adaptive limit with its scheduling lag at most ``max_lag_ms`` (see the module docstring)."""
 
     def __init__(
         self,
@@ -53,6 +66,8 @@ class ClaimGate:
         floor: int,
         tick_s: float = 0.02,
         smoothing: float = 0.2,
+        adjust_s: float = 1.0,
+        target_run_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -63,6 +78,14 @@ class ClaimGate:
         self.floor = max(1, floor)
         """Runs held below which a claim is always admitted."""
         self.tick_s = tick_s
+        self.adjust_s = adjust_s
+        self.limit = self.floor
+        """Runs the process may hold (adapted every ``adjust_s``, never below ``floor``)."""
+        self._step = max(1, self.floor // 4)
+        self._last_held = 0
+        self.target_run_s = target_run_s
+        """Claim-to-end time of a run above which the limit shrinks (None: lag only)."""
+        self._run_s: float | None = None
         self._smoothing = smoothing
         self._clock = clock
         self._sleep = sleep
@@ -78,11 +101,38 @@ class ClaimGate:
         late_ms = max(0.0, late_s * 1000.0)
         self._lag_ms += self._smoothing * (late_ms - self._lag_ms)
 
+    def run_ended(self, seconds: float) -> None:
+        """A run this process held ended ``seconds`` after its claim (the worker calls it)."""
+        self._run_s = seconds if self._run_s is None else self._run_s + 0.1 * (seconds - self._run_s)
+
+    @property
+    def run_s(self) -> float | None:
+        """Smoothed claim-to-end time of this process's recent runs (None before the first)."""
+        return self._run_s
+
+    def adjust(self) -> int:
+        """One step of the limit (the sampler calls it every ``adjust_s``; tests too): shrink
+        by a quarter while the lag is high or recent runs took longer than ``target_run_s``,
+        grow by a quarter of the floor otherwise while the process holds about as many runs
+        as it may."""
+        slow = self.target_run_s is not None and self._run_s is not None and self._run_s > self.target_run_s
+        if self._lag_ms > self.max_lag_ms or slow:
+            self.limit = max(self.floor, int(self.limit * 0.75))
+        elif self._last_held >= self.limit - self._step:
+            self.limit += self._step
+        return self.limit
+
     def _sample_forever(self) -> None:
+        next_adjust = self._clock() + self.adjust_s
         while True:
             due = self._clock() + self.tick_s
             self._sleep(self.tick_s)
-            self.observe(self._clock() - due)
+            now = self._clock()
+            self.observe(now - due)
+            if now >= next_adjust:
+                next_adjust = now + self.adjust_s
+                self.adjust()
+                metrics.claim_gate(self._lag_ms, self.limit)
 
     def start(self) -> ClaimGate:
         """Start the sampler thread (once per gate; a daemon: it dies with the process)."""
@@ -99,7 +149,8 @@ class ClaimGate:
 
     def state(self, held: int) -> GateState:
         """Whether a thread may claim now, with ``held`` runs held by this process."""
-        is_open = held < self.floor or self._lag_ms <= self.max_lag_ms
+        self._last_held = held
+        is_open = held < self.floor or (held < self.limit and self._lag_ms <= self.max_lag_ms)
         if not is_open:
             self.closed_total += 1
-        return GateState(lag_ms=self._lag_ms, held=held, open=is_open)
+        return GateState(lag_ms=self._lag_ms, held=held, limit=self.limit, open=is_open)

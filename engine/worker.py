@@ -65,6 +65,10 @@ CANCEL_NOTICE_S = 1.0
 GATE_RETRY_S = 0.1
 """How soon a thread the claim gate held back asks it again."""
 
+GATE_RUN_SHARE = 0.6
+"""Share of the pack's wall-clock cap that a run should take at most, claim to end: longer,
+and the claim gate lowers the runs a process may hold (:mod:`engine.claim_gate`)."""
+
 
 class _Lease:
     """One claimed run held by a :class:`Heartbeats` loop: flags cancellation and lease loss."""
@@ -479,6 +483,8 @@ class Worker:
                     record_run_end(run["graph_id"], outcome)
                     run_ended(self.runtime, run, outcome, graph)  # canary metrics, shadow replay (engine.releases)
                 log.info("run %s finished in %.3fs", rid, time.monotonic() - t0)
+                if self.gate is not None:
+                    self.gate.run_ended(time.monotonic() - t0)
             except Exception as e:  # noqa: BLE001 - every failure is recorded on the run
                 msg = f"{type(e).__name__}: {e}"[:2000]
                 if lease.lost.is_set() or isinstance(e, LeaseLost):  # the run is another worker's now
@@ -566,8 +572,11 @@ def run_workers(
         worker_kwargs = {**worker_kwargs, "polls": PollSlots(worker_kwargs.get("poll_s", 0.5))}
     settings = runtime.settings
     if "gate" not in worker_kwargs and settings.worker_claim_gate_lag_ms > 0:
-        worker_kwargs = {**worker_kwargs, "gate": ClaimGate(max_lag_ms=settings.worker_claim_gate_lag_ms,
-                                                            floor=settings.worker_claim_gate_floor).start()}
+        # runs should end well inside the pack's wall-clock cap, which starts at the claim
+        cap = getattr(getattr(getattr(runtime, "policy", None), "budgets", None), "wall_clock_s", None)
+        worker_kwargs = {**worker_kwargs, "gate": ClaimGate(
+            max_lag_ms=settings.worker_claim_gate_lag_ms, floor=settings.worker_claim_gate_floor,
+            target_run_s=cap * GATE_RUN_SHARE if cap else None).start()}
     for i in range(max(1, concurrency)):
         w = Worker(runtime, queue, **worker_kwargs)
         w.primary = i == 0

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     heartbeating their leases: apart from the pool of checkpoint writes, stream events, run
     outcomes and stores, so the lease protocol never waits behind them however many runs the
     process holds."""
-    worker_claim_gate_lag_ms: float = Field(default=100.0, ge=0)
+    worker_claim_gate_lag_ms: float = Field(default=20.0, ge=0)
     """A ``keel worker`` process stops claiming new runs while its scheduling lag (how late a
     sampler thread wakes up: GIL contention and CPU starvation) is above this many ms and it
     holds ``worker_claim_gate_floor`` runs or more (:mod:`engine.claim_gate`): a claimed run's

@@ -137,3 +137,15 @@ RELEASE_CANARY_SHARE = Gauge("keel_release_canary_share", "Share of new runs of 
                              "candidate takes (0 when no canary is active)", ["graph"], multiprocess_mode="mostrecent")
 RELEASE_SHADOW = Counter("keel_release_shadow_runs", "Live runs replayed under a shadow release's candidate, by result "
                          "(same, changed, failed, skipped)", ["release", "result"])
+
+
+CLAIM_GATE_LAG_MS = Gauge("keel_worker_sched_lag_ms", "Smoothed scheduling lag of this worker process (ms): how "
+                          "late a sampler thread wakes up, i.e. how long runnable steps wait for CPU")
+CLAIM_GATE_LIMIT = Gauge("keel_worker_claim_limit", "Runs this worker process may hold now (the claim gate's "
+                         "adaptive limit)")
+
+
+def claim_gate(lag_ms: float, limit: int) -> None:
+    """The claim gate's view, once a second (engine.claim_gate)."""
+    CLAIM_GATE_LAG_MS.set(lag_ms)
+    CLAIM_GATE_LIMIT.set(limit)

@@ -20,8 +20,23 @@ def test_below_the_floor_a_claim_is_always_admitted():
     assert gate.closed_total == 2
 
 
+def test_the_limit_grows_while_the_process_keeps_up_and_shrinks_while_it_lags():
+    gate = ClaimGate(max_lag_ms=10, floor=8)
+    assert gate.limit == 8 and gate.state(7).open and not gate.state(8).open  # a burst stops at the floor
+    assert gate.adjust() == 10  # low lag, using its limit: a quarter of the floor more
+    assert gate.state(9).open and not gate.state(10).open
+    gate.state(2)
+    assert gate.adjust() == 10  # low lag but far below the limit: no growth on idle capacity
+    for _ in range(30):
+        gate.observe(0.2)
+    assert gate.adjust() == 8  # 10 x 0.75 = 7, held up at the floor
+    assert gate.limit == 8  # never below the floor
+    assert not gate.state(8).open and gate.state(7).open
+
+
 def test_the_lag_is_smoothed_and_the_gate_reopens_when_it_falls():
     gate = ClaimGate(max_lag_ms=10, floor=1, smoothing=0.5)
+    gate.limit = 100
     gate.observe(0.040)  # one late wake-up is not overload
     assert gate.lag_ms == pytest.approx(20.0) and not gate.state(5).open
     for _ in range(5):
@@ -72,7 +87,7 @@ class _Gate:
         from engine.claim_gate import GateState
 
         self.asked.append(held)
-        return GateState(lag_ms=0.0 if self.open else 999.0, held=held, open=self.open)
+        return GateState(lag_ms=0.0 if self.open else 999.0, held=held, limit=1, open=self.open)
 
 
 def test_a_worker_does_not_claim_while_its_gate_is_closed(tmp_path):
@@ -116,7 +131,19 @@ def test_a_worker_does_not_claim_while_its_gate_is_closed(tmp_path):
 def test_the_gate_is_on_by_default_and_its_settings_are_checked(tmp_path):
     from keel.config import Settings
 
-    assert Settings(data_dir=tmp_path).worker_claim_gate_lag_ms == 100.0
+    assert Settings(data_dir=tmp_path).worker_claim_gate_lag_ms == 20.0
     assert Settings(data_dir=tmp_path, worker_claim_gate_lag_ms=0).worker_claim_gate_lag_ms == 0
     with pytest.raises(ValueError):
         Settings(data_dir=tmp_path, worker_claim_gate_floor=0)
+
+
+def test_runs_slower_than_the_target_shrink_the_limit_whatever_the_lag():
+    gate = ClaimGate(max_lag_ms=10, floor=4, target_run_s=18.0)
+    gate.limit = 40
+    gate.state(40)
+    gate.run_ended(12.0)
+    assert gate.adjust() == 41  # fast runs, low lag, limit in use: it grows
+    for _ in range(30):
+        gate.run_ended(29.0)  # runs now near the 30 s cap
+    assert gate.run_s > 18.0 and gate.lag_ms == 0.0
+    assert gate.adjust() == 30 and gate.adjust() == 22
