@@ -47,39 +47,32 @@ CREATE TABLE IF NOT EXISTS api_rate_limits (
 
 # GCRA in one statement: ``now`` is the database's clock (the same for every server),
 # SET expressions read the row as it was, so ``allowed`` and ``tat`` decide together
-_TAKE = """
-INSERT INTO api_rate_limits AS r (key_digest, tat, allowed)
-VALUES (%(key)s, EXTRACT(EPOCH FROM now())::float8 + %(step)s, TRUE)
-ON CONFLICT (key_digest) DO UPDATE SET
+_GCRA_SET = """
   allowed = r.tat - EXTRACT(EPOCH FROM now())::float8 <= %(tolerance)s,
   tat = CASE WHEN r.tat - EXTRACT(EPOCH FROM now())::float8 <= %(tolerance)s
              THEN GREATEST(r.tat, EXTRACT(EPOCH FROM now())::float8) + %(step)s
              ELSE r.tat END
-RETURNING allowed, r.tat - EXTRACT(EPOCH FROM now())::float8 - %(tolerance)s AS wait
-"""
+RETURNING allowed, r.tat - EXTRACT(EPOCH FROM now())::float8 - %(tolerance)s AS wait"""
+
+_TAKE = """
+INSERT INTO api_rate_limits AS r (key_digest, tat, allowed)
+VALUES (%(key)s, EXTRACT(EPOCH FROM now())::float8 + %(step)s, TRUE)
+ON CONFLICT (key_digest) DO UPDATE SET""" + _GCRA_SET + "\n"
 
 
 # The same statement behind a read of the key's row (keel.principals' ``api_keys``, read as
 # ``PrincipalStore.authenticate`` reads it): nothing is spent for an unknown or revoked key
+_KEY = "SELECT tenant, user_id, role, expires_at FROM api_keys WHERE key_hash = %(key)s AND revoked = 0"
+"""The key's row alone (limiting turned off)."""
+
 _AUTH_TAKE = """
-WITH k AS (
-  SELECT tenant, user_id, role, expires_at FROM api_keys WHERE key_hash = %(key)s AND revoked = 0
-), t AS (
+WITH k AS (""" + _KEY + """), t AS (
   INSERT INTO api_rate_limits AS r (key_digest, tat, allowed)
   SELECT %(key)s, EXTRACT(EPOCH FROM now())::float8 + %(step)s, TRUE FROM k
-  ON CONFLICT (key_digest) DO UPDATE SET
-    allowed = r.tat - EXTRACT(EPOCH FROM now())::float8 <= %(tolerance)s,
-    tat = CASE WHEN r.tat - EXTRACT(EPOCH FROM now())::float8 <= %(tolerance)s
-               THEN GREATEST(r.tat, EXTRACT(EPOCH FROM now())::float8) + %(step)s
-               ELSE r.tat END
-  RETURNING allowed, r.tat - EXTRACT(EPOCH FROM now())::float8 - %(tolerance)s AS wait
+  ON CONFLICT (key_digest) DO UPDATE SET""" + _GCRA_SET + """
 )
 SELECT k.tenant, k.user_id, k.role, k.expires_at, t.allowed, t.wait FROM k LEFT JOIN t ON TRUE
 """
-
-
-_KEY = "SELECT tenant, user_id, role, expires_at FROM api_keys WHERE key_hash = %(key)s AND revoked = 0"
-"""The key's row alone (limiting turned off)."""
 
 
 class SharedRateLimiter:
