@@ -122,9 +122,9 @@ class ClaimGate:
             self.limit += self._step
         return self.limit
 
-    def _sample_forever(self) -> None:
+    def _sample(self, stop: threading.Event | None) -> None:
         next_adjust = self._clock() + self.adjust_s
-        while True:
+        while stop is None or not stop.is_set():
             due = self._clock() + self.tick_s
             self._sleep(self.tick_s)
             now = self._clock()
@@ -134,12 +134,13 @@ class ClaimGate:
                 self.adjust()
                 metrics.claim_gate(self._lag_ms, self.limit)
 
-    def start(self) -> ClaimGate:
-        """Start the sampler thread (once per gate; a daemon: it dies with the process)."""
+    def start(self, stop: threading.Event | None = None) -> ClaimGate:
+        """Start the sampler thread (once per gate), until ``stop`` is set (the workers' stop
+        event: an app started and stopped many times, as in tests, leaves no sampler behind)."""
         with self._lock:
             if not self._started:
                 self._started = True
-                threading.Thread(target=self._sample_forever, name="keel-claim-gate", daemon=True).start()
+                threading.Thread(target=self._sample, args=(stop,), name="keel-claim-gate", daemon=True).start()
         return self
 
     # -- the question ---------------------------------------------------------------------

@@ -576,7 +576,7 @@ def run_workers(
         cap = getattr(getattr(getattr(runtime, "policy", None), "budgets", None), "wall_clock_s", None)
         worker_kwargs = {**worker_kwargs, "gate": ClaimGate(
             max_lag_ms=settings.worker_claim_gate_lag_ms, floor=settings.worker_claim_gate_floor,
-            target_run_s=cap * GATE_RUN_SHARE if cap else None).start()}
+            target_run_s=cap * GATE_RUN_SHARE if cap else None).start(stop)}
     for i in range(max(1, concurrency)):
         w = Worker(runtime, queue, **worker_kwargs)
         w.primary = i == 0

@@ -147,3 +147,36 @@ def test_runs_slower_than_the_target_shrink_the_limit_whatever_the_lag():
         gate.run_ended(29.0)  # runs now near the 30 s cap
     assert gate.run_s > 18.0 and gate.lag_ms == 0.0
     assert gate.adjust() == 30 and gate.adjust() == 22
+
+
+def test_the_sampler_stops_with_the_workers(tmp_path):
+    """An app started and stopped many times (tests, embedded serve) leaves no sampler behind."""
+    from types import SimpleNamespace
+
+    from engine.queue import RunQueue
+    from engine.worker import run_workers
+    from keel.config import Settings
+    from keel.db import Database
+
+    def samplers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "keel-claim-gate")
+
+    before = samplers()
+    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    queue = RunQueue(db).setup()
+    rt = SimpleNamespace(settings=Settings(data_dir=tmp_path, review_sweep_s=3600),
+                         crons=SimpleNamespace(fire_due=lambda q: None))
+    stop = threading.Event()
+    threads = run_workers(rt, queue, concurrency=2, stop=stop, poll_s=0.05, lease_s=30.0)
+    try:
+        assert samplers() == before + 1
+    finally:
+        stop.set()
+        queue.wake_all()
+        for t in threads:
+            t.join(timeout=15)
+        db.close()
+    deadline = time.monotonic() + 5
+    while samplers() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert samplers() == before
