@@ -224,6 +224,23 @@ BEGIN succeeded the body runs once; a failure later is the caller's to retry. A 
 (:meth:`Database.fetchone`) is repeated the same way, reading twice being harmless."""
 
 
+_BEGIN_RETRY_REST = RetryPolicy(_BEGIN_RETRY.backoff, max_attempts=(_BEGIN_RETRY.max_attempts or 3) - 1,
+                                retry_on=_connection_lost)
+
+
+def _begin_retrying(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` under :data:`_BEGIN_RETRY`, its first attempt outside tenacity: building
+    and running tenacity's loop costs more CPU than a healthy database's round trip, on every
+    transaction (``bench/README.md`` (h)); only a failure on a lost connection enters it."""
+    try:
+        return fn(*args)
+    except BaseException as e:
+        if not _connection_lost(e):
+            raise
+    time.sleep(_BEGIN_RETRY.backoff.delay(1))
+    return _BEGIN_RETRY_REST.retrying()(fn, *args)
+
+
 class Database:
     """A connection source for one SQLite file or one Postgres database.
 
@@ -344,7 +361,7 @@ class Database:
             # not in pipeline mode: measured here, entering and syncing a pipeline costs
             # more CPU and wall time than the BEGIN and COMMIT round trips it saves on
             # loopback (0.55 against 0.35 ms for a one-read transaction)
-            stack, conn = _BEGIN_RETRY.retrying()(self._begun)
+            stack, conn = _begin_retrying(self._begun)
             with _integrity(), stack:
                 yield _PgTx(conn)
         else:
@@ -363,7 +380,7 @@ class Database:
         (autocommit), where ``transaction()`` spends three (BEGIN, the read, COMMIT). Read
         again on another connection if the connection broke (``_BEGIN_RETRY``)."""
         if self.is_postgres:
-            return _BEGIN_RETRY.retrying()(self._read_one, _pg(sql), tuple(params))
+            return _begin_retrying(self._read_one, _pg(sql), tuple(params))
         with self.transaction() as tx:
             return tx.fetchone(sql, params)
 

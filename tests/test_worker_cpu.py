@@ -335,3 +335,51 @@ def test_the_fence_holds_its_lock_until_the_writes_commit(cpu_pg_url: str, tmp_p
             assert other.execute("SELECT COUNT(*) FROM cpu_fence_probe").fetchone()[0] == 1
     finally:
         rt.close()
+
+
+def test_a_transaction_begins_without_tenacity_and_retries_only_a_lost_connection(monkeypatch):
+    """The first attempt runs outside tenacity's loop; a failure on a lost connection is tried
+    twice more (three attempts in all, as ``_BEGIN_RETRY`` says), any other failure at once."""
+    import psycopg
+    import tenacity
+
+    from keel import db as dbmod
+
+    monkeypatch.setattr(dbmod.time, "sleep", lambda s: None)
+    built: list[int] = []
+    real = tenacity.Retrying.__init__
+
+    def counting(self, *a, **kw):
+        built.append(1)
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(tenacity.Retrying, "__init__", counting)
+    assert dbmod._begin_retrying(lambda x: x + 1, 41) == 42 and built == []  # the healthy path
+
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return "ok"
+
+    assert dbmod._begin_retrying(flaky) == "ok" and len(calls) == 3 and built == [1]
+    calls.clear()
+
+    def gone() -> str:
+        calls.append(1)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    with pytest.raises(psycopg.OperationalError):
+        dbmod._begin_retrying(gone)
+    assert len(calls) == 3
+
+    def wrong() -> str:
+        calls.append(1)
+        raise ValueError("not a connection problem")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        dbmod._begin_retrying(wrong)
+    assert len(calls) == 1
