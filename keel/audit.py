@@ -163,6 +163,10 @@ CREATE INDEX IF NOT EXISTS audit_log_thread ON audit_log (tenant, thread_id)
 """
 
 
+_INSERT_ROW = ("INSERT INTO audit_log (tenant, seq, thread_id, kind, actor, at, correlation_id, data, prev_hash,"
+               " row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 class AuditLog:
     """Append-only, hash-chained audit rows in the keel database.
 
@@ -219,15 +223,16 @@ class AuditLog:
                 "data": payload,
             }
             row_hash = _digest_hash(prev, body, _data_digest(payload))
-            if head:
-                tx.execute("UPDATE audit_head SET seq = ?, row_hash = ? WHERE tenant = ?", (seq, row_hash, tenant))
+            row = (tenant, seq, thread_id, kind, actor, at_s, correlation_id, canonical_json(payload), prev, row_hash)
+            move = ("UPDATE audit_head SET seq = ?, row_hash = ? WHERE tenant = ?", (seq, row_hash, tenant)) if head else (
+                "INSERT INTO audit_head (tenant, seq, row_hash) VALUES (?, ?, ?)", (tenant, seq, row_hash))
+            if self.db.is_postgres:
+                # the head and the row in one statement (a data-modifying CTE): one round trip
+                # fewer for every audited decision, about ten a run
+                tx.execute(f"WITH head AS ({move[0]}) {_INSERT_ROW}", (*move[1], *row))
             else:
-                tx.execute("INSERT INTO audit_head (tenant, seq, row_hash) VALUES (?, ?, ?)", (tenant, seq, row_hash))
-            tx.execute(
-                "INSERT INTO audit_log (tenant, seq, thread_id, kind, actor, at, correlation_id, data, prev_hash, row_hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (tenant, seq, thread_id, kind, actor, at_s, correlation_id, canonical_json(payload), prev, row_hash),
-            )
+                tx.execute(*move)
+                tx.execute(_INSERT_ROW, row)
         return AuditRow(**body, prev_hash=prev, row_hash=row_hash)
 
     def list(self, tenant: str, thread_id: str | None = None, limit: int = 1000, offset: int = 0) -> list[AuditRow]:
