@@ -176,7 +176,7 @@ ASK_VERBS: tuple[str, ...] = tuple(
     get help resolve set turn switch move add transfer subscribe unsubscribe apply upgrade downgrade merge put tell
     email mail call text contact confirm register enroll enrol book schedule waive extend split combine hold keep
     exchange swap link unlink verify activate deactivate enable disable rename print provide issue forward share
-    include expedite rush block report escalate redeem sign opt""".split()
+    include expedite rush block report escalate redeem sign opt leave""".split()
 )
 """Verbs a customer opens a request with ("… and delete my data", "please upgrade me")."""
 

@@ -29,7 +29,10 @@ give the same answer every time. The design choices, each for a reason:
   clause phrased as a request ("… and delete my data", "could you also send the invoice?",
   "Und bitte …") must be the request the plan answers; one that is not, whatever its
   words, makes the ticket ``multiple_intents`` (:func:`unexplained_requests`). Greetings,
-  thanks, background and complaints are not requests and explain themselves.
+  thanks, background and complaints are not requests and explain themselves; so are a
+  remark keeping a record as it is ("Keep O-2."), the customer's own goal ("I need to get
+  into my account"), telling ("I just want to let you know …"), a rhetorical question, and
+  a purpose or deadline tail ("I need it before my trip") after what is asked.
 
 Ticket text is data: nothing here executes or obeys it; it is only matched.
 """
@@ -315,6 +318,9 @@ _ASK_MARK = re.compile(
     r"\bi (?:also |really |just |still )?(?:want|need|demand|require|wish|request)\b|\bwanna\b|"
     r"\bi'?d (?:also |really )?(?:like|love|appreciate|want|prefer)\b|\bi would (?:also |really )?(?:like|love|appreciate|want|prefer)\b|"
     r"\b(?:would|will) (?:also |really )?appreciate\b|\bsend me\b|\bi(?:'m| am) (?:asking|requesting)\b|"
+    r"^\W*(?:and\s+)?also (?:need|want|require|would like|'?d like)\b|"  # "… that I | also need X": cut at "also"
+    # a reproach that asks for something still undone ("why haven't you sent the invoice?")
+    r"\bwhy (?:haven'?t|hasn'?t|didn'?t|won'?t|can'?t|have not|did not) (?:you|anyone|your team) (?!answer|repl|respond|got? back)\w+|"
     # the other languages support is offered in (guards.injection.LANGUAGES): es, de, fr, pt, it
     r"\bpor favor\b|\b(?:pueden|puede usted|podr[ií]an|podr[ií]a|quiero|quisiera|necesito|me gustar[ií]a|adem[aá]s|tambi[eé]n)\b|"
     r"\bbitte\b|\b(?:k[oö]nnen|k[oö]nnten) sie\b|\bich (?:m[oö]chte|brauche|will|h[aä]tte gern)\b|\b(?:au[sß]erdem|ausserdem|zus[aä]tzlich)\b|"
@@ -383,9 +389,68 @@ _OTHER_OBJECT = re.compile(r"\b(?:the other|another|too|as well|also|second|one 
 _LINK_OR_EMAIL = re.compile(r"\S+@\S+|https?://\S+|www\.\S+", _F)
 
 
+_SELF_GOAL = re.compile(
+    r"\bi (?:really |just |still )?(?:need|want|have|got|gotta|must)(?: to)? (?:be able to )?"
+    r"(?:get (?:into|in|back|access|on|online|there|home|ready)|check|see|pay|buy|use|save|cut|finish|submit|attend|"
+    r"travel|leave|work|access|log ?in|sign ?in|be|go|prepare|read|catch|meet|study|start|show|bring|visit|give)\b",
+    _F,
+)
+"""The customer's own goal ("I need to get into my account before my meeting", "I need to
+save for the trip"): why they ask, carried out by them, not a further request to support."""
+
+_INFORMING = re.compile(
+    r"\b(?:i(?:'d| would) (?:just |also |only )?like|i (?:just |really |also |only )?(?:want|wanted|need|needed|wish|wished)|"
+    r"just (?:want|wanted)) to "
+    r"(?:say|mention|point out|let you know|tell you|inform you|remind you|complain|express|thank|explain|clarify|"
+    r"(?:add|note|share|report|flag|stress|highlight)(?= that\b|:))\b",
+    _F,
+)
+"""Telling, not asking ("I just want to let you know that the box was wet", "I'd like to
+add that …"): what follows is context unless it asks on its own."""
+
+_KEEP_OBJECT = r"(?:[OS]-\d+|it|them|this(?: one)?|that(?: one)?|(?:my|the|your|this|that|our)(?: [\w-]+){1,3}?)"
+_CONSTRAINT = re.compile(
+    r"^\W*(?:please\s+|but\s+|and\s+|just\s+|oh\s+)*(?:keep|leave)\s+" + _KEEP_OBJECT +
+    r"(?:\s+(?:as (?:it |they )?(?:is|are)|alone|unchanged|untouched|open|active|running|going|though|please|for now|"
+    r"on|in place))*\s*(?:[,.!;]\s*|$)",
+    _F,
+)
+"""A remark keeping something as it is ("Keep O-2.", "Leave the other order as it is",
+"Keep my account though"): a constraint on the request, asking for nothing new. An object
+with any further complement ("keep the parcel at the depot") is still a request."""
+
+_RHETORICAL = re.compile(
+    r"\bwhy (?:do|does|did|would|should|must) (?:i|we|you)(?: guys)? (?:even|ever)\b|"
+    r"\bhow (?:hard|difficult) (?:can|could|is|was) (?:it|that)\b|\bhow many (?:more )?times\b|"
+    r"\bwhat(?:'s| is) the point\b|\bis (?:it|that) (?:too much|so hard|so difficult)\b|"
+    r"\bare you (?:kidding|serious|joking)\b|\bwhat (?:were|was) (?:you|they|someone) thinking\b|"
+    r"\bwhy (?:(?:haven'?t|hasn'?t|didn'?t|won'?t|have not|did not) (?:you|anyone|anybody|your team)|"
+    r"(?:does|did|has|will) (?:no ?one|nobody)) (?:ever )?(?:answer|repl|respond|got? back|call|contact)\w*",
+    _F,
+)
+"""A question asked for effect ("why do I even pay for this?", "how hard can it be to pack
+a vase?"): a complaint, not a question waiting for an answer."""
+
+_PURPOSE_TAIL = re.compile(
+    r"\b(?:because|since|as|so that|so|in order to|before|until|by|for|ahead of|in time for|due to)\b(?P<tail>.*)$",
+    _F | re.DOTALL,
+)
+_AGENT_TAIL = re.compile(r"\byou\b|\bplease\b|\bkindly\b|\b[OS]-\d+\b", _F)
+"""A purpose or deadline tail that still addresses the agent ("so that you can …") or names a
+record ("… for O-2") may ask for more: it is kept."""
+
+
 def _is_ask(segment: str) -> bool:
-    """Whether ``segment`` is phrased as a request (an imperative, "can you", "I need", "also …")."""
-    text = _POLITE_FORMULA.sub(" ", segment)
+    """Whether ``segment`` is phrased as a request (an imperative, "can you", "I need", "also …").
+
+    Not an ask: a remark keeping something as it is ("Keep O-2, it's a gift") unless its
+    rest asks, and a need that is the customer's own goal ("I need to get into my account").
+    """
+    keep = _CONSTRAINT.match(segment)
+    if keep:
+        rest = re.sub(r"^\W*(?:but|and|yet|though|then)\b", "", segment[keep.end() :], flags=_F)
+        return bool(rest.strip()) and _is_ask(rest)
+    text = _INFORMING.sub(" ", _SELF_GOAL.sub(" ", _POLITE_FORMULA.sub(" ", segment)))
     if _ASK_MARK.search(text) or _IMPERATIVE_START.search(text):
         return True
     return bool(_SECOND_MARK.search(text)) and not _STATEMENT.search(text)
@@ -398,8 +463,20 @@ def _ask_content(segment: str, answered: Collection[Operation]) -> list[str]:
     words = [w for w in _topic_words(text) if w not in _EXPLAINED_WORDS]
     if _OTHER_OBJECT.search(text):
         return words  # "the other item too": even the request's own words name another thing
+    words = [w for w in _topic_words(_without_purpose(text)) if w not in _EXPLAINED_WORDS]
     verbs = {m.group(1).lower() for m in _PRONOUN_OBJECT.finditer(text)}  # "reactivate it": the request again
     return [w for w in words if w not in own and w not in verbs]
+
+
+def _without_purpose(text: str) -> str:
+    """``text`` without its purpose, cause or deadline tail ("I need it before my trip on
+    Friday", "… since I need the money for rent", "I need access for work"): the tail says
+    why or by when, the head what is asked. A tail addressing the agent ("so that you can
+    also …") is kept: it may ask for more."""
+    m = _PURPOSE_TAIL.search(text)
+    if m is None or _AGENT_TAIL.search(m.group("tail")) or not text[: m.start()].strip():
+        return text
+    return text[: m.start()]
 
 
 def unexplained_requests(analysis: Analysis, answered: Collection[Operation]) -> list[str]:
@@ -622,7 +699,7 @@ def _is_knowledge_question(clause: str) -> bool:
     payments?") or only about the request itself ("how long will it take?", "is it
     lost?") are not.
     """
-    if _REQUEST.search(clause):
+    if _REQUEST.search(clause) or _RHETORICAL.search(clause):
         return False
     topics = _topic_words(clause)
     if _PROCEDURAL.search(clause) or _POLICY_QUESTION.search(clause):

@@ -237,6 +237,72 @@ def test_an_injected_instruction_is_left_to_the_injection_screen() -> None:
     assert "multiple_intents" not in triage_text("Refunds", body).reason_codes
 
 
+# ------------------------------------------------------------------ context that explains one request (issue #12, over-escalation)
+@pytest.mark.parametrize(
+    ("body", "route"),
+    [
+        # a remark keeping something as it is: a constraint on the request
+        ("Please cancel O-31. Keep O-32, that one is a birthday present for my mum.", "orders"),
+        ("Please cancel O-31. Leave O-32 as it is, that one's fine.", "orders"),
+        ("Please cancel my membership immediately. Keep my account though, I might come back later.", "billing"),
+        # a purpose, cause or deadline: why or by when, not what
+        ("I need a refund for O-31, it broke. I need it before my trip on Friday so I can buy new ones at the airport.",
+         "billing"),
+        ("Please refund $8 on O-31. I'd appreciate it if this could be done this week since I need the money for rent.",
+         "billing"),
+        ("Can you reset my two-factor authentication? I need access for work, my boss is waiting on a report.", "access"),
+        # the customer's own goal
+        ("Could you send me a password reset link? I need to get into my account before my meeting at 3pm.", "access"),
+        ("Can you please stop my subscription from renewing? I need to save for my kids' school trip.", "billing"),
+        # telling, not asking
+        ("Please refund O-31. I just want to let you know that the box was soaking wet when it came.", "billing"),
+        ("Please cancel O-31. I'd like to add that I am very disappointed with the delays.", "orders"),
+    ],
+)
+def test_constraints_purposes_and_own_goals_explain_the_request(body: str, route: str) -> None:
+    result = triage_text("", body)
+    assert result.route == route and result.reason_codes == [], result
+
+
+@pytest.mark.parametrize(
+    ("body", "route"),
+    [
+        ("Why do I even pay for this every month? Please cancel my subscription at the end of the period.", "billing"),
+        ("Seriously, how hard can it be to pack a glass vase properly? O-31 arrived smashed. Please send a replacement.",
+         "orders"),
+        ("Why haven't you answered my emails? Please refund O-31, it arrived broken.", "billing"),
+    ],
+)
+def test_a_rhetorical_question_is_not_a_second_request(body: str, route: str) -> None:
+    result = triage_text("", body)
+    assert result.route == route and result.reason_codes == [], result
+
+
+STILL_TWO_REQUESTS = [
+    # a remark that keeps something, then asks for more
+    "Please cancel O-31. Keep me on the mailing list but stop sending me text messages.",
+    "Cancel O-31 pls. Keep O-32, but change its gift message.",
+    "Please cancel O-31. Keep the parcel O-32 at the depot until Monday.",
+    "Please cancel O-31. Leave a note for the courier to ring twice.",
+    # a need that is a request, even next to a deadline or purpose
+    "Please cancel my subscription. I need a copy of all my invoices for my accountant.",
+    "Refund O-31 please, I need the money before Friday. Also I want my card removed.",
+    "Refund O-31 please. I need it before my trip, so that you can close my old account.",
+    "Refund O-31 please. I need to get my data deleted.",
+    "Please refund O-31 because it broke. I want to delete my account.",
+    # telling that carries a request, and a reproach asking for something undone
+    "Please cancel O-31. I just want to let you know that I also need my phone number changed.",
+    "Please cancel O-31. I'd like to add a gift card to my other order.",
+    "Please refund O-31, it never worked. Why haven't you sent me the invoice I asked for last week?",
+]
+
+
+@pytest.mark.parametrize("body", STILL_TWO_REQUESTS)
+def test_context_rules_never_hide_a_second_request(body: str) -> None:
+    result = triage_text("", body)
+    assert result.route == "unknown" and result.reason_codes == ["multiple_intents"], result
+
+
 # ------------------------------------------------------------------ uncertain extraction never guesses
 def test_an_open_choice_between_orders_is_not_guessed() -> None:
     assert request_order_ids("cancel_order", "Cancel O-1 and O-2, whichever one hasn't shipped yet.") is None
