@@ -74,6 +74,39 @@ def test_the_sampler_sees_threads_competing_for_the_gil():
             t.join()
 
 
+@pytest.fixture
+def workers(tmp_path):
+    """``start(**kw)``: worker threads on a fresh SQLite queue with a stand-in runtime (no graph:
+    these tests look at claiming, not running); stopped and joined afterwards."""
+    from types import SimpleNamespace
+
+    from engine.queue import RunQueue
+    from engine.worker import run_workers
+    from keel.config import Settings
+    from keel.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    queue = RunQueue(db).setup()
+    rt = SimpleNamespace(settings=Settings(data_dir=tmp_path, review_sweep_s=3600),
+                         crons=SimpleNamespace(fire_due=lambda q: None))
+    stop = threading.Event()
+    started: list[threading.Thread] = []
+
+    def start(**kw):
+        started.extend(run_workers(rt, queue, stop=stop, poll_s=0.05, lease_s=30.0, **kw))
+        return queue
+
+    def join() -> None:
+        stop.set()
+        queue.wake_all()
+        for t in started:
+            t.join(timeout=15)
+
+    yield SimpleNamespace(start=start, join=join, queue=queue)
+    join()
+    db.close()
+
+
 class _Gate:
     """A gate the test opens and closes (the worker asks it before every claim)."""
 
@@ -90,42 +123,25 @@ class _Gate:
         return GateState(lag_ms=0.0 if self.open else 999.0, held=held, limit=1, open=self.open)
 
 
-def test_a_worker_does_not_claim_while_its_gate_is_closed(tmp_path):
+def test_a_worker_does_not_claim_while_its_gate_is_closed(workers):
     from types import SimpleNamespace
 
-    from engine.queue import RunQueue
-    from engine.worker import run_workers
-    from keel.config import Settings
-    from keel.db import Database
-
-    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
-    queue = RunQueue(db).setup()
     claims: list[float] = []
 
     def claim_next(*a, **kw):
         claims.append(time.monotonic())
         return SimpleNamespace(run=None, dead_lettered=[])
 
-    queue.claim_next = claim_next  # type: ignore[method-assign]
     gate = _Gate()
-    rt = SimpleNamespace(settings=Settings(data_dir=tmp_path, review_sweep_s=3600),
-                         crons=SimpleNamespace(fire_due=lambda q: None))
-    stop = threading.Event()
-    threads = run_workers(rt, queue, concurrency=3, stop=stop, poll_s=0.05, lease_s=30.0, gate=gate)
-    try:
-        time.sleep(0.6)
-        assert gate.asked and claims == [], "closed: asked, never claimed"
-        gate.open = True
-        deadline = time.monotonic() + 5
-        while not claims and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert claims, "open again: the worker claims"
-    finally:
-        stop.set()
-        queue.wake_all()
-        for t in threads:
-            t.join(timeout=15)
-        db.close()
+    workers.queue.claim_next = claim_next  # type: ignore[method-assign]
+    workers.start(concurrency=3, gate=gate)
+    time.sleep(0.6)
+    assert gate.asked and claims == [], "closed: asked, never claimed"
+    gate.open = True
+    deadline = time.monotonic() + 5
+    while not claims and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert claims, "open again: the worker claims"
 
 
 def test_the_gate_is_on_by_default_and_its_settings_are_checked(tmp_path):
@@ -149,33 +165,16 @@ def test_runs_slower_than_the_target_shrink_the_limit_whatever_the_lag():
     assert gate.adjust() == 30 and gate.adjust() == 22
 
 
-def test_the_sampler_stops_with_the_workers(tmp_path):
+def test_the_sampler_stops_with_the_workers(workers):
     """An app started and stopped many times (tests, embedded serve) leaves no sampler behind."""
-    from types import SimpleNamespace
-
-    from engine.queue import RunQueue
-    from engine.worker import run_workers
-    from keel.config import Settings
-    from keel.db import Database
 
     def samplers() -> int:
         return sum(1 for t in threading.enumerate() if t.name == "keel-claim-gate")
 
     before = samplers()
-    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
-    queue = RunQueue(db).setup()
-    rt = SimpleNamespace(settings=Settings(data_dir=tmp_path, review_sweep_s=3600),
-                         crons=SimpleNamespace(fire_due=lambda q: None))
-    stop = threading.Event()
-    threads = run_workers(rt, queue, concurrency=2, stop=stop, poll_s=0.05, lease_s=30.0)
-    try:
-        assert samplers() == before + 1
-    finally:
-        stop.set()
-        queue.wake_all()
-        for t in threads:
-            t.join(timeout=15)
-        db.close()
+    workers.start(concurrency=2)
+    assert samplers() == before + 1
+    workers.join()
     deadline = time.monotonic() + 5
     while samplers() > before and time.monotonic() < deadline:
         time.sleep(0.02)
