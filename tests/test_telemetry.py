@@ -400,6 +400,15 @@ key = {"x-api-key": rt.principals.create_key("acme", "rita", "requester")}
 with TestClient(create_app(rt, embedded_worker=True, worker_kwargs={"poll_s": 0.05})) as c:
     r = c.post("/tickets", json={"ticket": demo_tickets("acme")["T-1"], "wait": True}, headers=key)
     assert r.status_code in (200, 201), r.text
+    # the worker ends the run's span just after the run's end wakes this request: wait for it
+    import time
+    tid, deadline = r.json()["thread_id"], time.monotonic() + 30
+    def names(nodes):
+        return [n["name"] for n in nodes] + [m for n in nodes for m in names(n["children"])]
+    from engine.tracing import thread_trace
+    while "run support" not in names(thread_trace(rt, "acme", tid)):  # the store (no request: no span)
+        assert time.monotonic() < deadline, "no run span"
+        time.sleep(0.05)
 telemetry.flush()
 telemetry.provider().shutdown()
 rt.close()
