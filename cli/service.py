@@ -21,8 +21,10 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from cli.commands import CliError
 from engine.correlation import install_correlation_logging
 from engine.queue import RunQueue
 from engine.registry import GraphConfigError, graph_ids, use_config
@@ -31,7 +33,7 @@ from engine.worker import run_workers
 from keel.config import get_settings
 from keel.db import StartupError, retry_while_unavailable
 from keel.errors import ConfigError
-from keel.keys import KeyringError, SigningKeyInfo
+from keel.keys import Keyring, KeyringError, SigningKeyInfo
 from keel.principals import hash_key, key_id_of
 
 __all__ = ["register", "main", "CONFIG_HELP"]
@@ -276,15 +278,23 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_rotate_signing(args: argparse.Namespace) -> int:
-    """A new active plan-signing key; the previous one keeps verifying the plans it signed."""
+@contextmanager
+def _keyring(what: str) -> Iterator[Keyring]:
+    """The plan-signing keyring for one ``keel keys WHAT`` command; what it refuses (and a
+    key-encryption key missing or unreadable) is a one-line error, exit status 2."""
     rt = _runtime()
     try:
-        info = rt.keyring.rotate()
+        yield rt.keyring
     except (KeyringError, ConfigError) as e:
-        return _usage_error("rotate-signing", str(e))
+        raise CliError(f"{what}: {e}") from None
     finally:
         rt.close()
+
+
+def cmd_keys_rotate_signing(args: argparse.Namespace) -> int:
+    """A new active plan-signing key; the previous one keeps verifying the plans it signed."""
+    with _keyring("rotate-signing") as ring:
+        info = ring.rotate()
     print(f"plan-signing key {info.key_id} is active, {_stored(info)}; earlier keys verify only (retire one with "
           f"`keel keys retire-signing ID`)")
     return 0
@@ -299,13 +309,8 @@ def _stored(info: SigningKeyInfo) -> str:
 
 def cmd_keys_rewrap_signing(args: argparse.Namespace) -> int:
     """Re-encrypt every generated plan-signing key under the current key-encryption key."""
-    rt = _runtime()
-    try:
-        report = rt.keyring.rewrap()
-    except (KeyringError, ConfigError) as e:
-        return _usage_error("rewrap-signing", str(e))
-    finally:
-        rt.close()
+    with _keyring("rewrap-signing") as ring:
+        report = ring.rewrap()
     if args.json:
         print(json.dumps(report.model_dump(mode="json"), indent=2))
         return 0
@@ -317,26 +322,16 @@ def cmd_keys_rewrap_signing(args: argparse.Namespace) -> int:
 
 def cmd_keys_retire_signing(args: argparse.Namespace) -> int:
     """Retire a plan-signing key: plans it signed neither execute nor get approved."""
-    rt = _runtime()
-    try:
-        info = rt.keyring.retire(args.key_id)
-    except (KeyringError, ConfigError) as e:
-        return _usage_error("retire-signing", str(e))
-    finally:
-        rt.close()
+    with _keyring("retire-signing") as ring:
+        info = ring.retire(args.key_id)
     print(f"plan-signing key {info.key_id} retired")
     return 0
 
 
 def cmd_keys_list_signing(args: argparse.Namespace) -> int:
     """List plan-signing keys (ids and states, never their material)."""
-    rt = _runtime()
-    try:
-        keys = rt.keyring.list()
-    except (KeyringError, ConfigError) as e:
-        return _usage_error("list-signing", str(e))
-    finally:
-        rt.close()
+    with _keyring("list-signing") as ring:
+        keys = ring.list()
     if args.json:
         print(json.dumps([k.model_dump(mode="json") for k in keys], indent=2))
         return 0
@@ -412,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     register(sub)
     args = p.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as e:  # as cli.main reports it
+        print(f"keel {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
