@@ -17,12 +17,13 @@ cell's duration: the mean number of runs waiting inside a model call).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.snapshots import start_writer
 
 __all__ = ["Stats", "STATS", "install", "keel_install", "latency_s"]
 
@@ -104,16 +105,7 @@ def install() -> None:
     LocalProvider.acomplete = acomplete  # type: ignore[attr-defined]
     out = os.environ.get("BENCH_MODEL_STATS_DIR")
     if out:
-        threading.Thread(target=_write_stats, args=(Path(out),), name="bench-latency-stats", daemon=True).start()
-
-
-def _write_stats(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    path, tmp = out / f"{os.getpid()}.json", out / f".{os.getpid()}.tmp"
-    while True:
-        tmp.write_text(json.dumps(STATS.snapshot()))
-        tmp.replace(path)
-        time.sleep(0.25)
+        start_writer(Path(out), STATS.snapshot, every_s=0.25, name="bench-latency-stats")
 
 
 def keel_install(runtime: Any) -> None:  # noqa: ARG001 - keel's --import hook signature

@@ -14,13 +14,14 @@ setting: hence ``BENCH_*``.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from bench.snapshots import start_writer
 
 __all__ = ["COUNTS", "install", "keel_install", "snapshot"]
 
@@ -68,16 +69,7 @@ def install() -> None:
             setattr(cls, name, counted)
     out = os.environ.get("BENCH_SQL_STATS_DIR")
     if out:
-        threading.Thread(target=_write, args=(Path(out),), name="bench-sql-stats", daemon=True).start()
-
-
-def _write(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    path, tmp = out / f"{os.getpid()}.sql.json", out / f".{os.getpid()}.sql.tmp"
-    while True:
-        tmp.write_text(json.dumps(snapshot()))
-        tmp.replace(path)
-        time.sleep(1.0)
+        start_writer(Path(out), snapshot, every_s=1.0, suffix=".sql", name="bench-sql-stats")
 
 
 def keel_install(runtime: Any) -> None:  # noqa: ARG001 - keel's --import hook signature
