@@ -33,7 +33,7 @@ from functools import lru_cache
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
-__all__ = ["normalize", "current_part", "clauses", "segments", "correct_word", "ASK_VERBS", "SHORTHAND", "SUPPORT_WORDS"]
+__all__ = ["normalize", "current_part", "clauses", "segments", "correct_word", "coordinated_imperative", "english_words", "is_english", "ASK_VERBS", "SHORTHAND", "SUPPORT_WORDS", "NOT_A_VERB"]
 
 _F = re.IGNORECASE
 
@@ -57,6 +57,7 @@ SHORTHAND: dict[str, str] = {
     "e-mail": "email", "mail-address": "email address", "emailaddress": "email address",
     "reciept": "receipt", "recieve": "receive", "recieved": "received", "adress": "address",
     "adresse": "address", "abonnement": "subscription", "abo": "subscription",
+    "cn": "can", "rite": "right", "chng": "change", "chnge": "change", "updt": "update", "pls.": "please",
 }
 """Chat shorthand, apostrophe-less contractions and a few stock misspellings, by word."""
 
@@ -78,11 +79,11 @@ _KEEP = re.compile(r"\S+@\S+|https?://\S+|www\.\S+|\b[OSC]-\d+\b", _F)
 
 
 @lru_cache(maxsize=1)
-def _english() -> frozenset[str]:
-    """English words (pyspellchecker's bundled frequency list): never "corrected".
+def _word_frequencies() -> dict[str, int]:
+    """pyspellchecker's bundled English word frequencies, loaded once, on first use.
 
     Read straight from the package's word list (about half the time of building a
-    ``SpellChecker``, which also indexes letters we never use); loaded once, on first use.
+    ``SpellChecker``, which also indexes letters we never use).
     """
     import gzip
     import json
@@ -90,11 +91,36 @@ def _english() -> frozenset[str]:
 
     try:
         raw = (resources.files("spellchecker") / "resources" / "en.json.gz").read_bytes()
-        return frozenset(json.loads(gzip.decompress(raw)))
+        return dict(json.loads(gzip.decompress(raw)))
     except (FileNotFoundError, ModuleNotFoundError):  # a layout change: the public way
         from spellchecker import SpellChecker
 
-        return frozenset(SpellChecker().word_frequency.dictionary)
+        return dict(SpellChecker().word_frequency.dictionary)
+
+
+@lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """English words (every word of the frequency list): never "corrected"."""
+    return frozenset(_word_frequencies())
+
+
+COMMON_FREQUENCY = 1000
+"""Least count in pyspellchecker's list for a word to be *common* English. The list holds
+foreign words scraped with the English ones ("och" 156, "jag" 477); common English words,
+even "dented" (1182), are above it."""
+
+
+@lru_cache(maxsize=1)
+def _common_english_words() -> frozenset[str]:
+    return frozenset(w for w, n in _word_frequencies().items() if n >= COMMON_FREQUENCY)
+
+
+def is_english(word: str) -> bool:
+    """Whether lower-case ``word`` is English enough to tell an English sentence from a
+    foreign one: a common word, or a listed word of five letters or more (the foreign words
+    in the list are mostly short: "och", "jag", "som"; rare English words are mostly long:
+    "authorised", "regulated")."""
+    return word in _common_english_words() or (len(word) >= 5 and word in english_words())
 
 
 def correct_word(word: str) -> str:
@@ -106,7 +132,7 @@ def correct_word(word: str) -> str:
     low = word.lower()
     if low in SHORTHAND:
         return SHORTHAND[low]
-    if len(low) < 4 or not low.isalpha() or low in SUPPORT_WORDS or low in _english():
+    if len(low) < 4 or not low.isalpha() or low in SUPPORT_WORDS or low in english_words():
         return low
     limit = 2 if len(low) >= 8 else 1
     candidates = [w for w in SUPPORT_WORDS if w[0] == low[0] and abs(len(w) - len(low)) <= limit]
@@ -141,11 +167,30 @@ _QUOTE_START = re.compile(
 )
 
 
+_QUOTED_LINE = re.compile(r"^[ \t]*>.*$", re.MULTILINE)
+_WROTE_LINE = re.compile(r"^[ \t]*on\b[^\n]{0,120}\bwrote:[ \t]*$", _F | re.MULTILINE)
+
+
 def current_part(text: str) -> str:
-    """The message above its first quoted or forwarded section (all of it if none)."""
+    """The message above its first quoted or forwarded section (all of it if none).
+
+    A reply written *between or below* ``>``-quoted lines keeps those lines of its own: the
+    quoted lines (and their "On … wrote:" header) are blanked and what the customer wrote
+    after them is read too ("One more thing I forgot: …"). A forwarded mail, or a quote that
+    is not marked line by line, ends the current part.
+    """
     m = _QUOTE_START.search(text)
     if m is None or not text[: m.start()].strip():
         return text
+    block = text[m.start() :].lstrip("\r\n")
+    line = block.split("\n", 1)[0]
+    quoted_style = line.lstrip().startswith(">") or (
+        _WROTE_LINE.match(line) and re.match(r"\s*>", block[len(line) :])
+    )
+    if quoted_style:
+        rest = _QUOTED_LINE.sub("", _WROTE_LINE.sub("", text[m.start() :]))
+        if rest.strip() and not _QUOTE_START.search(rest):
+            return text[: m.start()] + rest
     return text[: m.start()]
 
 
@@ -158,11 +203,19 @@ _JOINT = re.compile(
 )
 
 
+_SUBJECT_ONLY = re.compile(r"^\W*(?:and\s+|so\s+|but\s+)?(?:i|we|i'?d|we'?d|i would|we would)\W*$", _F)
+_WISH = re.compile(r"(?:also\s+)?(?:like|love|want|need|appreciate|prefer|require|wish|request|demand)\b", _F)
+"""A would-be clause that is only the subject of a wish: "I'd also like …" is one clause
+(a request), not "I'd" and "also like …"."""
+
+
 def clauses(sentence: str) -> list[tuple[int, str]]:
     """``sentence`` split at explicit joints between requests, with each clause's offset."""
     out: list[tuple[int, str]] = []
     pos = 0
     for m in _JOINT.finditer(sentence):
+        if _SUBJECT_ONLY.match(sentence[pos : m.start()]) and _WISH.match(sentence[m.end() :]):
+            continue  # "I'd | also like …": the subject of the wish the joint would start
         if m.start() > pos and sentence[pos : m.start()].strip():
             out.append((pos, sentence[pos : m.start()]))
         pos = m.end()
@@ -176,18 +229,42 @@ ASK_VERBS: tuple[str, ...] = tuple(
     get help resolve set turn switch move add transfer subscribe unsubscribe apply upgrade downgrade merge put tell
     email mail call text contact confirm register enroll enrol book schedule waive extend split combine hold keep
     exchange swap link unlink verify activate deactivate enable disable rename print provide issue forward share
-    include expedite rush block report escalate redeem sign opt leave""".split()
+    include expedite rush block report escalate redeem sign opt leave take put bump ship mark attach speed""".split()
 )
 """Verbs a customer opens a request with ("… and delete my data", "please upgrade me")."""
 
 _VERB_ALT = "|".join(ASK_VERBS)
+NOT_A_VERB = "|".join(
+    """the a an my your our their his her its this that these those i i'm i'd i'll i've we we're you you're he she
+    they it it's there here so as then also too now today asap quickly fast soon please thanks thank with without for
+    in on at by to from of all everything nothing is are was were be been have has had do does did will would can
+    could should may might must not no never more most very really just only still again well same other another one
+    two both either each every some any many much if when because since but or nor yet though although while until
+    before after into onto over under up down out off away back how what why where which who whose let tell""".split()
+)
+"""Words that cannot open a second imperative after "and" ("… and the box was wet", "… and thanks")."""
+
 _SEGMENT_JOINT = re.compile(
     r",?\s+(?:and|&)\s+(?:then\s+)?(?=(?:please\s+|kindly\s+|also\s+)?(?:" + _VERB_ALT + r")\b(?!\s*(?:of|for)\b))|"
+    r",?\s+(?:and|&)\s+(?=(?:also\s+)?(?:my|our)\s)|"
+    r",\s+(?=(?!(?:" + NOT_A_VERB + r"|need|want|love|like|hate|got|get)\b)(?!\w+(?:ed|s)\b)[a-z]{3,} (?:it|them)\b(?!\s*(?:is|was|are|were|'s)\b))|"
+    r",?\s+(?:and|&)\s+(?:then\s+)?(?=(?:also\s+)?(?!(?:" + NOT_A_VERB + r")\b)[a-z]+\s+(?:a|an|the|my|our|me|us|it|them|this|that|some|any)\b)|"
     r",\s+(?=(?:please|kindly|can you|could you|would you|will you)\b)|"
     r",\s+(?=i (?:also )?(?:want|need|would like|'?d like)\b[^,.;!?\n]*\b(?:instead|too|as well|also)\b)|"
     r"(?<=\w)\s+(?=(?:can|could|would) you\b)",
     _F,
 )
+
+
+_COORDINATED = re.compile(
+    r"^(?:also\s+)?(?!(?:" + NOT_A_VERB + r"|my|our)\b)[a-z]+\s+(?:a|an|the|my|our|me|us|it|them|this|that|some|any)\b"
+)
+
+
+def coordinated_imperative(segment: str) -> bool:
+    """Whether ``segment`` (cut after "and") opens with a verb of its own ("… and arrange a
+    pickup"): joined to a request, it shares that request's mood and is a request too."""
+    return bool(_COORDINATED.match(segment))
 
 
 def segments(clause: str) -> list[tuple[int, str]]:

@@ -33,6 +33,14 @@ give the same answer every time. The design choices, each for a reason:
   remark keeping a record as it is ("Keep O-2."), the customer's own goal ("I need to get
   into my account"), telling ("I just want to let you know …"), a rhetorical question, and
   a purpose or deadline tail ("I need it before my trip") after what is asked.
+- A request needs no request words: a statement that a record changed ("my new phone
+  number is …"), an obligation ("the invoice should go to …", "needs changing"), a wish
+  ("it would be great if …", "I'd expect …"), an imperative after a condition or joined by
+  "and", a slang or pronoun imperative ("kill it"), someone else's account, a complaint of
+  another route ("the charge is wrong too"), a sentence in a language keel does not read,
+  and an ask naming a record the plan leaves alone all count as asks. A supposition ("if I
+  cancel, do I …?", "Say you refund me …") asks for nothing, unless the text also tries to
+  instruct the agent (then every side effect it names counts as asked).
 
 Ticket text is data: nothing here executes or obeys it; it is only matched.
 """
@@ -41,12 +49,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from collections.abc import Collection
 from typing import Literal
 
+import snowballstemmer
+
 from guards.injection import claim_clauses, screen
 from gateway.base import OPERATION_ROUTE, ROUTE_OPERATIONS
-from gateway.normalize import ASK_VERBS, clauses, current_part, normalize, segments
+from gateway.normalize import ASK_VERBS, NOT_A_VERB, clauses, coordinated_imperative, current_part, is_english, normalize, segments
 from keel.types import Extraction, Operation, Route, TriageResult
 
 __all__ = [
@@ -107,7 +118,7 @@ _OP_PATTERNS: list[tuple[Operation, str, int]] = [
     ("billing_question", r"\bpayment history\b", 2),
     ("billing_question", r"\bwhy was i (?:charged|billed)\b", 2),
     # orders: tracking
-    ("track_order", r"\bwhere(?:'s|s)?\b[^.?!\n]{0,30}\b" + _ORDER_WORDS, 2),
+    ("track_order", r"\bwhere(?:'s|s)?\b(?<!right where)(?<!exactly where)(?<!just where)(?<!stay where)(?<!stays where)(?<!staying where)[^.?!\n]{0,30}\b" + _ORDER_WORDS, 2),
     ("track_order", r"\btrack(?:ing)?\b", 1),
     ("track_order", r"\bstatus of (?:my |the |this )?" + _ORDER_WORDS, 2),
     ("track_order", r"\b(?:order|shipping|delivery|shipment) status\b", 2),
@@ -122,7 +133,7 @@ _OP_PATTERNS: list[tuple[Operation, str, int]] = [
     ("change_address", r"\bnew (?:shipping |delivery |mailing |home )?address\b", 1),
     ("change_address", r"\b(?:i'?m|i am|we'?re|we are) moving\b", 1),
     # orders: reship a damaged or missing item
-    ("reship", r"\breplacement\b", 2),
+    ("reship", r"\breplacement\b(?! (?:order|purchase) (?:that )?(?:i|we)(?:'m| am|'ll| will|'ve| have)? (?:plac|buy|mak|order)\w*)", 2),
     ("reship", r"\breplace (?:it|them|this|that|the \w+|my \w+)\b", 2),
     ("reship", r"\bsend (?:me |us )?(?:a |an |the )?(?:new|another|replacement|second)\b(?! (?:password|reset|link|code|email|e-mail|verification|receipt|invoice))", 2),
     ("reship", r"\b(?:re-?ship|re-?send)\b(?! (?:the |my |a )?(?:password |reset |verification )?(?:link|email|e-mail|code|receipt|invoice))", 2),
@@ -170,6 +181,10 @@ _OP_PATTERNS: list[tuple[Operation, str, int]] = [
     ("track_order", r"\bwhen (?:my |the |this )?(?:order|package|parcel|shipment|delivery|O-\d+|it)\b[^.?!\n]{0,20}?\b(?:will|is going to|gonna|should|would) (?:arrive|come|get here|be delivered|be here|ship)\b", 2),
     ("track_order", r"\bwhen (?:will|does|should) (?:my |the |this )?(?:order |package |parcel |shipment |delivery )?O-\d+\b[^.?!\n]{0,20}\b(?:arrive|come|get here|be delivered|be here|ship)\b", 2),
     ("track_order", r"\bwhere (?:is|are) (?:it|they)\b", 1),
+    ("change_address", r"\b(?:send|ship|deliver|redirect|forward|reroute|divert)\s+(?:it|them|O-\d+|my (?:order|package|parcel)|"
+                       r"the (?:order|package|parcel))\s+to\s+(?:(?:the|my|a|our) (?:new|other|different) "
+                       r"(?:place|address|home|house|flat|apartment|office|location|building)\b|\d)", 2),
+    ("track_order", r"\b(?:check|tell me|know|find out|see|confirm|look up|let me know) where (?:it|they|my \w+|the \w+|O-\d+) (?:is|are)\b", 2),
     ("reship", r"\bsend (?:me |us )?(?:the |a |my )?missing\b", 2),
     ("password_reset", r"\b(?:wrong|incorrect|invalid) password\b", 1),
     ("password_reset", r"\b(?:send|e-?mail) (?:me )?(?:a |the |another )?(?:new )?link\b", 1),
@@ -229,13 +244,13 @@ _REQUEST = re.compile(
     _F,
 )
 _PROCEDURAL = re.compile(
-    r"\bhow (?:do|does|can|could|should|would|to|long|much|many|soon|often)\b|"
+    r"\bhow (?:do|does|can|could|should|would|to|long|much|many|soon|often)\b|\bwhere\b[^.?!\n]{0,20}\b(?:do|can|should|would) (?:i|we)\b|"
     r"\bwhat (?:should|do|can) (?:i|we) do\b",
     _F,
 )
 _INFO_START = re.compile(
     r"^\W*(?:(?:hi|hello|hey|so|also|and|plus|btw|by the way|then|ps|quick question)\W+)*"
-    r"(?:what|what's|which|who|do|does|is|are|can|could|will|would|should|may|am|did)\b(?!['’]t)",
+    r"(?:what|what's|which|who|do|does|is|are|can|could|will|would|should|may|am|did)\b(?!['’]t)(?! not\b)",
     _F,
 )
 _INFO_PHRASE = re.compile(
@@ -261,12 +276,13 @@ _FRAME_WORDS = frozenset(
     so soon some still sure take takes than thank thanks that that's the their them then there these they
     this those to too up us want was way we well were what what's when where where's which who why will
     with would yes yet you your happen happened happening lost late wrong work working thing things ps btw
+    needs needed wants wanted
     plus tell explain question quick one more another""".split()
 )
 """Words that frame a question rather than say what it is about ("how long will it take?")."""
 
 _ROUTE_TOPICS: dict[Route, re.Pattern[str]] = {
-    "billing": re.compile(r"\b(?:refund\w*|money|charg\w*|bill\w*|payment\w*|paid|pay|receipts?|invoices?|subscri\w*|"
+    "billing": re.compile(r"\b(?:refund\w*|money|charg\w*|bill\w*|payment\w*|paid|pay|receipts?|invoices?|subscri\w*|fees?|"
                           r"membership|plan|renew\w*|credit)\b", _F),
     "orders": re.compile(r"\b(?:orders?|ordered|packages?|parcels?|deliver\w*|ship\w*|items?|address|track\w*|arriv\w*|"
                          r"O-\d+)\b", _F),
@@ -303,7 +319,8 @@ _ASK_VERB_ALT = "|".join(ASK_VERBS)
 _POLITE_FORMULA = re.compile(
     r"\bplease (?:be (?:informed|advised|aware)|find (?:attached|enclosed|below)|see (?:attached|below|above)|note|"
     r"excuse|forgive|accept)\b|\b(?:if you need|should you need|let me know if you need)\b[^.?!\n]*|"
-    r"\bthank(?:s| you)\b[^.?!\n]*|\b(?:let me know|keep me (?:posted|updated|informed)|get back to me|"
+    r"\bthank(?:s| you)\b[^.?!\n]*|\bkeep (?:up the (?:good|great|excellent) work|it up)\b|"
+    r"\b(?:let me know|keep me (?:posted|updated|informed)|get back to me|"
     r"confirm(?:ation)? (?:it )?(?:by|via|per|in an?) (?:e-?mail|text|sms|phone|message)|"
     r"(?:please |kindly )?(?:make sure|ensure|be sure)\b[^.?!\n]*|"
     r"(?:e-?mail|call|text|contact|write to) me (?:back|when|once|if|as soon)[^.?!\n]*)",
@@ -315,9 +332,15 @@ _ASK_MARK = re.compile(
     # English: polite imperatives, requests to the agent, wants and needs
     r"\b(?:please|kindly)\b|\b(?:can|could|would|will) (?:you|u)\b|\bwould it be possible\b|"
     r"\bis it possible (?:for you )?to\b|\b(?:can|could|may) (?:i|we) (?:get|have|receive|ask|also)\b|"
-    r"\bi (?:also |really |just |still )?(?:want|need|demand|require|wish|request)\b|\bwanna\b|"
-    r"\bi'?d (?:also |really )?(?:like|love|appreciate|want|prefer)\b|\bi would (?:also |really )?(?:like|love|appreciate|want|prefer)\b|"
+    r"\b(?:i|we) (?:also |really |just |still )?(?:want|need|demand|require|wish|request)\b|\bwanna\b|"
+    r"\b(?:i|we)'?d (?:also |really )?(?:like|love|appreciate|want|prefer)\b|"
+    r"\b(?:i|we) would (?:also |really )?(?:like|love|appreciate|want|prefer)\b|"
+    r"\byou (?:also |still |really )?(?:need|have|must|ought) to\b|"
     r"\b(?:would|will) (?:also |really )?appreciate\b|\bsend me\b|\bi(?:'m| am) (?:asking|requesting)\b|"
+    r"\b(?:it|that)(?:'d| would) be (?:great|nice|good|helpful|lovely|ideal|perfect|awesome|brilliant|amazing|appreciated) if\b|"
+    r"\b(?:so|then|just|now)\s+(?!(?:it|that|this|you|they|he|she|which|who|i|we)\b)(?!\w+ed\b)[a-z]+ (?:me|us) "
+    r"(?:up|out|some|with|w)\b|"
+    r"\bi'?d prefer (?:it )?if\b|\bwould you mind\b|\bi(?:'d| would)? (?:also |really |at least )?expect\b|"
     r"^\W*(?:and\s+)?also (?:need|want|require|would like|'?d like)\b|"  # "… that I | also need X": cut at "also"
     # a reproach that asks for something still undone ("why haven't you sent the invoice?")
     r"\bwhy (?:haven'?t|hasn'?t|didn'?t|won'?t|can'?t|have not|did not) (?:you|anyone|your team) (?!answer|repl|respond|got? back)\w+|"
@@ -361,7 +384,8 @@ _EXPLAINED_WORDS = frozenset(
 """Words of a request's manner, timing and politeness: they ask for nothing of their own."""
 
 _OP_WORDS: dict[Operation, frozenset[str]] = {
-    "refund": frozenset("refund refunded money back credit cash reimburse reimbursement return returned full amount".split()),
+    "refund": frozenset("refund refunded money back credit cash reimburse reimbursement return returned full amount "
+                        "card payment original method".split()),
     "cancel_order": frozenset("cancel cancelled canceled cancellation order purchase".split()),
     "cancel_subscription": frozenset("cancel cancelled canceled cancellation subscription membership plan renew renewal "
                                      "end period billing charged charge billed bill".split()),
@@ -374,11 +398,27 @@ _OP_WORDS: dict[Operation, frozenset[str]] = {
 }
 """Words that name the request itself: an ask made only of them is that request again."""
 
+@lru_cache(maxsize=8192)
+def _stem(word: str) -> str:
+    """``word``'s English stem, so "charges" is the request's own "charge". Only the request's
+    own words are matched by stem: the lists of manner and frame words are closed and matched
+    exactly, so a word they do not list ("processing" beside "process") still asks for something."""
+    return _STEMMER.stemWord(word)
+
+
+_STEMMER = snowballstemmer.stemmer("english")
+_OP_STEMS: dict[Operation, frozenset[str]] = {op: frozenset(_stem(w) for w in ws) for op, ws in _OP_WORDS.items()}
+
 _PRONOUN_OBJECT = re.compile(r"\b([a-z][a-z-]+) (?:me |us )?(?:it|them|this|that|a new one|another one)\b", _F)
 """A verb applied to the request's own object ("please reactivate it", "remove it")."""
 
 _BOILERPLATE = re.compile(
-    r"\b(?:confidential|intended recipient|privileged|received (?:it|this|this (?:e-?mail|message|mail)) in error)\b", _F
+    r"\b(?:confidential|intended recipient|privileged|"
+    r"received (?:it|this|this (?:e-?mail|message|mail)) in error|"
+    r"(?:received|got) (?:this|the|an?) (?:e-?mail|message|mail|communication) (?:in error|by mistake|by accident|mistakenly)|"
+    r"(?:received|got) (?:it|this) (?:by mistake|in error),? please (?:inform|notify|tell) (?:us|the sender)|"
+    r"authori[sz]ed and regulated by|registered (?:office|in england)|legally privileged)\b",
+    _F,
 )
 """A mail disclaimer: its "please delete it and notify the sender" asks nothing of support."""
 
@@ -387,6 +427,73 @@ _OTHER_OBJECT = re.compile(r"\b(?:the other|another|too|as well|also|second|one 
 
 
 _LINK_OR_EMAIL = re.compile(r"\S+@\S+|https?://\S+|www\.\S+", _F)
+_DATA_TAIL = re.compile(
+    r"\b\d+[a-z]?,?\s+(?:[\w.'-]+\s+){0,3}(?:st|street|road|rd|ave|avenue|lane|ln|drive|dr|court|ct|way|blvd|boulevard|"
+    r"place|pl|square|sq|terrace|close|crescent|row|hill|park|gardens|walk)\b.*$|\+?\d[\d\s().-]{5,}\d",
+    _F,
+)
+"""New data given after a record's name (an address, a phone number): the request's data, not an ask."""
+
+_CHANGED_RECORD = re.compile(
+    r"\bmy new (?P<a>(?:[\w-]+ ){0,2}?[\w-]+) (?:is|are|will be)\b|"
+    r"\bmy (?P<b>(?:[\w-]+ ){0,2}?[\w-]+) (?:has |have )?(?:just |recently )?(?:been )?changed\b|"
+    r"\bthe (?P<c>(?:[\w-]+ ){0,2}?[\w-]+) (?:has |have )(?:just |recently )?(?:been )?changed\b|"
+    r"\bmy (?P<e>(?:[\w-]+ ){0,2}?[\w-]+) (?:is|are) now\s+(?=\S*\d|\S+@)|"
+    r"\b(?:i|we) (?:have |'ve |just |recently )*(?P<moved>moved|relocated)(?: house| home| flat)? to\b|"
+    r"\b(?:i|we) (?:have |'ve |just )*(?:got|get|have) a new (?P<d>(?:[\w-]+ ){0,2}?(?:number|phone|e-?mail|address|card|name|bank))\b",
+    _F,
+)
+"""A statement that a record changed ("my new phone number is …", "my email changed",
+"I moved"): it asks for that record to be updated though it has no request words. The
+record it names (an address for "I moved") is what must be explained, not the story
+around it ("I moved last week, long story, new job")."""
+
+_OBLIGATION = re.compile(
+    r"\b(?:the|my|our|your) (?:[\w-]+ ){1,3}?(?:should|needs? to|has to|have to|must|ought to) "
+    r"(?:be|go|get|come|show|read|say|include|contain|list|mention|reach)\b(?! (?:here|there|arriving|on (?:its|the) way)\b)|"
+    r"(?<!\bi )(?<!\bwe )(?<!\byou )\b(?:should|needs? to|has to|have to|must|ought to) be "
+    r"(?:\d|(?:changed|updated|corrected|fixed|swapped|replaced|removed|deleted|added|moved|set|put|sent|made|switched|"
+    r"renamed|transferred|merged|closed|reissued|reset|unlocked|cancell?ed|refunded|credited|waived|applied|adjusted)\b)|"
+    r"\bneeds? (?:changing|updating|correcting|fixing|swapping|replacing|removing|deleting|adding|resetting|sorting)\b",
+    _F,
+)
+"""What a record "should" be ("the invoice should go to my work email", "my name needs to
+be on the receipt"): a request phrased as an obligation."""
+
+_CONDITION = re.compile(
+    r"^\W*(?:and\s+|but\s+|otherwise\s+)?(?:if|when|once|in case|should it|unless|in that case|otherwise)\b[^,;:]{0,80}[,;:]\s*", _F
+)
+"""A leading condition ("If it has already left the warehouse, …"): the request follows it."""
+
+_PRONOUN_IMPERATIVE = re.compile(
+    r"^\W*(?:and\s+|so\s+|just\s+|then\s+)?(?!(?:" + NOT_A_VERB + r"|need|want|love|like|hate|got|get)\b)(?!\w+(?:ed|s)\b)"
+    r"[a-z]{3,} (?:it|them)\b(?!\s*(?:is|was|are|were|'s)\b)",
+    _F,
+)
+"""A verb of its own on a record named before ("…, kill it before it ships"): slang or not, a request."""
+
+_THIRD_PERSON_NEED = re.compile(r"\b(?:he|she|they) (?:also |really |still |just )?(?:needs?|wants?|would like)\b", _F)
+"""Someone else's need ("she needs it unlocked"): asked of support on their behalf."""
+
+_THIRD_PARTY = re.compile(
+    r"\b(?:my|our) (?:wife|husband|partner|son|daughter|kids?|child|children|mom|mum|mother|dad|father|brother|sister|"
+    r"friend|colleague|coworker|co-worker|boss|neighbou?r|parents?|grand(?:ma|mother|pa|father)|aunt|uncle|cousin|"
+    r"roommate|flatmate|girlfriend|boyfriend|fianc[ée]e?|employee|assistant|family)(?:'s|s'|s)? "
+    r"(?:[\w-]+ )?(?:account|password|order|subscription|e-?mail|card|login|2fa|mfa|plan|membership|address|profile)s?\b|"
+    r"\b(?:her|his) (?:[\w-]+ )?(?:account|password|login|order|subscription|e-?mail|2fa|mfa|card|membership|profile)s?\b",
+    _F,
+)
+"""Another person's records: support acts for the ticket's customer only, so a request
+about them is never the one the plan answers."""
+
+_PROBLEM = re.compile(
+    r"\b(?:wrong|incorrect|twice|double[ds]?|missing|never|not|no longer|\w+n'?t|broken|damaged|failed|failing|"
+    r"locked|stuck|lost|late|error|issue|problem|overcharged|charged|too (?:high|much|expensive|steep))\b",
+    _F,
+)
+"""A problem named in a statement ("the charge is wrong too"): a complaint that may ask for a fix."""
+
+_FOREIGN_WORD = re.compile(r"(?<![\w@.-])[^\W\d_]+(?![\w@-])")
 
 
 _SELF_GOAL = re.compile(
@@ -419,10 +526,17 @@ _CONSTRAINT = re.compile(
 "Keep my account though"): a constraint on the request, asking for nothing new. An object
 with any further complement ("keep the parcel at the depot") is still a request."""
 
+_NO_WORRY = re.compile(
+    r"^\W*(?:(?:but|and|oh)\s+)?(?:don'?t|do not|no need to|never) (?:worry|bother|mind)\b[^,.;!?]*[,.;!]?\s*"
+    r"(?:i (?:still )?(?:remember|know) (?:it|them|that|mine)[,.;]\s*)?",
+    _F
+)
+"""Waving something off ("Don't worry about the password, I remember it, …"): it asks nothing."""
+
 _RHETORICAL = re.compile(
-    r"\bwhy (?:do|does|did|would|should|must) (?:i|we|you)(?: guys)? (?:even|ever)\b|"
+    r"\bwhy (?:do|does|did|would|should|must) (?:i|we|you)(?: guys)? (?:even|ever|keep)\b|"
     r"\bhow (?:hard|difficult) (?:can|could|is|was) (?:it|that)\b|\bhow many (?:more )?times\b|"
-    r"\bwhat(?:'s| is) the point\b|\bis (?:it|that) (?:too much|so hard|so difficult)\b|"
+    r"\bwhat(?:'s| is) the point\b|\bis (?:it|that) (?:really |honestly |seriously )?(?:too much|so hard|so difficult)\b|"
     r"\bare you (?:kidding|serious|joking)\b|\bwhat (?:were|was) (?:you|they|someone) thinking\b|"
     r"\bwhy (?:(?:haven'?t|hasn'?t|didn'?t|won'?t|have not|did not) (?:you|anyone|anybody|your team)|"
     r"(?:does|did|has|will) (?:no ?one|nobody)) (?:ever )?(?:answer|repl|respond|got? back|call|contact)\w*",
@@ -446,26 +560,31 @@ def _is_ask(segment: str) -> bool:
     Not an ask: a remark keeping something as it is ("Keep O-2, it's a gift") unless its
     rest asks, and a need that is the customer's own goal ("I need to get into my account").
     """
+    segment = _NO_WORRY.sub("", segment, count=1)
     keep = _CONSTRAINT.match(segment)
     if keep:
         rest = re.sub(r"^\W*(?:but|and|yet|though|then)\b", "", segment[keep.end() :], flags=_F)
         return bool(rest.strip()) and _is_ask(rest)
     text = _INFORMING.sub(" ", _SELF_GOAL.sub(" ", _POLITE_FORMULA.sub(" ", segment)))
-    if _ASK_MARK.search(text) or _IMPERATIVE_START.search(text):
+    main = _CONDITION.sub("", text, count=1)  # "if it has shipped, put the money on my credit": the imperative after it
+    if _ASK_MARK.search(text) or _IMPERATIVE_START.search(text) or _IMPERATIVE_START.search(main):
+        return True
+    if _OBLIGATION.search(text) or _THIRD_PERSON_NEED.search(text) or _PRONOUN_IMPERATIVE.match(text):
         return True
     return bool(_SECOND_MARK.search(text)) and not _STATEMENT.search(text)
 
 
 def _ask_content(segment: str, answered: Collection[Operation]) -> list[str]:
     """The words of an ask that name something other than the answered request(s)."""
-    text = _LINK_OR_EMAIL.sub(" ", _POLITE_FORMULA.sub(" ", segment))  # an address is the request's data, not an ask
-    own = frozenset().union(*(_OP_WORDS.get(op, frozenset()) for op in answered))
+    text = _LINK_OR_EMAIL.sub(" ", _POLITE_FORMULA.sub(" ", _NO_WORRY.sub("", segment, count=1)))  # an address is data
+    text = _DATA_TAIL.sub(" ", text)
+    own = frozenset().union(*(_OP_STEMS.get(op, frozenset()) for op in answered))
     words = [w for w in _topic_words(text) if w not in _EXPLAINED_WORDS]
     if _OTHER_OBJECT.search(text):
         return words  # "the other item too": even the request's own words name another thing
     words = [w for w in _topic_words(_without_purpose(text)) if w not in _EXPLAINED_WORDS]
     verbs = {m.group(1).lower() for m in _PRONOUN_OBJECT.finditer(text)}  # "reactivate it": the request again
-    return [w for w in words if w not in own and w not in verbs]
+    return [w for w in words if _stem(w) not in own and w not in verbs]
 
 
 def _without_purpose(text: str) -> str:
@@ -479,7 +598,9 @@ def _without_purpose(text: str) -> str:
     return text[: m.start()]
 
 
-def unexplained_requests(analysis: Analysis, answered: Collection[Operation]) -> list[str]:
+def unexplained_requests(
+    analysis: Analysis, answered: Collection[Operation], records: Collection[str] | None = None
+) -> list[str]:
     """The asks of ``analysis`` that the request(s) ``answered`` do not account for.
 
     An ask is explained when its own phrases name an answered operation, or when it names
@@ -489,7 +610,30 @@ def unexplained_requests(analysis: Analysis, answered: Collection[Operation]) ->
     request: the caller fails closed on it rather than acting on half the ticket.
     """
     out: list[str] = []
+    routes = {OPERATION_ROUTE[op] for op in answered}
+    acted_on = {i.upper() for a in analysis.asks if any(op in answered for op in a.ops) for i in _SPECIFIC_ID.findall(a.text)}
+    acted_on |= {i.upper() for i in records or ()}
+    # whether the customer asks something for themselves; a request made only for someone else
+    # ("I'm his assistant, cancel his order") is left to the ownership rule (not_owner)
+    own_request = any(any(op in answered for op in a.ops) and not _THIRD_PARTY.search(a.text) for a in analysis.asks)
     for ask in analysis.asks:
+        if not any(op in answered for op in ask.ops) and set(ask.ids) - acted_on:
+            out.append(ask.text.strip())  # "and O-2, don't need it, kill it": a record the plan leaves alone
+            continue
+        if ask.complaint and acted_on and {i.upper() for i in _SPECIFIC_ID.findall(ask.text)} - acted_on:
+            out.append(ask.text.strip())  # "I also never got my refund for O-2" next to a refund of O-1
+            continue
+        if ask.complaint:
+            # a complaint about something else: a delivery problem can be a billing
+            # request's reason; anything of another route asks for more
+            if _THIRD_PARTY.search(ask.text) or any(
+                r not in routes and not (r == "orders" and routes <= {"billing"}) for r in ask.complaint
+            ):
+                out.append(ask.text.strip())
+            continue
+        if _THIRD_PARTY.search(ask.text) and own_request:
+            out.append(ask.text.strip())  # another person's records beside the customer's own request
+            continue
         if any(op in answered for op in ask.ops):
             continue
         if ask.ops or _ask_content(ask.text, answered):
@@ -509,15 +653,47 @@ def _clause_asks(offset: int, clause: str, hits: list[OpHit], sentence: str) -> 
     if _BOILERPLATE.search(sentence):
         return []
     out: list[Ask] = []
+    ids = tuple(dict.fromkeys(i.upper() for i in _SPECIFIC_ID.findall(clause)))
     parts = segments(clause)
     for i, (s_off, seg) in enumerate(parts):
         lo = offset + s_off
         hi = offset + parts[i + 1][0] if i + 1 < len(parts) else offset + len(clause)
-        if not _is_ask(seg):
-            continue
         ops = tuple(dict.fromkeys(h.op for h in hits if lo <= h.start < hi and not h.descriptive))
-        out.append(Ask(lo, seg, ops))
+        if _is_ask(seg) or (i and _is_ask(parts[i - 1][1]) and coordinated_imperative(seg)):
+            out.append(Ask(lo, seg, ops, ids))
+        elif out and out[-1].start == offset + parts[i - 1][0] and not out[-1].complaint:
+            # a part cut off an ask that asks nothing on its own ("… and my neighbour's parcel
+            # too") is read with that ask, as if it had not been cut
+            prev = out.pop()
+            out.append(Ask(prev.start, f"{prev.text} {seg}", tuple(dict.fromkeys((*prev.ops, *ops))), ids))
+        elif changed := _changed_record(seg):
+            out.append(Ask(lo, changed, ops, ids))
+        elif _OTHER_OBJECT.search(seg) and _PROBLEM.search(seg):
+            routes = tuple(r for r, rx in _ROUTE_TOPICS.items() if rx.search(seg))
+            if routes or _THIRD_PARTY.search(seg):
+                out.append(Ask(lo, seg, ops, ids, complaint=routes or ("unknown",)))
     return out
+
+
+def _changed_record(segment: str) -> str:
+    """The record a statement says changed ("phone number" in "my new phone number is …",
+    "address" in "I moved"), or "" when it says none changed."""
+    m = _CHANGED_RECORD.search(segment)
+    if m is None:
+        return ""
+    if m.group("moved"):
+        return "address"
+    return next(g for g in (m.group("a"), m.group("b"), m.group("c"), m.group("d"), m.group("e")) if g)
+
+
+def _foreign(sentence: str) -> bool:
+    """Whether ``sentence`` is mostly in a language keel does not read: three or more words
+    of three letters or more, under half of them common English (capitalised words, names
+    most often, and acronyms left out)."""
+    words = [w.lower() for w in _FOREIGN_WORD.findall(sentence) if not w[0].isupper() and len(w) > 2]
+    if len(words) < 3:
+        return False
+    return sum(1 for w in words if is_english(w)) / len(words) < 0.5
 
 
 _SPECIFIC = re.compile(
@@ -580,6 +756,11 @@ class Ask:
     text: str
     ops: tuple[Operation, ...] = ()
     """Operations its own phrases ask for (complaints left out); empty when none matched."""
+    ids: tuple[str, ...] = ()
+    """Order and subscription ids named in its clause ("and O-2, … kill it"), upper case."""
+    complaint: tuple[Route, ...] = ()
+    """For a complaint about something else ("the charge is wrong too"), not phrased as a
+    request: the routes its words belong to. It is a second request only outside the plan's."""
 
 
 @dataclass(frozen=True)
@@ -708,23 +889,25 @@ def _is_knowledge_question(clause: str) -> bool:
     return asked and len(topics) >= 2
 
 
+@lru_cache(maxsize=512)
 def analyze(text: str) -> Analysis:
     """Find every operation the text asks for, and whether it is a question instead.
 
     The text is normalised first (shorthand, typos: :func:`gateway.normalize.normalize`),
-    so offsets in the result are offsets into ``normalize(text)``. What the customer asks
+    so offsets in the result are offsets into ``normalize(text)``. The result is frozen and
+    cached per text: triage, extraction and order lookup each read the same ticket. What the customer asks
     is read from the message above any quoted or forwarded section; the whole message is
     read only when that part asks for nothing.
     """
     norm = normalize(text)
     part = current_part(norm)
-    result = _analyze(part)
+    result = _analyze(part, norm)
     if part != norm and not result.kept and not result.knowledge:
         result = _analyze(norm)
     return result
 
 
-def _clause_hits(text: str, offset: int, clause: str, span: tuple[int, int]) -> list[OpHit]:
+def _clause_hits(text: str, offset: int, clause: str, span: tuple[int, int], item_problem: bool = False) -> list[OpHit]:
     """Every operation phrase in one clause (negated phrases left out, attempts made descriptive)."""
     hits: list[OpHit] = []
     seen: set[str] = set()
@@ -736,6 +919,10 @@ def _clause_hits(text: str, offset: int, clause: str, span: tuple[int, int]) -> 
             tried = bool(_TRIED_BEFORE.search(clause[max(0, m.start() - 30) : m.start()]))
             hits.append(OpHit(op, weight, offset + m.start(), span, descriptive or tried))
     hits.extend(_cancel_hits(text, offset, clause, text))
+    if not any(h.op == "reship" for h in hits) and item_problem:
+        m = _SEND_ITEM.search(clause)
+        if m and not _NOT_A_PRODUCT.search(clause) and not _negated(clause, m.start()):
+            hits.append(OpHit("reship", 2, offset + m.start(), span))  # "the shade is missing, send me the shade"
     for m in _REFUND_STATUS.finditer(clause):
         lo, hi = offset + m.start(), offset + m.end()
         hits = [h for h in hits if not (h.op in {"refund", "track_order"} and lo <= h.start < hi)]
@@ -743,7 +930,34 @@ def _clause_hits(text: str, offset: int, clause: str, span: tuple[int, int]) -> 
     return hits
 
 
-def _analyze(text: str) -> Analysis:
+_SEND_ITEM = re.compile(
+    r"\b(?:send|ship|mail|post)(?: me| us)?(?: (?:the|a|an|my|that|this|one|another|them|it))\b(?! (?:back|to you|email|e-?mail)\b)", _F
+)
+"""A request to send something, read as a reship only in a ticket about a damaged or missing item."""
+
+_HYPOTHETICAL = re.compile(
+    r"\b(?:if|should|once) (?:i|we)\b(?! (?:\w+ed|was|were|had|did|got|went|made|paid|bought|sent|gave|tried)\b)|"
+    r"^\W*(?:say|suppose|supposing|imagine|hypothetically|let'?s say)\b",
+    _F,
+)
+"""The condition of a question about what would happen ("if I cancel, do I …?"): not a request."""
+
+_OPENER = re.compile(r"^\W*(?:say|suppose|supposing|imagine|hypothetically|let'?s say)\b", _F)
+"""A sentence opening a supposition ("Say you agree to give me my money back."): asks nothing."""
+
+
+@lru_cache(maxsize=256)
+def _screened(text: str) -> bool:
+    """Whether the injection screen flags ``text`` or it claims authority or a policy ("my
+    manager approved …", see :func:`guards.injection.claim_clauses`). Such a ticket is read as asking every
+    side effect it names: the readings that turn a side effect into a question (a supposition,
+    a weak hint beside a how-to question) are not applied to it, so policy rule 10 escalates it."""
+    return screen(text).flagged or bool(claim_clauses(text))
+
+
+def _analyze(text: str, context: str | None = None) -> Analysis:
+    """Read ``text`` (the current part of a message); ``context`` is the whole message, whose
+    quoted part can still say what a reply is about ("> … arrived broken" above "send a new one")."""
     kept: list[OpHit] = []
     suppressed: list[OpHit] = []
     knowledge: list[int] = []
@@ -752,7 +966,9 @@ def _analyze(text: str) -> Analysis:
     topical = False
     question: Literal["procedural", "info", "phrase", None] = None
     rank = {None: 0, "phrase": 1, "info": 2, "procedural": 3}
-    not_a_product = bool(_NOT_A_PRODUCT.search(text)) and not (_DAMAGE.search(text) or _MISSING.search(text))
+    whole = context or text
+    item_problem = bool(_DAMAGE.search(whole) or _MISSING.search(whole))
+    not_a_product = bool(_NOT_A_PRODUCT.search(text)) and not item_problem
     for s_offset, sentence in _sentences(text):
         for c_offset, clause in clauses(sentence):
             offset = s_offset + c_offset
@@ -765,20 +981,27 @@ def _analyze(text: str) -> Analysis:
                 question = form
             if form is not None and _topic_words(clause):
                 topical = True
-            hits = _clause_hits(text, offset, clause, (offset, offset + len(clause)))
+            hits = _clause_hits(text, offset, clause, (offset, offset + len(clause)), item_problem)
             if not_a_product:
                 hits = [h for h in hits if h.op != "reship"]  # "send a new one" of a reset link
             is_question = procedural or bool(_INFO_START.search(clause))
+            hypothetical = _HYPOTHETICAL.search(clause) if clause.rstrip().endswith("?") else _OPENER.match(clause)
+            if hypothetical and (_REQUEST.search(clause) or _screened(text)):
+                hypothetical = None  # an instruction in the text: a supposed side effect still counts as asked
             clause_kept = False
             clause_hits: list[OpHit] = []
             for h in hits:
-                if is_question and _suppress(h.op, clause, procedural):
+                if hypothetical and h.op not in READ_ONLY_OPERATIONS:
+                    suppressed.append(h)  # "if I stop my membership, do I lose access …?": what would happen
+                elif is_question and _suppress(h.op, clause, procedural):
                     suppressed.append(h)
                 else:
                     kept.append(h)
                     clause_hits.append(h)
                     clause_kept = True
             asks.extend(_clause_asks(offset, clause, clause_hits, sentence))
+            if not clause_hits and not any(a.start >= offset for a in asks) and _foreign(clause):
+                asks.append(Ask(offset, clause))  # unreadable to keel: it may ask anything
             if not clause_kept and _is_knowledge_question(clause):
                 knowledge.append(offset)
             elif not hits:
@@ -879,7 +1102,9 @@ def triage_text(subject: str, body: str) -> TriageResult:
     single = firm[0] if len(firm) == 1 else next(iter(route_score)) if len(route_score) == 1 else None
     if single is not None:
         answered = _answered_operations(subject, body, single, analysis)
-        unexplained = unexplained_requests(analysis, answered)
+        records = ([*(request_order_ids(answered[0], body) or []), *find_subscription_ids(body)]
+                   if answered and OPERATION_ROUTE[answered[0]] != "access" else [])
+        unexplained = unexplained_requests(analysis, answered, records)
         side_effect = any(op not in READ_ONLY_OPERATIONS for op in answered)
         if side_effect and unexplained and not _left_to_the_screen(unexplained, subject, body):
             # a side effect, and an ask it does not answer ("… and delete my data"): fail closed
@@ -889,6 +1114,10 @@ def triage_text(subject: str, body: str) -> TriageResult:
         route = firm[0]
         intents = [op for op in ordered_ops if OPERATION_ROUTE[op] == route]
         return TriageResult(route=route, confidence=_confidence(route_score[route], has_id), intents=intents)
+    if route_score and not firm and analysis.knowledge and analysis.vocab_ratio >= 0.5 and not _screened(f"{subject}\n\n{body}"):
+        # a how-to question next to a weak hint ("I'm moving to a new mail provider. Where
+        # in the app do I update …?"): the question is what is asked
+        return TriageResult(route="knowledge", confidence=0.85, intents=["question"])
     if len(route_score) == 1:
         route = next(iter(route_score))
         return TriageResult(route=route, confidence=_confidence(1, has_id), intents=ordered_ops)
@@ -921,12 +1150,15 @@ _FULL = re.compile(
     r"\bin full\b|\bfully refund|\bmoney back\b|\breimburse me\b|"
     r"\brefund (?:the |my )?(?:rest|remainder|remaining|balance)\b|\b(?:rest|remainder) of (?:the|my|this) (?:order|money|refund|amount|purchase)\b|"
     r"\b(?:whole|entire|total|full) (?:order|amount|purchase|price)\b|\brefund (?:everything|it all|all of it)\b|"
-    r"\b(?:all|everything) (?:of it )?back\b",
+    r"\b(?:all|everything) (?:of it )?back\b|\brefund (?:me )?(?:whatever|what)(?:'s| is) (?:left|remaining)\b|"
+    r"\b(?:whatever|what)(?:'s| is) (?:left|remaining|still refundable) (?:on|of|from|for) (?:the|my|that|this) "
+    r"(?:order|purchase|payment|amount|set)\b",
     _F,
 )
 _IMMEDIATE = re.compile(
     r"\bimmediate(?:ly)?\b|\beffective (?:today|now|immediately)\b|\bright (?:away|now)\b|\bas of today\b|"
-    r"\basap\b|\bstarting (?:today|now)\b|\bstraight away\b|\bthis instant\b",
+    r"\basap\b|\bstarting (?:today|now)\b|\bstraight away\b|\bthis instant\b|"
+    r"\b(?:cancel\w*|end|stop|terminat\w*|close)\s+(?:it|my \w+|the \w+|this(?: \w+)?)\s+(?:today|tonight|now)\b|(?:(?<=[.!?] )|(?<=[.!?]\n)|^)today[.!]+",
     _F,
 )
 _PERIOD_END = re.compile(
@@ -943,6 +1175,9 @@ _ADDRESS_CUE = re.compile(
     r"\baddress\b|\b(?:ship|send|deliver|redirect|reroute|re-route|mail)\w*\b|\bmoving\b", _F
 )
 _TO = re.compile(r"\bto:?\s+|\baddress\s*(?:is|=|:)\s*", _F)
+_IT_IS = re.compile(r"\b(?:it'?s|it is|that'?s|which is)\s+(?=\d)", _F)
+"""A new address given as its own sentence ("… to the new place? It's 27B Lantern Street"),
+read only when no "to …" names one."""
 _ADDRESS_START = re.compile(r"^(?:\d|flat\b|apt\b|apartment\b|unit\b|suite\b|p\.?\s?o\.?\s?box\b)", _F)
 _NOT_ADDRESS_START = re.compile(
     r"^(?:change|update|be|have|ship|send|get|my new|the new|a new|me\b|you\b|us\b)", _F
@@ -1002,6 +1237,20 @@ def claimed_amounts(text: str) -> frozenset[int]:
     return frozenset(inside - outside)
 
 
+_HISTORY = re.compile(
+    r"\b(?:already|previously|earlier|last time)\b[^.?!\n]*\b(?:refunded|gave|given|got|received|credited|paid|sent)\b|"
+    r"\b(?:you|they|support|your team|you guys) (?:already |previously )?(?:refunded|credited|reimbursed)\b|"
+    r"\b(?:you|they|support|your team|you guys) (?:already |previously )?(?:gave|sent|paid) (?:me )?back\b",
+    _F,
+)
+"""A sentence telling what was already refunded ("You already gave me back $30"): its amount is history."""
+
+
+def _history_clauses(text: str) -> tuple[tuple[int, int], ...]:
+    """Spans of sentences that only tell what was refunded before (no request in them)."""
+    return tuple((o, o + len(s)) for o, s in _sentences(text) if _HISTORY.search(s) and not _REQUEST.search(s))
+
+
 def find_amount_cents(text: str) -> int | None:
     """The stated amount in cents ("$20", "$75.50", "20 dollars", "2000 cents").
 
@@ -1010,7 +1259,7 @@ def find_amount_cents(text: str) -> int | None:
     was raised to $500 by management", see :func:`guards.injection.claim_clauses`) is the
     claim's, not the customer's request, and is never taken.
     """
-    claims = claim_clauses(text)
+    claims = claim_clauses(text) + _history_clauses(text)
     found = [f for f in _money(text) if not _in_claim(f[0], f[1], claims)]
     if not found:
         return None
@@ -1099,6 +1348,8 @@ def find_new_address(text: str) -> str | None:
         return None
     candidates = [m for m in _TO.finditer(text) if m.start() >= cue.start()]
     chosen = next((m for m in candidates if _ADDRESS_START.search(text[m.end() :])), None)
+    if chosen is None:
+        chosen = next((m for m in _IT_IS.finditer(text) if m.start() >= cue.start()), None)
     if chosen is None:
         rest_ok = [m for m in candidates if not _NOT_ADDRESS_START.search(text[m.end() :])]
         chosen = rest_ok[-1] if rest_ok else None

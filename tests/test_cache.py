@@ -450,6 +450,9 @@ class Dying(ChatServer):
         if len(self.requests) >= int(sys.argv[1]):
             os._exit(9)  # killed with this request unanswered
 
+from gateway.rules import extract_text, triage_text
+triage_text("", "warm up: please refund O-1, it arrived broken")  # word lists and patterns loaded before the
+extract_text("", "warm up: please refund O-1", "billing")          # first call, which has a deadline to meet
 srv = Dying().__enter__()
 print(srv.base_url, flush=True)
 threading.Event().wait()
