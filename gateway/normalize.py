@@ -157,7 +157,27 @@ def normalize(text: str) -> str:
         pos = m.end()
     out.append(text[pos:])
     joined = "".join(out)
+    joined = _join_continued_lines(joined)
     return re.sub(r"(?<=\w)\s+\+\s+(?=\w)", " and also ", joined)
+
+
+_CONTINUES = re.compile(r"(?:should|needs?|must|is|are|was|were|has|have|had|will|would|so|because|which|since)\b")
+
+
+def _join_continued_lines(text: str) -> str:
+    """``text`` with the line breaks of a chat message broken mid-sentence made spaces ("the
+    email on my account⏎should be …", "and O-2⏎where is it"): after a short fragment (four
+    words at most, no end punctuation) or before a line that continues the sentence, when the
+    next line starts in lower case. Bullets, numbered lines and lines after end punctuation
+    stay apart; the text keeps its length, so offsets still hold."""
+    lines = text.split("\n")
+    out = [lines[0]]
+    for prev, line in zip(lines, lines[1:]):
+        tail = prev.rstrip()
+        joined = (bool(tail) and tail[-1] not in ".!?:;," and line[:1].islower()
+                  and (len(tail.split()) <= 4 or bool(_CONTINUES.match(line))))
+        out.append((" " if joined else "\n") + line)
+    return "".join(out)
 
 
 _QUOTE_START = re.compile(
@@ -171,8 +191,18 @@ _QUOTED_LINE = re.compile(r"^[ \t]*>.*$", re.MULTILINE)
 _WROTE_LINE = re.compile(r"^[ \t]*on\b[^\n]{0,120}\bwrote:[ \t]*$", _F | re.MULTILINE)
 
 
+_REFERS_BELOW = re.compile(
+    r"\b(?:(?:what'?s|message|mail|e-?mail|note|request|thread) below|see below|below:|"
+    r"my (?:previous|earlier|last|original) (?:e-?mail|message|mail|note|request)|forwarding my|adding to my)\b",
+    _F,
+)
+"""A reply that points at the mail below it ("On top of what's below", "Adding to my message
+below"): the quoted or forwarded mail is part of what is asked."""
+
+
 def current_part(text: str) -> str:
-    """The message above its first quoted or forwarded section (all of it if none).
+    """The message above its first quoted or forwarded section (all of it if none, or when
+    the message above points at it).
 
     A reply written *between or below* ``>``-quoted lines keeps those lines of its own: the
     quoted lines (and their "On … wrote:" header) are blanked and what the customer wrote
@@ -180,7 +210,7 @@ def current_part(text: str) -> str:
     is not marked line by line, ends the current part.
     """
     m = _QUOTE_START.search(text)
-    if m is None or not text[: m.start()].strip():
+    if m is None or not text[: m.start()].strip() or _REFERS_BELOW.search(text[: m.start()]):
         return text
     block = text[m.start() :].lstrip("\r\n")
     line = block.split("\n", 1)[0]
@@ -196,7 +226,9 @@ def current_part(text: str) -> str:
 
 _JOINT = re.compile(
     r";\s+|\n\s*(?:[-*•]|\d{1,2}[.)])\s+|(?<=\s)(?:\d{1,2}\))\s+|"
-    r"[,\s]+(?=(?:btw|by the way|also|and also|plus|as well|another thing|one more thing|then|additionally|p\.?s\.?)\b)|"
+    r"[,\s]+\(?(?=(?:btw|by the way|also|and also|plus|as well|another thing|one more thing|then|additionally|p\.?s\.?)\b)|"
+    r",?\s+(?=(?:which|that|this) reminds me\b|speaking of which\b|on (?:another|a different|a separate) note\b|"
+    r"while i'?m at it\b|while i have you\b|separately\b|unrelated(?:ly)?\b)|"
     r",?\s+and\s+(?=(?:also\s+)?(?:tell me|let me know|explain|what|how|why|is there|do you|can you|could you|would you|"
     r"please|i (?:also )?(?:want|need)|i'?d like)\b)",
     _F,
@@ -204,6 +236,8 @@ _JOINT = re.compile(
 
 
 _SUBJECT_ONLY = re.compile(r"^\W*(?:and\s+|so\s+|but\s+)?(?:i|we|i'?d|we'?d|i would|we would)\W*$", _F)
+_ASKING_HEAD = re.compile(r"\b(?:you|u|please|pls|kindly|to)\W*$", _F)
+"""The head of a request that "also" continues ("make sure you also …", "I need you to also …")."""
 _WISH = re.compile(r"(?:also\s+)?(?:like|love|want|need|appreciate|prefer|require|wish|request|demand)\b", _F)
 """A would-be clause that is only the subject of a wish: "I'd also like …" is one clause
 (a request), not "I'd" and "also like …"."""
@@ -216,6 +250,8 @@ def clauses(sentence: str) -> list[tuple[int, str]]:
     for m in _JOINT.finditer(sentence):
         if _SUBJECT_ONLY.match(sentence[pos : m.start()]) and _WISH.match(sentence[m.end() :]):
             continue  # "I'd | also like …": the subject of the wish the joint would start
+        if not m.group(0).strip() and _ASKING_HEAD.search(sentence[pos : m.start()]) and sentence[m.end() :].lower().startswith("also "):
+            continue  # "Make sure you | also reverse …", "could you | also …": one request, "also" inside it
         if m.start() > pos and sentence[pos : m.start()].strip():
             out.append((pos, sentence[pos : m.start()]))
         pos = m.end()
@@ -247,8 +283,9 @@ NOT_A_VERB = "|".join(
 _SEGMENT_JOINT = re.compile(
     r",?\s+(?:and|&)\s+(?:then\s+)?(?=(?:please\s+|kindly\s+|also\s+)?(?:" + _VERB_ALT + r")\b(?!\s*(?:of|for)\b))|"
     r",?\s+(?:and|&)\s+(?=(?:also\s+)?(?:my|our)\s)|"
-    r",\s+(?=(?!(?:" + NOT_A_VERB + r"|need|want|love|like|hate|got|get)\b)(?!\w+(?:ed|s)\b)[a-z]{3,} (?:it|them)\b(?!\s*(?:is|was|are|were|'s)\b))|"
-    r",?\s+(?:and|&)\s+(?:then\s+)?(?=(?:also\s+)?(?!(?:" + NOT_A_VERB + r")\b)[a-z]+\s+(?:a|an|the|my|our|me|us|it|them|this|that|some|any)\b)|"
+    r",\s+(?=(?:either\s+)?(?!(?:" + NOT_A_VERB + r"|need|want|love|like|hate|got|get)\b)(?!\w+(?:ed|s)\b)[a-z]{3,} (?:it|them)\b"
+    r"(?!\s*(?:is|was|are|were|'s)\b))|"
+    r",?\s+(?:and|&)\s+(?:then\s+)?(?=(?:also\s+)?(?!(?:" + NOT_A_VERB + r")\b)[a-z]+\s+(?:a|an|the|my|our|me|us|some|any)\b)|"
     r",\s+(?=(?:please|kindly|can you|could you|would you|will you)\b)|"
     r",\s+(?=i (?:also )?(?:want|need|would like|'?d like)\b[^,.;!?\n]*\b(?:instead|too|as well|also)\b)|"
     r"(?<=\w)\s+(?=(?:can|could|would) you\b)",
@@ -257,7 +294,7 @@ _SEGMENT_JOINT = re.compile(
 
 
 _COORDINATED = re.compile(
-    r"^(?:also\s+)?(?!(?:" + NOT_A_VERB + r"|my|our)\b)[a-z]+\s+(?:a|an|the|my|our|me|us|it|them|this|that|some|any)\b"
+    r"^(?:also\s+)?(?!(?:" + NOT_A_VERB + r"|my|our)\b)[a-z]+\s+(?:a|an|the|my|our|me|us|some|any)\b"
 )
 
 

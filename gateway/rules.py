@@ -133,7 +133,7 @@ _OP_PATTERNS: list[tuple[Operation, str, int]] = [
     ("change_address", r"\bnew (?:shipping |delivery |mailing |home )?address\b", 1),
     ("change_address", r"\b(?:i'?m|i am|we'?re|we are) moving\b", 1),
     # orders: reship a damaged or missing item
-    ("reship", r"\breplacement\b(?! (?:order|purchase) (?:that )?(?:i|we)(?:'m| am|'ll| will|'ve| have)? (?:plac|buy|mak|order)\w*)", 2),
+    ("reship", r"\breplacements?\b(?! (?:order|purchase) (?:that )?(?:i|we)(?:'m| am|'ll| will|'ve| have)? (?:plac|buy|mak|order)\w*)", 2),
     ("reship", r"\breplace (?:it|them|this|that|the \w+|my \w+)\b", 2),
     ("reship", r"\bsend (?:me |us )?(?:a |an |the )?(?:new|another|replacement|second)\b(?! (?:password|reset|link|code|email|e-mail|verification|receipt|invoice))", 2),
     ("reship", r"\b(?:re-?ship|re-?send)\b(?! (?:the |my |a )?(?:password |reset |verification )?(?:link|email|e-mail|code|receipt|invoice))", 2),
@@ -181,6 +181,7 @@ _OP_PATTERNS: list[tuple[Operation, str, int]] = [
     ("track_order", r"\bwhen (?:my |the |this )?(?:order|package|parcel|shipment|delivery|O-\d+|it)\b[^.?!\n]{0,20}?\b(?:will|is going to|gonna|should|would) (?:arrive|come|get here|be delivered|be here|ship)\b", 2),
     ("track_order", r"\bwhen (?:will|does|should) (?:my |the |this )?(?:order |package |parcel |shipment |delivery )?O-\d+\b[^.?!\n]{0,20}\b(?:arrive|come|get here|be delivered|be here|ship)\b", 2),
     ("track_order", r"\bwhere (?:is|are) (?:it|they)\b", 1),
+    ("track_order", r"\bO-\d+\b[^.?!\n]{0,15}\bwhere(?:'s| is| are) (?:it|they)\b", 2),
     ("change_address", r"\b(?:send|ship|deliver|redirect|forward|reroute|divert)\s+(?:it|them|O-\d+|my (?:order|package|parcel)|"
                        r"the (?:order|package|parcel))\s+to\s+(?:(?:the|my|a|our) (?:new|other|different) "
                        r"(?:place|address|home|house|flat|apartment|office|location|building)\b|\d)", 2),
@@ -236,6 +237,10 @@ _NEGATION_BEFORE = re.compile(
 
 _TRIED_BEFORE = re.compile(r"\b(?:tried|attempted|already tried)\s+(?:to\s+)?(?:\w+\s+)?$", _F)
 """An attempt the customer already made ("I tried resetting my password"): context, not a request."""
+
+_DONE = re.compile(r"\w+ed\b|(?:reset|sent|set|put|made|got|did|done)\b", _F)
+"""A phrase opening with a past verb: after "I (have) (already)" it says what the customer did
+themselves ("I have already changed my password myself"), not what they ask."""
 
 _REQUEST = re.compile(
     r"\b(?:please|pls|plz|kindly)\b|\b(?:can|could|would|will) (?:you|u)\b|\bfor me\b|\bsend me\b|"
@@ -322,7 +327,7 @@ _POLITE_FORMULA = re.compile(
     r"\bthank(?:s| you)\b[^.?!\n]*|\bkeep (?:up the (?:good|great|excellent) work|it up)\b|"
     r"\b(?:let me know|keep me (?:posted|updated|informed)|get back to me|"
     r"confirm(?:ation)? (?:it )?(?:by|via|per|in an?) (?:e-?mail|text|sms|phone|message)|"
-    r"(?:please |kindly )?(?:make sure|ensure|be sure)\b[^.?!\n]*|"
+    r"(?:please |kindly )?(?:make sure|ensure|be sure)\b(?! (?:to|you|that you)\b)[^.?!\n]*|"
     r"(?:e-?mail|call|text|contact|write to) me (?:back|when|once|if|as soon)[^.?!\n]*)",
     _F,
 )
@@ -332,7 +337,9 @@ _ASK_MARK = re.compile(
     # English: polite imperatives, requests to the agent, wants and needs
     r"\b(?:please|kindly)\b|\b(?:can|could|would|will) (?:you|u)\b|\bwould it be possible\b|"
     r"\bis it possible (?:for you )?to\b|\b(?:can|could|may) (?:i|we) (?:get|have|receive|ask|also)\b|"
-    r"\b(?:i|we) (?:also |really |just |still )?(?:want|need|demand|require|wish|request)\b|\bwanna\b|"
+    r"\b(?:i|we) (?:also |really |just |still |further |kindly |hereby |therefore |additionally )?"
+    r"(?:want|need|demand|require|wish|request)\b|\bwanna\b|"
+    r"\b(?:can'?t|cannot|couldn'?t|won'?t|wouldn'?t) (?:you|u)\b|\b(?:don'?t|do not|never) forget to\b|\bremember to\b|"
     r"\b(?:i|we)'?d (?:also |really )?(?:like|love|appreciate|want|prefer)\b|"
     r"\b(?:i|we) would (?:also |really )?(?:like|love|appreciate|want|prefer)\b|"
     r"\byou (?:also |still |really )?(?:need|have|must|ought) to\b|"
@@ -356,10 +363,14 @@ _ASK_MARK = re.compile(
 """Words that make a clause a request, in every language the support product serves."""
 
 _GREETING = r"(?:(?:hi|hello|hey|so|also|and|plus|btw|by the way|then|ps|p\.s\.|oh|ok|okay|and also|and then)\W+)*"
-_IMPERATIVE_START = re.compile(r"^\W*" + _GREETING + r"(?:please\s+|pls\s+|kindly\s+|also\s+)?(?:" + _ASK_VERB_ALT + r")\b", _F)
+_IMPERATIVE_START = re.compile(
+    r"^\W*" + _GREETING + r"(?:please\s+|pls\s+|kindly\s+|also\s+)?(?:" + _ASK_VERB_ALT + r")\b(?!\s*:)", _F
+)
+"""An imperative opening ("cancel it", "also send …"); a form's label ("Email: …", "Issue: …") is none."""
 _SECOND_MARK = re.compile(
     r"^\W*(?:and\s+)?(?:also|plus|another thing|one more thing|while you'?re at it|additionally|in addition|"
-    r"on top of that|besides|p\.?s\.?|oh and|as well)\b",
+    r"on top of that|besides|p\.?s\.?|oh and|as well|(?:which|that|this) reminds me|speaking of which|"
+    r"on (?:another|a different|a separate) note|while i'?m at it|while i have you|separately|unrelated(?:ly)?)\b",
     _F,
 )
 """A clause opened as a further request ("also the invoice", "PS: …")."""
@@ -454,7 +465,10 @@ _OBLIGATION = re.compile(
     r"(?<!\bi )(?<!\bwe )(?<!\byou )\b(?:should|needs? to|has to|have to|must|ought to) be "
     r"(?:\d|(?:changed|updated|corrected|fixed|swapped|replaced|removed|deleted|added|moved|set|put|sent|made|switched|"
     r"renamed|transferred|merged|closed|reissued|reset|unlocked|cancell?ed|refunded|credited|waived|applied|adjusted)\b)|"
-    r"\bneeds? (?:changing|updating|correcting|fixing|swapping|replacing|removing|deleting|adding|resetting|sorting)\b",
+    r"\bneeds? (?:changing|updating|correcting|fixing|swapping|replacing|removing|deleting|adding|resetting|sorting)\b|"
+    r"\b[OS]-\d+ (?:should|needs? to|has to|must) (?:go|be|get|come|ship)\b|\bshould (?:be|say|read) \S+@\S+|"
+    r"\b(?:name|surname|address|e-?mail|phone|number|username|company|vat)\b[^.?!\n]{0,30}\b(?:is|are) "
+    r"(?:spelt|spelled|misspelt|misspelled|wrong|incorrect|outdated|out of date)\b",
     _F,
 )
 """What a record "should" be ("the invoice should go to my work email", "my name needs to
@@ -466,7 +480,7 @@ _CONDITION = re.compile(
 """A leading condition ("If it has already left the warehouse, …"): the request follows it."""
 
 _PRONOUN_IMPERATIVE = re.compile(
-    r"^\W*(?:and\s+|so\s+|just\s+|then\s+)?(?!(?:" + NOT_A_VERB + r"|need|want|love|like|hate|got|get)\b)(?!\w+(?:ed|s)\b)"
+    r"^\W*(?:and\s+|so\s+|just\s+|then\s+|either\s+)?(?!(?:" + NOT_A_VERB + r"|need|want|love|like|hate|got|get)\b)(?!\w+(?:ed|s)\b)"
     r"[a-z]{3,} (?:it|them)\b(?!\s*(?:is|was|are|were|'s)\b)",
     _F,
 )
@@ -536,7 +550,8 @@ _NO_WORRY = re.compile(
 _RHETORICAL = re.compile(
     r"\bwhy (?:do|does|did|would|should|must) (?:i|we|you)(?: guys)? (?:even|ever|keep)\b|"
     r"\bhow (?:hard|difficult) (?:can|could|is|was) (?:it|that)\b|\bhow many (?:more )?times\b|"
-    r"\bwhat(?:'s| is) the point\b|\bis (?:it|that) (?:really |honestly |seriously )?(?:too much|so hard|so difficult)\b|"
+    r"\bwhat(?:'s| is) the point\b|\bis (?:it|that) (?:really |honestly |seriously )?(?:so hard|so difficult)\b|"
+    r"\bis (?:it|that) (?:really |honestly |seriously )?too much to ask(?: for)? (?:a|an|the) [\w-]+(?: [\w-]+)? (?:that|which|to)\b|"
     r"\bare you (?:kidding|serious|joking)\b|\bwhat (?:were|was) (?:you|they|someone) thinking\b|"
     r"\bwhy (?:(?:haven'?t|hasn'?t|didn'?t|won'?t|have not|did not) (?:you|anyone|anybody|your team)|"
     r"(?:does|did|has|will) (?:no ?one|nobody)) (?:ever )?(?:answer|repl|respond|got? back|call|contact)\w*",
@@ -593,7 +608,7 @@ def _without_purpose(text: str) -> str:
     why or by when, the head what is asked. A tail addressing the agent ("so that you can
     also …") is kept: it may ask for more."""
     m = _PURPOSE_TAIL.search(text)
-    if m is None or _AGENT_TAIL.search(m.group("tail")) or not text[: m.start()].strip():
+    if m is None or _AGENT_TAIL.search(m.group("tail")) or not _WORD.search(text[: m.start()]):
         return text
     return text[: m.start()]
 
@@ -659,6 +674,12 @@ def _clause_asks(offset: int, clause: str, hits: list[OpHit], sentence: str) -> 
         lo = offset + s_off
         hi = offset + parts[i + 1][0] if i + 1 < len(parts) else offset + len(clause)
         ops = tuple(dict.fromkeys(h.op for h in hits if lo <= h.start < hi and not h.descriptive))
+        if i and _shares_subject(clause, parts[i - 1], s_off):
+            # "I've wrapped it up and put it in the garage": the verb after "and" is the
+            # statement's own, not an imperative; it asks only with words of its own
+            if _ASK_MARK.search(_POLITE_FORMULA.sub(" ", seg)):
+                out.append(Ask(lo, seg, ops, ids))
+            continue
         if _is_ask(seg) or (i and _is_ask(parts[i - 1][1]) and coordinated_imperative(seg)):
             out.append(Ask(lo, seg, ops, ids))
         elif out and out[-1].start == offset + parts[i - 1][0] and not out[-1].complaint:
@@ -673,6 +694,36 @@ def _clause_asks(offset: int, clause: str, hits: list[OpHit], sentence: str) -> 
             if routes or _THIRD_PARTY.search(seg):
                 out.append(Ask(lo, seg, ops, ids, complaint=routes or ("unknown",)))
     return out
+
+
+_FIRST_PERSON = re.compile(r"\b(?:i|we)(?:'ve|'d|'m|'ll| have| had| am| was| were| just| already| then)?\b", _F)
+
+
+def _shares_subject(clause: str, previous: tuple[int, str], start: int) -> bool:
+    """Whether the part of ``clause`` at ``start`` continues the statement before it with
+    "and": a first-person statement that asks nothing ("so I've wrapped everything up | and
+    put it in the garage"), whose subject the next verb shares."""
+    p_off, p_text = previous
+    joint = clause[p_off + len(p_text) : start]
+    return (bool(re.fullmatch(r"\s*,?\s*(?:and|&)\s+(?:then\s+)?", joint, _F)) and bool(_FIRST_PERSON.search(p_text))
+            and not _is_ask(p_text))
+
+
+_POINTS_BACK = re.compile(r"\b(?:fix|sort|do|handle|check|change|sort out|look into|deal with)\b[^.?!\n]{0,12}\b(?:that|it|this|them)\b", _F)
+
+
+def _with_antecedent(ask: Ask, topics: list[tuple[int, str]]) -> Ask:
+    """``ask`` read with the sentence it points back to, when it names nothing itself ("can u
+    fix that") and a clause just before opened another topic ("also my gift card says
+    expired??"): the pronoun's antecedent is what is asked."""
+    if ask.ops or not _POINTS_BACK.search(ask.text):
+        return ask
+    if [w for w in _topic_words(ask.text) if w not in _EXPLAINED_WORDS and not _POINTS_BACK.search(w)]:
+        return ask
+    before = [(o, t) for o, t in topics if o < ask.start][-1:]
+    if not before or ask.start - (before[0][0] + len(before[0][1])) > 80:
+        return ask
+    return Ask(ask.start, f"{before[0][1].strip()} {ask.text}", ask.ops, ask.ids, ask.complaint)
 
 
 def _changed_record(segment: str) -> str:
@@ -916,7 +967,10 @@ def _clause_hits(text: str, offset: int, clause: str, span: tuple[int, int], ite
             if rx.pattern in seen or _negated(clause, m.start()):
                 continue
             seen.add(rx.pattern)
-            tried = bool(_TRIED_BEFORE.search(clause[max(0, m.start() - 30) : m.start()]))
+            done = _DONE.match(m.group(0)) and re.search(r"\b(?:i|we)(?:'ve| have| had)?(?: already| just)?\s+$",
+                                                            clause[max(0, m.start() - 20) : m.start()], _F)
+            tried = bool(re.search(r"\b(?:tried|attempted|already tried)\s+(?:to\s+)?(?:\w+\s+)?$",
+                                   clause[max(0, m.start() - 30) : m.start()], _F)) or bool(done)
             hits.append(OpHit(op, weight, offset + m.start(), span, descriptive or tried))
     hits.extend(_cancel_hits(text, offset, clause, text))
     if not any(h.op == "reship" for h in hits) and item_problem:
@@ -969,6 +1023,7 @@ def _analyze(text: str, context: str | None = None) -> Analysis:
     whole = context or text
     item_problem = bool(_DAMAGE.search(whole) or _MISSING.search(whole))
     not_a_product = bool(_NOT_A_PRODUCT.search(text)) and not item_problem
+    topics: list[tuple[int, str]] = []  # clauses that open another topic ("also …") and ask nothing themselves
     for s_offset, sentence in _sentences(text):
         for c_offset, clause in clauses(sentence):
             offset = s_offset + c_offset
@@ -999,7 +1054,10 @@ def _analyze(text: str, context: str | None = None) -> Analysis:
                     kept.append(h)
                     clause_hits.append(h)
                     clause_kept = True
-            asks.extend(_clause_asks(offset, clause, clause_hits, sentence))
+            for ask in _clause_asks(offset, clause, clause_hits, sentence):
+                asks.append(_with_antecedent(ask, topics))
+            if not clause_kept and _SECOND_MARK.match(clause):
+                topics.append((offset, clause))  # "also my gift card says expired??": a new topic, not yet asked
             if not clause_hits and not any(a.start >= offset for a in asks) and _foreign(clause):
                 asks.append(Ask(offset, clause))  # unreadable to keel: it may ask anything
             if not clause_kept and _is_knowledge_question(clause):
@@ -1043,6 +1101,18 @@ def _subject_asks_elsewhere(subject: str, route: Route) -> bool:
         return False
     asked = analyze(subject).scores(descriptive=False)
     return any(s >= 2 and op not in READ_ONLY_OPERATIONS and OPERATION_ROUTE[op] != route for op, s in asked.items())
+
+
+def _subject_requests(subject: str, answered: Collection[Operation], records: Collection[str]) -> list[str]:
+    """The asks of the subject line that the plan does not answer and that name another
+    route's topic ("Please send all my invoices to our accountant" above a reship). A subject
+    usually sums the body up ("Broken lamp, please help"), so only another route's words make
+    its ask a second request."""
+    if not subject.strip():
+        return []
+    routes = {OPERATION_ROUTE[op] for op in answered}
+    return [a for a in unexplained_requests(analyze(subject), answered, records)
+            if {r for r, rx in _ROUTE_TOPICS.items() if rx.search(a)} - routes]
 
 
 def _answered_operations(subject: str, body: str, route: Route, analysis: Analysis) -> list[Operation]:
@@ -1104,7 +1174,7 @@ def triage_text(subject: str, body: str) -> TriageResult:
         answered = _answered_operations(subject, body, single, analysis)
         records = ([*(request_order_ids(answered[0], body) or []), *find_subscription_ids(body)]
                    if answered and OPERATION_ROUTE[answered[0]] != "access" else [])
-        unexplained = unexplained_requests(analysis, answered, records)
+        unexplained = unexplained_requests(analysis, answered, records) + _subject_requests(subject, answered, records)
         side_effect = any(op not in READ_ONLY_OPERATIONS for op in answered)
         if side_effect and unexplained and not _left_to_the_screen(unexplained, subject, body):
             # a side effect, and an ask it does not answer ("… and delete my data"): fail closed
@@ -1123,6 +1193,13 @@ def triage_text(subject: str, body: str) -> TriageResult:
         return TriageResult(route=route, confidence=_confidence(1, has_id), intents=ordered_ops)
     wordy = analysis.words >= 3 and analysis.vocab_ratio >= 0.5
     if not route_score and analysis.question and wordy and (analysis.topical or analysis.suppressed):
+        subj = analyze(subject) if subject.strip() else None
+        # a headline ("Refund policy") names a topic; a subject asking ("please", an order id) asks
+        asked = [op for op, sc in subj.scores(descriptive=False).items() if sc >= 2 and op not in READ_ONLY_OPERATIONS
+                 ] if subj is not None and (_ASK_MARK.search(subject) or _SPECIFIC_ID.search(subject)) else []
+        if asked:  # subject "Refund for O-1", body a question about something else: two requests
+            return TriageResult(route="unknown", confidence=0.9, reason_codes=["multiple_intents"],
+                                intents=[*asked, "question"])
         base = {"procedural": 0.9, "info": 0.82, "phrase": 0.75}[analysis.question]
         bump = 0.03 if analysis.suppressed else 0.0
         return TriageResult(route="knowledge", confidence=round(base + bump, 2), intents=["question"])
