@@ -225,7 +225,7 @@ def current_part(text: str) -> str:
 
 
 _JOINT = re.compile(
-    r";\s+|\n\s*(?:[-*•]|\d{1,2}[.)])\s+|(?<=\s)(?:\d{1,2}\))\s+|"
+    r";\s+|\s+[—–]\s+|\n\s*(?:[-*•]|\d{1,2}[.)])\s+|(?<=\s)(?:\d{1,2}\))\s+|"
     r"[,\s]+\(?(?=(?:btw|by the way|also|and also|plus|as well|another thing|one more thing|then|additionally|p\.?s\.?)\b)|"
     r",?\s+(?=(?:which|that|this) reminds me\b|speaking of which\b|on (?:another|a different|a separate) note\b|"
     r"while i'?m at it\b|while i have you\b|separately\b|unrelated(?:ly)?\b)|"
@@ -238,7 +238,8 @@ _JOINT = re.compile(
 _SUBJECT_ONLY = re.compile(r"^\W*(?:and\s+|so\s+|but\s+)?(?:i|we|i'?d|we'?d|i would|we would)\W*$", _F)
 _ASKING_HEAD = re.compile(r"\b(?:you|u|please|pls|kindly|to)\W*$", _F)
 """The head of a request that "also" continues ("make sure you also …", "I need you to also …")."""
-_WISH = re.compile(r"(?:also\s+)?(?:like|love|want|need|appreciate|prefer|require|wish|request|demand)\b", _F)
+_WISH = re.compile(r"(?:also\s+)?(?:like|love|want(?:ed)?|need|appreciate|prefer|require|wish|request|demand|"
+                   r"was (?:hoping|wondering)|hoped|wondered)\b", _F)
 """A would-be clause that is only the subject of a wish: "I'd also like …" is one clause
 (a request), not "I'd" and "also like …"."""
 

@@ -219,7 +219,9 @@ _REFUND_STATUS = re.compile(
     r"\b(?:my |the |a |this )?refund\b[^.?!\n]{0,25}\b(?:has ?n[o']t|have ?n[o']t|did ?n[o']t|not|never|still)\b[^.?!\n]{0,20}"
     r"\b(?:arrived?|shown up|showed up|come through|came through|appeared|landed|been (?:processed|received|credited|paid))|"
     r"\bwhere(?:'s| is)\b[^.?!\n]{0,15}\brefund\b|\b(?:status of|update on|news on|track) (?:my |the )?refund\b|"
-    r"\brefund status\b|\bwhen will (?:i (?:get|receive|see) )?(?:my |the )?refund\b",
+    r"\brefund status\b|\bwhen will (?:i (?:get|receive|see) )?(?:my |the )?refund\b|"
+    r"\b(?:have ?n[o']t|has ?n[o']t|did ?n[o']t|never|not yet|still not)\b[^.?!\n]{0,20}\b(?:received|got|gotten|seen)\b"
+    r"[^.?!\n]{0,15}\brefund\b",
     _F,
 )
 """Asking where a refund is: a read-only billing question, not a request for another refund."""
@@ -347,6 +349,7 @@ _ASK_MARK = re.compile(
     r"\b(?:it|that)(?:'d| would) be (?:great|nice|good|helpful|lovely|ideal|perfect|awesome|brilliant|amazing|appreciated) if\b|"
     r"\b(?:so|then|just|now)\s+(?!(?:it|that|this|you|they|he|she|which|who|i|we)\b)(?!\w+ed\b)[a-z]+ (?:me|us) "
     r"(?:up|out|some|with|w)\b|"
+    r"\bi (?:also |just )?(?:wanted|want|would like|'d like) to ask\b|\b(?:i|we) (?:was|were|am|are|'m) (?:also )?(?:hoping|wondering)\b|"
     r"\bi'?d prefer (?:it )?if\b|\bwould you mind\b|\bi(?:'d| would)? (?:also |really |at least )?expect\b|"
     r"^\W*(?:and\s+)?also (?:need|want|require|would like|'?d like)\b|"  # "… that I | also need X": cut at "also"
     # a reproach that asks for something still undone ("why haven't you sent the invoice?")
@@ -368,7 +371,7 @@ _IMPERATIVE_START = re.compile(
 )
 """An imperative opening ("cancel it", "also send …"); a form's label ("Email: …", "Issue: …") is none."""
 _SECOND_MARK = re.compile(
-    r"^\W*(?:and\s+)?(?:also|plus|another thing|one more thing|while you'?re at it|additionally|in addition|"
+    r"^\W*(?:and\s+)?(?:also|plus|another thing|one more thing|while you'?re at it|additionally|in addition|by the way|btw|"
     r"on top of that|besides|p\.?s\.?|oh and|as well|(?:which|that|this) reminds me|speaking of which|"
     r"on (?:another|a different|a separate) note|while i'?m at it|while i have you|separately|unrelated(?:ly)?)\b",
     _F,
@@ -433,7 +436,7 @@ _BOILERPLATE = re.compile(
 )
 """A mail disclaimer: its "please delete it and notify the sender" asks nothing of support."""
 
-_OTHER_OBJECT = re.compile(r"\b(?:the other|another|too|as well|also|second|one more|additionally|in addition|while you)\b", _F)
+_OTHER_OBJECT = re.compile(r"\b(?:the other|another|too|as well|also|either|second|one more|additionally|in addition|while you)\b", _F)
 """Words saying an ask is about something besides the request ("return the other item too")."""
 
 
@@ -502,10 +505,14 @@ about them is never the one the plan answers."""
 
 _PROBLEM = re.compile(
     r"\b(?:wrong|incorrect|twice|double[ds]?|missing|never|not|no longer|\w+n'?t|broken|damaged|failed|failing|"
-    r"locked|stuck|lost|late|error|issue|problem|overcharged|charged|too (?:high|much|expensive|steep))\b",
+    r"locked|stuck|lost|late|error|issue|problem|overcharged|charged|too (?:high|much|expensive|steep)|keeps? \w+ing)\b",
     _F,
 )
 """A problem named in a statement ("the charge is wrong too"): a complaint that may ask for a fix."""
+
+_STILL = re.compile(r"\bstill\b", _F)
+"""A problem that is "still" there ("I still haven't received my refund for O-2") is a
+complaint waiting for a fix, like one raised with "also"."""
 
 _FOREIGN_WORD = re.compile(r"(?<![\w@.-])[^\W\d_]+(?![\w@-])")
 
@@ -689,7 +696,7 @@ def _clause_asks(offset: int, clause: str, hits: list[OpHit], sentence: str) -> 
             out.append(Ask(prev.start, f"{prev.text} {seg}", tuple(dict.fromkeys((*prev.ops, *ops))), ids))
         elif changed := _changed_record(seg):
             out.append(Ask(lo, changed, ops, ids))
-        elif _OTHER_OBJECT.search(seg) and _PROBLEM.search(seg):
+        elif (_OTHER_OBJECT.search(seg) or _SECOND_MARK.match(seg) or _STILL.search(seg)) and _PROBLEM.search(seg):
             routes = tuple(r for r, rx in _ROUTE_TOPICS.items() if rx.search(seg))
             if routes or _THIRD_PARTY.search(seg):
                 out.append(Ask(lo, seg, ops, ids, complaint=routes or ("unknown",)))
@@ -1103,6 +1110,21 @@ def _subject_asks_elsewhere(subject: str, route: Route) -> bool:
     return any(s >= 2 and op not in READ_ONLY_OPERATIONS and OPERATION_ROUTE[op] != route for op, s in asked.items())
 
 
+_ORDER_OPERATIONS: frozenset[Operation] = frozenset({"refund", "cancel_order", "change_address", "reship", "track_order"})
+
+
+def _records_acted_on(answered: list[Operation], body: str) -> list[str]:
+    """The order or subscription ids the plan acts on: an order request's own orders, a
+    subscription request's subscriptions, nothing for an account request."""
+    if not answered:
+        return []
+    if answered[0] in _ORDER_OPERATIONS:
+        return request_order_ids(answered[0], body) or []
+    if answered[0] == "cancel_subscription":
+        return find_subscription_ids(body)
+    return []
+
+
 def _subject_requests(subject: str, answered: Collection[Operation], records: Collection[str]) -> list[str]:
     """The asks of the subject line that the plan does not answer and that name another
     route's topic ("Please send all my invoices to our accountant" above a reship). A subject
@@ -1172,8 +1194,7 @@ def triage_text(subject: str, body: str) -> TriageResult:
     single = firm[0] if len(firm) == 1 else next(iter(route_score)) if len(route_score) == 1 else None
     if single is not None:
         answered = _answered_operations(subject, body, single, analysis)
-        records = ([*(request_order_ids(answered[0], body) or []), *find_subscription_ids(body)]
-                   if answered and OPERATION_ROUTE[answered[0]] != "access" else [])
+        records = _records_acted_on(answered, body)
         unexplained = unexplained_requests(analysis, answered, records) + _subject_requests(subject, answered, records)
         side_effect = any(op not in READ_ONLY_OPERATIONS for op in answered)
         if side_effect and unexplained and not _left_to_the_screen(unexplained, subject, body):

@@ -395,6 +395,12 @@ IMPLICIT_SECOND_REQUESTS = [
     # a reply pointing at the forwarded mail below it: that mail's request is live
     "On top of what's below: please refund O-31.\n\n---------- Forwarded message ---------\nFrom: me\n\n"
     "I've been locked out of my account since Sunday. Could you unlock it?",
+    # a problem "still" there, "either", "by the way", a dash, "I also wanted to ask"
+    "Please cancel my subscription. I still haven't received my refund for O-32.",
+    "Please refund O-31. O-32 never arrived either.",
+    "Refund O-31 please. By the way my account keeps logging me out every day.",
+    "Cancel O-31 please — the other order can stay but I want it gift wrapped.",
+    "Can you cancel O-31? I also wanted to ask about a discount for my next order.",
     # a language keel does not read, whose words are in English word lists
     "Please update the shipping address on O-31 to Storgatan 12, Göteborg. Och en sak till: leveransen av min förra "
     "beställning var tre veckor sen, så jag tycker att ni borde ge mig en rabattkod som kompensation.",
@@ -446,6 +452,10 @@ def test_a_second_request_without_request_words_is_multiple_intents(body: str) -
         # a checking request, and a new address given as "It's …"
         ("This one, O-31, seems to be taking its time though. Could you check where it is?", "orders"),
         ("Could you send O-31 to the new place instead? It's 27B Lantern Street, Bristol BS1 4DJ.", "orders"),
+        # a problem of the request itself, "still" or "by the way", is its reason
+        ("Please refund O-31, it still doesn't work after two repairs.", "billing"),
+        ("Please refund O-31. By the way, the box was soaked.", "billing"),
+        ("Please cancel my subscription, the app keeps crashing.", "billing"),
         # a condition on a request keeps it a request
         ("Could you cancel O-31 if I still can?", "orders"),
         # the new address given in an obligation is the request's data
