@@ -57,7 +57,7 @@ SHORTHAND: dict[str, str] = {
     "e-mail": "email", "mail-address": "email address", "emailaddress": "email address",
     "reciept": "receipt", "recieve": "receive", "recieved": "received", "adress": "address",
     "adresse": "address", "abonnement": "subscription", "abo": "subscription",
-    "cn": "can", "rite": "right", "chng": "change", "chnge": "change", "updt": "update", "pls.": "please",
+    "cn": "can", "rite": "right", "chng": "change", "chnge": "change", "updt": "update",
 }
 """Chat shorthand, apostrophe-less contractions and a few stock misspellings, by word."""
 
@@ -158,8 +158,12 @@ def normalize(text: str) -> str:
     out.append(text[pos:])
     joined = "".join(out)
     joined = _join_continued_lines(joined)
+    joined = _VERB_SLASH.sub(r"\1 or \2", joined)  # "refund/replace O-1": two requests
     return re.sub(r"(?<=\w)\s+\+\s+(?=\w)", " and also ", joined)
 
+
+_VERB_SLASH = re.compile(r"\b(refund|replace|reship|cancel|return|exchange|repair|reset|unlock|change)/"
+                         r"(refund|replace|reship|cancel|return|exchange|repair|reset|unlock|change)\b", _F)
 
 _CONTINUES = re.compile(r"(?:should|needs?|must|is|are|was|were|has|have|had|will|would|so|because|which|since)\b")
 
@@ -225,7 +229,8 @@ def current_part(text: str) -> str:
 
 
 _JOINT = re.compile(
-    r";\s+|\s+[—–]\s+|\n\s*(?:[-*•]|\d{1,2}[.)])\s+|(?<=\s)(?:\d{1,2}\))\s+|"
+    r";\s+|\s+[—–-]\s+|[，、،]\s*|\n\s*(?:[-*•]|\d{1,2}[.)])\s+|(?<=\s)(?:\d{1,2}\))\s+|"
+    r",?\s+(?=(?:and )?while (?:you'?re|you are|your|ur|u r) at it\b|as well as\b|not only\b|but also\b|on top of\b)|"
     r"[,\s]+\(?(?=(?:btw|by the way|also|and also|plus|as well|another thing|one more thing|then|additionally|p\.?s\.?)\b)|"
     r",?\s+(?=(?:which|that|this) reminds me\b|speaking of which\b|on (?:another|a different|a separate) note\b|"
     r"while i'?m at it\b|while i have you\b|separately\b|unrelated(?:ly)?\b)|"
@@ -236,12 +241,12 @@ _JOINT = re.compile(
 
 
 _SUBJECT_ONLY = re.compile(r"^\W*(?:and\s+|so\s+|but\s+)?(?:i|we|i'?d|we'?d|i would|we would)\W*$", _F)
+_WISH = re.compile(r"(?:also\s+)?(?:like|love|want(?:ed)?|need|appreciate|prefer|require|wish|request|demand|"
+                   r"was (?:hoping|wondering)|hoped|wondered|find|be grateful)\b", _F)
+"""A would-be clause that is only the subject of a wish (``_SUBJECT_ONLY`` before "also" and
+``_WISH`` after it): "I'd also like …" is one clause (a request), not "I'd" and "also like …"."""
 _ASKING_HEAD = re.compile(r"\b(?:you|u|please|pls|kindly|to)\W*$", _F)
 """The head of a request that "also" continues ("make sure you also …", "I need you to also …")."""
-_WISH = re.compile(r"(?:also\s+)?(?:like|love|want(?:ed)?|need|appreciate|prefer|require|wish|request|demand|"
-                   r"was (?:hoping|wondering)|hoped|wondered)\b", _F)
-"""A would-be clause that is only the subject of a wish: "I'd also like …" is one clause
-(a request), not "I'd" and "also like …"."""
 
 
 def clauses(sentence: str) -> list[tuple[int, str]]:
@@ -288,11 +293,22 @@ _SEGMENT_JOINT = re.compile(
     r"(?!\s*(?:is|was|are|were|'s)\b))|"
     r",?\s+(?:and|&)\s+(?:then\s+)?(?=(?:also\s+)?(?!(?:" + NOT_A_VERB + r")\b)[a-z]+\s+(?:a|an|the|my|our|me|us|some|any)\b)|"
     r",\s+(?=(?:please|kindly|can you|could you|would you|will you)\b)|"
+    r",?\s+(?=(?:can|could|would|will) (?:someone|somebody|anyone|one of you|your team)\b)|"
+    r",?\s+(?:so|then)\s+(?=(?:please\s+)?(?:" + _VERB_ALT + r")\b)|"
+    r",\s+(?=which (?:i|we)(?:'d| would) (?:need|like|want)\b)|"
+    r"(?<!because)(?<!since)(?<!\bas)(?<!\bso)(?<!that)(?<!\bif)(?<!\band)\s+(?=(?:id|i'?d|i would|i) (?:also |really )?"
+    r"(?:need|want|like|love)\b)|"
     r",\s+(?=i (?:also )?(?:want|need|would like|'?d like)\b[^,.;!?\n]*\b(?:instead|too|as well|also)\b)|"
     r"(?<=\w)\s+(?=(?:can|could|would) you\b)",
     _F,
 )
 
+
+_FOREIGN_JOINT = re.compile(
+    r",?\s+(?:and|y|et|und|aur|e|og|och|ve|dan|en)\s+(?=([^\W\d_]+(?:'[^\W\d_]+)?)\b)", _F
+)
+"""A conjunction before a word that is not English ("… O-1, y también necesito …", "… and
+pwede din po ba …", "aur mera naam …"): what follows is another clause, in another language."""
 
 _COORDINATED = re.compile(
     r"^(?:also\s+)?(?!(?:" + NOT_A_VERB + r"|my|our)\b)[a-z]+\s+(?:a|an|the|my|our|me|us|some|any)\b"
@@ -314,7 +330,12 @@ def segments(clause: str) -> list[tuple[int, str]]:
     """
     out: list[tuple[int, str]] = []
     pos = 0
-    for m in _SEGMENT_JOINT.finditer(clause):
+    joints = sorted([*_SEGMENT_JOINT.finditer(clause),
+                     *(m for m in _FOREIGN_JOINT.finditer(clause) if not is_english(m.group(1).lower()))],
+                    key=lambda m: m.start())
+    for m in joints:
+        if m.start() < pos:
+            continue
         if m.start() > pos and clause[pos : m.start()].strip():
             out.append((pos, clause[pos : m.start()]))
         pos = m.end()

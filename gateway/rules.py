@@ -134,7 +134,7 @@ _OP_PATTERNS: list[tuple[Operation, str, int]] = [
     ("change_address", r"\b(?:i'?m|i am|we'?re|we are) moving\b", 1),
     # orders: reship a damaged or missing item
     ("reship", r"\breplacements?\b(?! (?:order|purchase) (?:that )?(?:i|we)(?:'m| am|'ll| will|'ve| have)? (?:plac|buy|mak|order)\w*)", 2),
-    ("reship", r"\breplace (?:it|them|this|that|the \w+|my \w+)\b", 2),
+    ("reship", r"\breplace (?:it|them|this|that|the \w+|my \w+|O-\d+)\b", 2),
     ("reship", r"\bsend (?:me |us )?(?:a |an |the )?(?:new|another|replacement|second)\b(?! (?:password|reset|link|code|email|e-mail|verification|receipt|invoice))", 2),
     ("reship", r"\b(?:re-?ship|re-?send)\b(?! (?:the |my |a )?(?:password |reset |verification )?(?:link|email|e-mail|code|receipt|invoice))", 2),
     ("reship", r"\bship (?:me |us )?(?:another|a new|a replacement)\b", 2),
@@ -245,7 +245,7 @@ _DONE = re.compile(r"\w+ed\b|(?:reset|sent|set|put|made|got|did|done)\b", _F)
 themselves ("I have already changed my password myself"), not what they ask."""
 
 _REQUEST = re.compile(
-    r"\b(?:please|pls|plz|kindly)\b|\b(?:can|could|would|will) (?:you|u)\b|\bfor me\b|\bsend me\b|"
+    r"\b(?:please|pls|plz|kindly)\b|\b(?:can|could|would|will) (?:you|u)\b|\b(?:would it be|is it) possible\b|\bfor me\b|\bsend me\b|"
     r"\bi (?:want|need) you\b|\bi'?d like you\b|\b(?:can|could|may) (?:i|we) (?:get|have|receive)\b|"
     r"\bi (?:want|need|demand)\b(?! to know)|\bi'?d like\b(?! to know)|\bi would like\b(?! to know)",
     _F,
@@ -261,7 +261,7 @@ _INFO_START = re.compile(
     _F,
 )
 _INFO_PHRASE = re.compile(
-    r"\b(?:i'?d like|i want|i would like) to know\b|\bwonder(?:ing)?\b|"
+    r"\b(?:i'?d like|i'?d love|i want|i would like|i would love) to know\b|\bwonder(?:ing)?\b|"
     r"\btell me (?:about|how|what|if|whether|why|when|your|the)\b|\b(?:info|information|details) (?:on|about|regarding)\b|"
     r"\bexplain\b|\bcurious\b",
     _F,
@@ -289,7 +289,7 @@ _FRAME_WORDS = frozenset(
 """Words that frame a question rather than say what it is about ("how long will it take?")."""
 
 _ROUTE_TOPICS: dict[Route, re.Pattern[str]] = {
-    "billing": re.compile(r"\b(?:refund\w*|money|charg\w*|bill\w*|payment\w*|paid|pay|receipts?|invoices?|subscri\w*|fees?|"
+    "billing": re.compile(r"\b(?:refund\w*|money|charg(?:e|es|ed|ing)|bill\w*|payment\w*|paid|pay|receipts?|invoices?|subscri\w*|fees?|"
                           r"membership|plan|renew\w*|credit)\b", _F),
     "orders": re.compile(r"\b(?:orders?|ordered|packages?|parcels?|deliver\w*|ship\w*|items?|address|track\w*|arriv\w*|"
                          r"O-\d+)\b", _F),
@@ -326,7 +326,7 @@ _ASK_VERB_ALT = "|".join(ASK_VERBS)
 _POLITE_FORMULA = re.compile(
     r"\bplease (?:be (?:informed|advised|aware)|find (?:attached|enclosed|below)|see (?:attached|below|above)|note|"
     r"excuse|forgive|accept)\b|\b(?:if you need|should you need|let me know if you need)\b[^.?!\n]*|"
-    r"\bthank(?:s| you)\b[^.?!\n]*|\bkeep (?:up the (?:good|great|excellent) work|it up)\b|"
+    r"\bthank(?:s| you)\b[^.?!\n]*|\beverything else\b[^.?!\n]{0,30}\b(?:is|looks|seems) (?:fine|ok|okay|good|right)\b[^.?!\n]*|\bkeep (?:up the (?:good|great|excellent) work|it up)\b|"
     r"\b(?:let me know|keep me (?:posted|updated|informed)|get back to me|"
     r"confirm(?:ation)? (?:it )?(?:by|via|per|in an?) (?:e-?mail|text|sms|phone|message)|"
     r"(?:please |kindly )?(?:make sure|ensure|be sure)\b(?! (?:to|you|that you)\b)[^.?!\n]*|"
@@ -342,14 +342,19 @@ _ASK_MARK = re.compile(
     r"\b(?:i|we) (?:also |really |just |still |further |kindly |hereby |therefore |additionally )?"
     r"(?:want|need|demand|require|wish|request)\b|\bwanna\b|"
     r"\b(?:can'?t|cannot|couldn'?t|won'?t|wouldn'?t) (?:you|u)\b|\b(?:don'?t|do not|never) forget to\b|\bremember to\b|"
-    r"\b(?:i|we)'?d (?:also |really )?(?:like|love|appreciate|want|prefer)\b|"
+    r"\b(?:i|we)'?d (?:also |really )?(?:like|love|appreciate|want|prefer|need)\b(?! to know)|"
     r"\b(?:i|we) would (?:also |really )?(?:like|love|appreciate|want|prefer)\b|"
     r"\byou (?:also |still |really )?(?:need|have|must|ought) to\b|"
     r"\b(?:would|will) (?:also |really )?appreciate\b|\bsend me\b|\bi(?:'m| am) (?:asking|requesting)\b|"
     r"\b(?:it|that)(?:'d| would) be (?:great|nice|good|helpful|lovely|ideal|perfect|awesome|brilliant|amazing|appreciated) if\b|"
     r"\b(?:so|then|just|now)\s+(?!(?:it|that|this|you|they|he|she|which|who|i|we)\b)(?!\w+ed\b)[a-z]+ (?:me|us) "
     r"(?:up|out|some|with|w)\b|"
-    r"\bi (?:also |just )?(?:wanted|want|would like|'d like) to ask\b|\b(?:i|we) (?:was|were|am|are|'m) (?:also )?(?:hoping|wondering)\b|"
+    r"\bi (?:also |just )?(?:wanted|want|would like|'d like) to ask\b|\bid (?:also )?(?:need|like|love|want|appreciate)\b|"
+    r"\b(?:can|could|would|will) (?:someone|somebody|anyone|one of you|your team)\b|^\W*(?:and\s+)?also\s+to\s+\w+|"
+    r"^\W*(?:and\s+|oh\s+|also\s+)*(?:really\s+)?(?:want|need|wanna)\s+(?:to|you|u|it|a|an|my|the)\b|\b(?:i|we)(?: was| were| am| are|'m|'re) (?:also )?(?:hoping|wondering)\b|"
+    r"\b(?:i|we)(?:'d| would) (?:also )?be (?:very |really |so )?(?:grateful|happier|glad|thankful|pleased|happy) (?:for|if|to|not)\b|"
+    r"\b(?:i|we)(?:'d| would) (?:also )?find it [^.?!\n]{0,20}(?:useful|helpful|easier|better) if\b|"
+    r"\bit would (?:really |also )?(?:help|make (?:all )?the difference|save me)\b|\bideally\b|"
     r"\bi'?d prefer (?:it )?if\b|\bwould you mind\b|\bi(?:'d| would)? (?:also |really |at least )?expect\b|"
     r"^\W*(?:and\s+)?also (?:need|want|require|would like|'?d like)\b|"  # "… that I | also need X": cut at "also"
     # a reproach that asks for something still undone ("why haven't you sent the invoice?")
@@ -371,12 +376,20 @@ _IMPERATIVE_START = re.compile(
 )
 """An imperative opening ("cancel it", "also send …"); a form's label ("Email: …", "Issue: …") is none."""
 _SECOND_MARK = re.compile(
-    r"^\W*(?:and\s+)?(?:also|plus|another thing|one more thing|while you'?re at it|additionally|in addition|by the way|btw|"
+    r"^\W*(?:and\s+)?(?:also|plus|another thing|one more thing|while (?:you'?re|your|ur|you are) (?:at it|in there)|additionally|"
+    r"in addition|by the way|btw|"
     r"on top of that|besides|p\.?s\.?|oh and|as well|(?:which|that|this) reminds me|speaking of which|"
     r"on (?:another|a different|a separate) note|while i'?m at it|while i have you|separately|unrelated(?:ly)?)\b",
     _F,
 )
 """A clause opened as a further request ("also the invoice", "PS: …")."""
+_STRONG_SECOND_MARK = re.compile(
+    r"^\W*(?:and\s+)?(?:while (?:you'?re|your|ur|you are) (?:at it|in there|on it)|one more thing|another thing|one last thing|"
+    r"on (?:another|a different|a separate) note|separately|unrelated(?:ly)?|(?:which|that|this) reminds me|speaking of which)\b",
+    _F,
+)
+"""Openings that announce another matter ("One more thing: …", "While you're in there: …"):
+what follows is a request even when it is worded as a statement."""
 _STATEMENT = re.compile(
     r"\b(?:i'?m|it'?s|is|was|were|are|am|has|had|have|been|did|does|came|arrived|got|broke|seems?|looks?|feels?|"
     r"love|loved|liked|enjoy|enjoyed)\b|\b\w{3,}ed\b",
@@ -453,6 +466,7 @@ _CHANGED_RECORD = re.compile(
     r"\bmy (?P<b>(?:[\w-]+ ){0,2}?[\w-]+) (?:has |have )?(?:just |recently )?(?:been )?changed\b|"
     r"\bthe (?P<c>(?:[\w-]+ ){0,2}?[\w-]+) (?:has |have )(?:just |recently )?(?:been )?changed\b|"
     r"\bmy (?P<e>(?:[\w-]+ ){0,2}?[\w-]+) (?:is|are) now\s+(?=\S*\d|\S+@)|"
+    r"\bmy (?P<f>(?:[\w-]+ ){0,3}?[\w.-]+) (?:updated|changed|replaced|swapped|corrected|removed|deleted) (?:to|with|for|from)\b|"
     r"\b(?:i|we) (?:have |'ve |just |recently )*(?P<moved>moved|relocated)(?: house| home| flat)? to\b|"
     r"\b(?:i|we) (?:have |'ve |just )*(?:got|get|have) a new (?P<d>(?:[\w-]+ ){0,2}?(?:number|phone|e-?mail|address|card|name|bank))\b",
     _F,
@@ -489,7 +503,7 @@ _PRONOUN_IMPERATIVE = re.compile(
 )
 """A verb of its own on a record named before ("…, kill it before it ships"): slang or not, a request."""
 
-_THIRD_PERSON_NEED = re.compile(r"\b(?:he|she|they) (?:also |really |still |just )?(?:needs?|wants?|would like)\b", _F)
+_THIRD_PERSON_NEED = re.compile(r"\b(?:he|she|they) (?:also |really |still |just |will |would )?(?:needs?|wants?|would like)\b", _F)
 """Someone else's need ("she needs it unlocked"): asked of support on their behalf."""
 
 _THIRD_PARTY = re.compile(
@@ -504,7 +518,8 @@ _THIRD_PARTY = re.compile(
 about them is never the one the plan answers."""
 
 _PROBLEM = re.compile(
-    r"\b(?:wrong|incorrect|twice|double[ds]?|missing|never|not|no longer|\w+n'?t|broken|damaged|failed|failing|"
+    r"\b(?:wrong|incorrect|twice|double[ds]?|missing|never|not|no longer|\w+n't|(?:can|don|doesn|didn|won|isn|wasn|haven|hasn)t|"
+    r"broken|damaged|failed|failing|vanished|disappeared|"
     r"locked|stuck|lost|late|error|issue|problem|overcharged|charged|too (?:high|much|expensive|steep)|keeps? \w+ing)\b",
     _F,
 )
@@ -513,6 +528,9 @@ _PROBLEM = re.compile(
 _STILL = re.compile(r"\bstill\b", _F)
 """A problem that is "still" there ("I still haven't received my refund for O-2") is a
 complaint waiting for a fix, like one raised with "also"."""
+
+_NON_LATIN = re.compile(r"[^\W\d_a-zA-Z\u00C0-\u024F]")
+"""A letter of a script other than Latin (CJK, Arabic, Cyrillic, Devanagari, …)."""
 
 _FOREIGN_WORD = re.compile(r"(?<![\w@.-])[^\W\d_]+(?![\w@-])")
 
@@ -548,11 +566,14 @@ _CONSTRAINT = re.compile(
 with any further complement ("keep the parcel at the depot") is still a request."""
 
 _NO_WORRY = re.compile(
-    r"^\W*(?:(?:but|and|oh)\s+)?(?:don'?t|do not|no need to|never) (?:worry|bother|mind)\b[^,.;!?]*[,.;!]?\s*"
-    r"(?:i (?:still )?(?:remember|know) (?:it|them|that|mine)[,.;]\s*)?",
+    r"(?:^\W*(?:(?:but|and|oh|so)\s+)?(?:don'?t|do not|never) (?:worry|bother|mind)\b|"
+    r"\b(?:(?:there'?s |there is )?no need to|(?:please )?(?:ignore|disregard) my (?:\w+ )?(?:chat|message|e-?mail|mail|ticket|note))\b)"
+    r"[^,.;!?]*[,.;!]?\s*"
+    r"(?:i (?:still )?(?:remember|know|want|need|like|love) (?:it|them|that|mine)\b[^,.;!?]*[,.;!]?\s*)?",
     _F
 )
-"""Waving something off ("Don't worry about the password, I remember it, …"): it asks nothing."""
+"""Waving something off ("Don't worry about the password, I remember it, …", "there's no need
+to cancel the order, I still want it", "please ignore my chat from Sunday"): it asks nothing."""
 
 _RHETORICAL = re.compile(
     r"\bwhy (?:do|does|did|would|should|must) (?:i|we|you)(?: guys)? (?:even|ever|keep)\b|"
@@ -593,11 +614,15 @@ def _is_ask(segment: str) -> bool:
         return True
     if _OBLIGATION.search(text) or _THIRD_PERSON_NEED.search(text) or _PRONOUN_IMPERATIVE.match(text):
         return True
+    if _STRONG_SECOND_MARK.search(text):
+        return True  # "While you're in there: the account is still under my maiden name"
     return bool(_SECOND_MARK.search(text)) and not _STATEMENT.search(text)
 
 
 def _ask_content(segment: str, answered: Collection[Operation]) -> list[str]:
     """The words of an ask that name something other than the answered request(s)."""
+    if len(_NON_LATIN.findall(segment)) >= 4:
+        return [segment.strip()]  # words of another script: nothing here can tell what they ask
     text = _LINK_OR_EMAIL.sub(" ", _POLITE_FORMULA.sub(" ", _NO_WORRY.sub("", segment, count=1)))  # an address is data
     text = _DATA_TAIL.sub(" ", text)
     own = frozenset().union(*(_OP_STEMS.get(op, frozenset()) for op in answered))
@@ -609,13 +634,20 @@ def _ask_content(segment: str, answered: Collection[Operation]) -> list[str]:
     return [w for w in words if _stem(w) not in own and w not in verbs]
 
 
+def _asks_in(head: str) -> bool:
+    """Whether ``head`` holds the asking part of a request (so what follows it is its purpose)."""
+    return bool(_ASK_MARK.search(head) or _IMPERATIVE_START.search(head) or _OBLIGATION.search(head)
+                or _SELF_GOAL.search(head) or _PRONOUN_IMPERATIVE.match(head))
+
+
 def _without_purpose(text: str) -> str:
     """``text`` without its purpose, cause or deadline tail ("I need it before my trip on
     Friday", "… since I need the money for rent", "I need access for work"): the tail says
     why or by when, the head what is asked. A tail addressing the agent ("so that you can
     also …") is kept: it may ask for more."""
     m = _PURPOSE_TAIL.search(text)
-    if m is None or _AGENT_TAIL.search(m.group("tail")) or not _WORD.search(text[: m.start()]):
+    head = text[: m.start()] if m else ""
+    if m is None or _AGENT_TAIL.search(m.group("tail")) or not _WORD.search(head) or not _asks_in(head):
         return text
     return text[: m.start()]
 
@@ -687,19 +719,20 @@ def _clause_asks(offset: int, clause: str, hits: list[OpHit], sentence: str) -> 
             if _ASK_MARK.search(_POLITE_FORMULA.sub(" ", seg)):
                 out.append(Ask(lo, seg, ops, ids))
             continue
-        if _is_ask(seg) or (i and _is_ask(parts[i - 1][1]) and coordinated_imperative(seg)):
+        if _is_ask(seg) or (i and _is_ask(parts[i - 1][1]) and coordinated_imperative(seg)) or (i and _foreign(seg)):
             out.append(Ask(lo, seg, ops, ids))
+        elif changed := _changed_record(seg):
+            out.append(Ask(lo, changed, ops, ids))
+        elif (_OTHER_OBJECT.search(seg) or _SECOND_MARK.match(seg) or _STILL.search(seg) or _SPECIFIC_ID.search(seg)) and _PROBLEM.search(seg) and (
+            _THIRD_PARTY.search(seg) or any(rx.search(seg) for rx in _ROUTE_TOPICS.values())
+        ):
+            routes = tuple(r for r, rx in _ROUTE_TOPICS.items() if rx.search(seg))
+            out.append(Ask(lo, seg, ops, ids, complaint=routes or ("unknown",)))
         elif out and out[-1].start == offset + parts[i - 1][0] and not out[-1].complaint:
             # a part cut off an ask that asks nothing on its own ("… and my neighbour's parcel
             # too") is read with that ask, as if it had not been cut
             prev = out.pop()
             out.append(Ask(prev.start, f"{prev.text} {seg}", tuple(dict.fromkeys((*prev.ops, *ops))), ids))
-        elif changed := _changed_record(seg):
-            out.append(Ask(lo, changed, ops, ids))
-        elif (_OTHER_OBJECT.search(seg) or _SECOND_MARK.match(seg) or _STILL.search(seg)) and _PROBLEM.search(seg):
-            routes = tuple(r for r, rx in _ROUTE_TOPICS.items() if rx.search(seg))
-            if routes or _THIRD_PARTY.search(seg):
-                out.append(Ask(lo, seg, ops, ids, complaint=routes or ("unknown",)))
     return out
 
 
@@ -716,7 +749,8 @@ def _shares_subject(clause: str, previous: tuple[int, str], start: int) -> bool:
             and not _is_ask(p_text))
 
 
-_POINTS_BACK = re.compile(r"\b(?:fix|sort|do|handle|check|change|sort out|look into|deal with)\b[^.?!\n]{0,12}\b(?:that|it|this|them)\b", _F)
+_POINTS_BACK = re.compile(r"\b(?:fix|sort|do|handle|check|change|sort out|look into|deal with|switch|turn|remove|stop|"
+                          r"disable|enable|cancel|delete|update)\b[^.?!\n]{0,12}\b(?:that|it|this|them)\b", _F)
 
 
 def _with_antecedent(ask: Ask, topics: list[tuple[int, str]]) -> Ask:
@@ -741,13 +775,15 @@ def _changed_record(segment: str) -> str:
         return ""
     if m.group("moved"):
         return "address"
-    return next(g for g in (m.group("a"), m.group("b"), m.group("c"), m.group("d"), m.group("e")) if g)
+    return next(g for g in (m.group("a"), m.group("b"), m.group("c"), m.group("d"), m.group("e"), m.group("f")) if g)
 
 
 def _foreign(sentence: str) -> bool:
     """Whether ``sentence`` is mostly in a language keel does not read: three or more words
     of three letters or more, under half of them common English (capitalised words, names
     most often, and acronyms left out)."""
+    if len(_NON_LATIN.findall(sentence)) >= 4:
+        return True  # "顺便帮我取消订单", "وممكن ترسلولي": another script
     words = [w.lower() for w in _FOREIGN_WORD.findall(sentence) if not w[0].isupper() and len(w) > 2]
     if len(words) < 3:
         return False
@@ -929,6 +965,9 @@ def _topic_words(clause: str) -> list[str]:
     return [w for w in _WORD.findall(clause.lower()) if len(w) >= 3 and w not in _FRAME_WORDS]
 
 
+_PSEUDO_CLEFT = re.compile(r"^\W*what (?:i|we)(?:'m| am| are)? [^?]*\b(?:is|was)\b", _F)
+
+
 def _is_knowledge_question(clause: str) -> bool:
     """Whether ``clause`` asks how the shop works: a second request next to any action.
 
@@ -940,6 +979,8 @@ def _is_knowledge_question(clause: str) -> bool:
     """
     if _REQUEST.search(clause) or _RHETORICAL.search(clause):
         return False
+    if _PSEUDO_CLEFT.match(clause) and not clause.rstrip().endswith("?"):
+        return False  # "What I can't do is get past the two-step login": a statement
     topics = _topic_words(clause)
     if _PROCEDURAL.search(clause) or _POLICY_QUESTION.search(clause):
         return len(topics) >= 1
@@ -1065,8 +1106,13 @@ def _analyze(text: str, context: str | None = None) -> Analysis:
                 asks.append(_with_antecedent(ask, topics))
             if not clause_kept and _SECOND_MARK.match(clause):
                 topics.append((offset, clause))  # "also my gift card says expired??": a new topic, not yet asked
-            if not clause_hits and not any(a.start >= offset for a in asks) and _foreign(clause):
-                asks.append(Ask(offset, clause))  # unreadable to keel: it may ask anything
+            if not clause_hits and not any(a.start >= offset for a in asks) and _foreign(clause) and (
+                len(_NON_LATIN.findall(clause)) < 4 or _WORD.search(sentence.replace(clause, " "))
+            ):
+                # unreadable to keel: it may ask anything. A sentence wholly in another script
+                # after the request ("Please cancel O-1. 我不小心下错了订单。") is the customer's own
+                # account of it; switching script mid-sentence ("… please，顺便帮我 …") goes on asking
+                asks.append(Ask(offset, clause))
             if not clause_kept and _is_knowledge_question(clause):
                 knowledge.append(offset)
             elif not hits:

@@ -401,6 +401,31 @@ IMPLICIT_SECOND_REQUESTS = [
     "Refund O-31 please. By the way my account keeps logging me out every day.",
     "Cancel O-31 please — the other order can stay but I want it gift wrapped.",
     "Can you cancel O-31? I also wanted to ask about a discount for my next order.",
+    # two requests in one short sentence, joined by a connector, a slash, another language or script
+    "on top of refunding O-31 (it came dented) id need my phone no. updated to 555-0193",
+    "refund O-31 and while ur at it bump my membership up to the annual plan",
+    "refund/replace O-31 whichever is faster, it came smashed",
+    "could O-31 be cancelled and my card on file updated to the new Visa?",
+    "cancel my sub since I'm closing my account, so close that too",
+    "pls refund O-31, y también necesito saber si puedo pagar con PayPal",
+    "could u cancel O-31 et m'envoyer le catalogue papier ?",
+    "reset my 2fa yaar, aur mera naam bhi change kar do to Rohit Sharma",
+    "Alongside refunding O-31, could someone call me back about the state of the packaging?",
+    "Would it be possible to unlock my account and tell me why O-32 is stuck in customs?",
+    "reset my password please，顺便帮我取消订单 O-32",
+    "Good morning, is possible to unlock my account? I am locked since yesterday. And also to delete the old card.",
+    "can you cancel O-31, I'm going to re-order it on a business account, which I'd need you to set up for me",
+    # a second matter announced, a wish in other words, a problem with a record the plan leaves alone
+    "I need the two-step verification on my account reset. While you're in there: the account is still under my "
+    "maiden name.",
+    "Please send me a replacement for O-31. After all the back and forth last time I'd be grateful for some kind of "
+    "goodwill gesture.",
+    "Could you switch the email on my account to m@example.com? I'd also find it a lot more useful if reminders came "
+    "by text message.",
+    "Please cancel O-31. The $42.10 for my December order left my account twice, so I'm hoping someone can finally get "
+    "to the bottom of it.",
+    "Could you send me a password reset link? My order O-32 has been showing 'out for delivery' since Monday, which "
+    "can't be right.",
     # a language keel does not read, whose words are in English word lists
     "Please update the shipping address on O-31 to Storgatan 12, Göteborg. Och en sak till: leveransen av min förra "
     "beställning var tre veckor sen, så jag tycker att ni borde ge mig en rabattkod som kompensation.",
@@ -456,6 +481,17 @@ def test_a_second_request_without_request_words_is_multiple_intents(body: str) -
         ("Please refund O-31, it still doesn't work after two repairs.", "billing"),
         ("Please refund O-31. By the way, the box was soaked.", "billing"),
         ("Please cancel my subscription, the app keeps crashing.", "billing"),
+        # waving something off, a wish to know, a pseudo-cleft, what is already done
+        ("I've already downloaded all my invoices, so there's no need to send me anything. Please cancel my "
+         "subscription at the end of the month.", "billing"),
+        ("Please change the delivery address for O-31 to 8 Fenwick Street, Liverpool L2 7LS. There's no need to "
+         "cancel the order, I still want it, just at the new place.", "orders"),
+        ("The promo code did work in the end, so please ignore my chat from Sunday. Please cancel O-31.", "orders"),
+        ("What I can't do is get past the two-step login: the codes were tied to my old handset. Please reset the "
+         "two-factor on my account.", "access"),
+        # a problem of the request's own record is its reason
+        ("The charger was missing from the box of O-31. Please send me a new one.", "orders"),
+        ("Please cancel O-31. Keep O-32, that one is a birthday present for my mum.", "orders"),
         # a condition on a request keeps it a request
         ("Could you cancel O-31 if I still can?", "orders"),
         # the new address given in an obligation is the request's data
@@ -600,7 +636,6 @@ def test_two_request_tickets_never_execute_a_side_effect_in_the_graph(tmp_path: 
 
 
 # ------------------------------------------------------------------ the done-when, measured on the held-out set
-@pytest.mark.xfail(strict=True, reason="1 of the 21 held-out two-request tickets still executes a side effect (H-139)")
 def test_heldout_two_request_tickets_never_execute_a_side_effect(tmp_path: Path) -> None:
     heldout = ROOT / "evals" / "heldout"
     expected = [json.loads(line) for line in (heldout / "expected.jsonl").read_text().splitlines()]
