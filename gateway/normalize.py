@@ -28,6 +28,7 @@ amounts, addresses and emails keeps reading the original text.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 
 from rapidfuzz import process
@@ -98,10 +99,10 @@ def _word_frequencies() -> dict[str, int]:
         return dict(SpellChecker().word_frequency.dictionary)
 
 
-@lru_cache(maxsize=1)
-def english_words() -> frozenset[str]:
-    """English words (every word of the frequency list): never "corrected"."""
-    return frozenset(_word_frequencies())
+def english_words() -> Mapping[str, int]:
+    """English words (every word of the frequency list, with its count): never "corrected".
+    A mapping, so membership is one hash lookup and no second copy of the list is built."""
+    return _word_frequencies()
 
 
 COMMON_FREQUENCY = 1000
@@ -110,17 +111,13 @@ foreign words scraped with the English ones ("och" 156, "jag" 477); common Engli
 even "dented" (1182), are above it."""
 
 
-@lru_cache(maxsize=1)
-def _common_english_words() -> frozenset[str]:
-    return frozenset(w for w, n in _word_frequencies().items() if n >= COMMON_FREQUENCY)
-
-
 def is_english(word: str) -> bool:
     """Whether lower-case ``word`` is English enough to tell an English sentence from a
     foreign one: a common word, or a listed word of five letters or more (the foreign words
     in the list are mostly short: "och", "jag", "som"; rare English words are mostly long:
     "authorised", "regulated")."""
-    return word in _common_english_words() or (len(word) >= 5 and word in english_words())
+    count = _word_frequencies().get(word)
+    return count is not None and (count >= COMMON_FREQUENCY or len(word) >= 5)
 
 
 def correct_word(word: str) -> str:
