@@ -99,7 +99,9 @@ def test_a_tick_fires_once_however_many_workers_race(live, world, backend):
     _, keys, _ = world
     client = get_sync_client(url=live, api_key=keys["req"])
     tid = client.threads.create()["thread_id"]
-    cron = client.crons.create_for_thread(tid, STREAM_TOY, schedule="* * * * *", input=TOPIC)
+    # a yearly schedule: the forced tick is the only one due during the test (an every-minute
+    # schedule fired a second, legitimate tick when the test ran across a minute boundary)
+    cron = client.crons.create_for_thread(tid, STREAM_TOY, schedule="0 0 1 1 *", input=TOPIC)
     tick = _make_due(rt, cron["cron_id"])
     fired: list[int] = []
     barrier = threading.Barrier(8)
