@@ -241,6 +241,7 @@ _TRIED_BEFORE = re.compile(r"\b(?:tried|attempted|already tried)\s+(?:to\s+)?(?:
 """An attempt the customer already made ("I tried resetting my password"): context, not a request."""
 
 _DONE = re.compile(r"\w+ed\b|(?:reset|sent|set|put|made|got|did|done)\b", _F)
+_DONE_BEFORE = re.compile(r"\b(?:i|we)(?:'ve| have| had)?(?: already| just)?\s+$", _F)
 """A phrase opening with a past verb: after "I (have) (already)" it says what the customer did
 themselves ("I have already changed my password myself"), not what they ask."""
 
@@ -318,8 +319,13 @@ def _unplaced_request(clause: str) -> Route | None:
     """
     if not _ASK_START.search(clause):
         return None
-    routes = [r for r, rx in _ROUTE_TOPICS.items() if rx.search(clause)]
+    routes = _topic_routes(clause)
     return routes[0] if len(routes) == 1 else None
+
+
+def _topic_routes(text: str) -> tuple[Route, ...]:
+    """The routes whose topic words ``text`` uses ("charge" billing, "parcel" orders, …)."""
+    return tuple(r for r, rx in _ROUTE_TOPICS.items() if rx.search(text))
 
 
 _ASK_VERB_ALT = "|".join(ASK_VERBS)
@@ -532,6 +538,11 @@ complaint waiting for a fix, like one raised with "also"."""
 _NON_LATIN = re.compile(r"[^\W\d_a-zA-Z\u00C0-\u024F]")
 """A letter of a script other than Latin (CJK, Arabic, Cyrillic, Devanagari, …)."""
 
+
+def _other_script(text: str) -> bool:
+    """Whether ``text`` is written (at least four letters of it) in a script other than Latin."""
+    return len(_NON_LATIN.findall(text)) >= 4
+
 _FOREIGN_WORD = re.compile(r"(?<![\w@.-])[^\W\d_]+(?![\w@-])")
 
 
@@ -621,7 +632,7 @@ def _is_ask(segment: str) -> bool:
 
 def _ask_content(segment: str, answered: Collection[Operation]) -> list[str]:
     """The words of an ask that name something other than the answered request(s)."""
-    if len(_NON_LATIN.findall(segment)) >= 4:
+    if _other_script(segment):
         return [segment.strip()]  # words of another script: nothing here can tell what they ask
     text = _LINK_OR_EMAIL.sub(" ", _POLITE_FORMULA.sub(" ", _NO_WORRY.sub("", segment, count=1)))  # an address is data
     text = _DATA_TAIL.sub(" ", text)
@@ -709,25 +720,23 @@ def _clause_asks(offset: int, clause: str, hits: list[OpHit], sentence: str) -> 
     out: list[Ask] = []
     ids = tuple(dict.fromkeys(i.upper() for i in _SPECIFIC_ID.findall(clause)))
     parts = segments(clause)
+    asking = [_is_ask(seg) for _, seg in parts]
     for i, (s_off, seg) in enumerate(parts):
         lo = offset + s_off
         hi = offset + parts[i + 1][0] if i + 1 < len(parts) else offset + len(clause)
         ops = tuple(dict.fromkeys(h.op for h in hits if lo <= h.start < hi and not h.descriptive))
-        if i and _shares_subject(clause, parts[i - 1], s_off):
+        if i and not asking[i - 1] and _shares_subject(clause, parts[i - 1], s_off):
             # "I've wrapped it up and put it in the garage": the verb after "and" is the
             # statement's own, not an imperative; it asks only with words of its own
             if _ASK_MARK.search(_POLITE_FORMULA.sub(" ", seg)):
                 out.append(Ask(lo, seg, ops, ids))
             continue
-        if _is_ask(seg) or (i and _is_ask(parts[i - 1][1]) and coordinated_imperative(seg)) or (i and _foreign(seg)):
+        if asking[i] or (i and asking[i - 1] and coordinated_imperative(seg)) or (i and _foreign(seg)):
             out.append(Ask(lo, seg, ops, ids))
         elif changed := _changed_record(seg):
             out.append(Ask(lo, changed, ops, ids))
-        elif (_OTHER_OBJECT.search(seg) or _SECOND_MARK.match(seg) or _STILL.search(seg) or _SPECIFIC_ID.search(seg)) and _PROBLEM.search(seg) and (
-            _THIRD_PARTY.search(seg) or any(rx.search(seg) for rx in _ROUTE_TOPICS.values())
-        ):
-            routes = tuple(r for r, rx in _ROUTE_TOPICS.items() if rx.search(seg))
-            out.append(Ask(lo, seg, ops, ids, complaint=routes or ("unknown",)))
+        elif complaint := _complaint_routes(seg):
+            out.append(Ask(lo, seg, ops, ids, complaint=complaint))
         elif out and out[-1].start == offset + parts[i - 1][0] and not out[-1].complaint:
             # a part cut off an ask that asks nothing on its own ("… and my neighbour's parcel
             # too") is read with that ask, as if it had not been cut
@@ -736,17 +745,28 @@ def _clause_asks(offset: int, clause: str, hits: list[OpHit], sentence: str) -> 
     return out
 
 
+def _complaint_routes(segment: str) -> tuple[Route, ...]:
+    """For a complaint about something else ("the charge is wrong too", "O-2 never arrived
+    either", "my son's account is locked"): the routes its words belong to ("unknown" for
+    someone else's records); empty for anything else."""
+    if not ((_OTHER_OBJECT.search(segment) or _SECOND_MARK.match(segment) or _STILL.search(segment)
+             or _SPECIFIC_ID.search(segment)) and _PROBLEM.search(segment)):
+        return ()
+    routes = _topic_routes(segment)
+    return routes or (("unknown",) if _THIRD_PARTY.search(segment) else ())
+
+
 _FIRST_PERSON = re.compile(r"\b(?:i|we)(?:'ve|'d|'m|'ll| have| had| am| was| were| just| already| then)?\b", _F)
 
 
 def _shares_subject(clause: str, previous: tuple[int, str], start: int) -> bool:
     """Whether the part of ``clause`` at ``start`` continues the statement before it with
     "and": a first-person statement that asks nothing ("so I've wrapped everything up | and
-    put it in the garage"), whose subject the next verb shares."""
+    put it in the garage"), whose subject the next verb shares. The caller has checked that
+    the statement asks nothing."""
     p_off, p_text = previous
     joint = clause[p_off + len(p_text) : start]
-    return (bool(re.fullmatch(r"\s*,?\s*(?:and|&)\s+(?:then\s+)?", joint, _F)) and bool(_FIRST_PERSON.search(p_text))
-            and not _is_ask(p_text))
+    return bool(re.fullmatch(r"\s*,?\s*(?:and|&)\s+(?:then\s+)?", joint, _F)) and bool(_FIRST_PERSON.search(p_text))
 
 
 _POINTS_BACK = re.compile(r"\b(?:fix|sort|do|handle|check|change|sort out|look into|deal with|switch|turn|remove|stop|"
@@ -759,7 +779,7 @@ def _with_antecedent(ask: Ask, topics: list[tuple[int, str]]) -> Ask:
     expired??"): the pronoun's antecedent is what is asked."""
     if ask.ops or not _POINTS_BACK.search(ask.text):
         return ask
-    if [w for w in _topic_words(ask.text) if w not in _EXPLAINED_WORDS and not _POINTS_BACK.search(w)]:
+    if [w for w in _topic_words(ask.text) if w not in _EXPLAINED_WORDS]:
         return ask
     before = [(o, t) for o, t in topics if o < ask.start][-1:]
     if not before or ask.start - (before[0][0] + len(before[0][1])) > 80:
@@ -782,7 +802,7 @@ def _foreign(sentence: str) -> bool:
     """Whether ``sentence`` is mostly in a language keel does not read: three or more words
     of three letters or more, under half of them common English (capitalised words, names
     most often, and acronyms left out)."""
-    if len(_NON_LATIN.findall(sentence)) >= 4:
+    if _other_script(sentence):
         return True  # "顺便帮我取消订单", "وممكن ترسلولي": another script
     words = [w.lower() for w in _FOREIGN_WORD.findall(sentence) if not w[0].isupper() and len(w) > 2]
     if len(words) < 3:
@@ -1015,10 +1035,8 @@ def _clause_hits(text: str, offset: int, clause: str, span: tuple[int, int], ite
             if rx.pattern in seen or _negated(clause, m.start()):
                 continue
             seen.add(rx.pattern)
-            done = _DONE.match(m.group(0)) and re.search(r"\b(?:i|we)(?:'ve| have| had)?(?: already| just)?\s+$",
-                                                            clause[max(0, m.start() - 20) : m.start()], _F)
-            tried = bool(re.search(r"\b(?:tried|attempted|already tried)\s+(?:to\s+)?(?:\w+\s+)?$",
-                                   clause[max(0, m.start() - 30) : m.start()], _F)) or bool(done)
+            done = _DONE.match(m.group(0)) and _DONE_BEFORE.search(clause[max(0, m.start() - 20) : m.start()])
+            tried = bool(_TRIED_BEFORE.search(clause[max(0, m.start() - 30) : m.start()]) or done)
             hits.append(OpHit(op, weight, offset + m.start(), span, descriptive or tried))
     hits.extend(_cancel_hits(text, offset, clause, text))
     if not any(h.op == "reship" for h in hits) and item_problem:
@@ -1038,9 +1056,7 @@ _SEND_ITEM = re.compile(
 """A request to send something, read as a reship only in a ticket about a damaged or missing item."""
 
 _HYPOTHETICAL = re.compile(
-    r"\b(?:if|should|once) (?:i|we)\b(?! (?:\w+ed|was|were|had|did|got|went|made|paid|bought|sent|gave|tried)\b)|"
-    r"^\W*(?:say|suppose|supposing|imagine|hypothetically|let'?s say)\b",
-    _F,
+    r"\b(?:if|should|once) (?:i|we)\b(?! (?:\w+ed|was|were|had|did|got|went|made|paid|bought|sent|gave|tried)\b)", _F
 )
 """The condition of a question about what would happen ("if I cancel, do I …?"): not a request."""
 
@@ -1088,7 +1104,7 @@ def _analyze(text: str, context: str | None = None) -> Analysis:
             if not_a_product:
                 hits = [h for h in hits if h.op != "reship"]  # "send a new one" of a reset link
             is_question = procedural or bool(_INFO_START.search(clause))
-            hypothetical = _HYPOTHETICAL.search(clause) if clause.rstrip().endswith("?") else _OPENER.match(clause)
+            hypothetical = _OPENER.match(clause) or (clause.rstrip().endswith("?") and _HYPOTHETICAL.search(clause))
             if hypothetical and (_REQUEST.search(clause) or _screened(text)):
                 hypothetical = None  # an instruction in the text: a supposed side effect still counts as asked
             clause_kept = False
@@ -1107,7 +1123,7 @@ def _analyze(text: str, context: str | None = None) -> Analysis:
             if not clause_kept and _SECOND_MARK.match(clause):
                 topics.append((offset, clause))  # "also my gift card says expired??": a new topic, not yet asked
             if not clause_hits and not any(a.start >= offset for a in asks) and _foreign(clause) and (
-                len(_NON_LATIN.findall(clause)) < 4 or _WORD.search(sentence.replace(clause, " "))
+                not _other_script(clause) or _WORD.search(sentence.replace(clause, " "))
             ):
                 # unreadable to keel: it may ask anything. A sentence wholly in another script
                 # after the request ("Please cancel O-1. 我不小心下错了订单。") is the customer's own
@@ -1180,7 +1196,7 @@ def _subject_requests(subject: str, answered: Collection[Operation], records: Co
         return []
     routes = {OPERATION_ROUTE[op] for op in answered}
     return [a for a in unexplained_requests(analyze(subject), answered, records)
-            if {r for r, rx in _ROUTE_TOPICS.items() if rx.search(a)} - routes]
+            if set(_topic_routes(a)) - routes]
 
 
 def _answered_operations(subject: str, body: str, route: Route, analysis: Analysis) -> list[Operation]:
